@@ -1,0 +1,125 @@
+"""Exact block-coordinate descent for P1, with or without a centre.
+
+.. math::
+
+    \\min_{L, S, c} \\tfrac12 \\|M - L - S - c 1^T\\|_F^2
+    + \\mu \\|L\\|_* + \\mu \\lambda \\sum_k w_k \\|S_k\\|_F.
+
+Each sweep minimises exactly over L (singular value thresholding of M - N at
+mu) and then jointly over (S, c) (block soft-thresholding of M - L at mu lam w_k
+with the centre solved as a location problem), N = S + c 1^T. The loss is a
+smooth quadratic and the penalties separate over the two blocks, so the sweeps
+converge to a minimiser (Tseng 2001). The residual R = M - L - N is the natural
+dual point: after the (S, c) step it meets the block and centring conditions
+exactly and ||R||_op <= mu + ||N_{t+1} - N_t||_F, which yields a duality gap at
+no extra cost; the solver stops when the gap relative to the objective at
+L = S = 0 is below ``tol``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clair_stats.certificates import duality_gap
+from clair_stats.penalties import svt
+from clair_stats.problems import Problem
+from clair_stats.solvers.base import SolverOutput, sparse_center_step, tile_center
+
+__all__ = ["bcd_p1"]
+
+
+def bcd_p1(
+    problem: Problem,
+    data: np.ndarray,
+    *,
+    tol: float,
+    max_iter: int,
+    init: tuple | None = None,
+    verbose: bool = False,
+    svd_method: str = "auto",
+) -> SolverOutput:
+    """Solve P1 on the stacked matrix ``data`` (p, Kq) by block-coordinate descent.
+
+    Parameters
+    ----------
+    problem : Problem
+        A P1 problem (``mode="penalized"``, ``mu`` set).
+    data : numpy.ndarray, shape (p, Kq)
+        M.
+    tol : float
+        Target for the relative duality gap.
+    max_iter : int
+        Maximum number of sweeps.
+    init : tuple (L, S, c, Y) of stacked arrays, optional
+        Warm start; L and Y are not needed (the first sweep starts from S, c).
+    verbose : bool
+        Print one line per sweep.
+    svd_method : {"auto", "gram", "svd"}
+        Passed to :func:`clair_stats.penalties.svt`.
+
+    Returns
+    -------
+    SolverOutput
+    """
+    n_clients = problem.n_clients
+    mu = problem.mu
+    thresholds = mu * problem.lam * problem.weights
+    norm_data = float(np.linalg.norm(data))
+    _, sparse, center, _ = init if init is not None else (None,) * 4
+    sparse = np.zeros_like(data) if sparse is None else sparse.copy()
+    if not problem.center:
+        center = None
+    stack_n = sparse + tile_center(center, n_clients) if problem.center else sparse
+    low_rank = np.zeros_like(data)
+
+    converged, message = False, f"stopped at max_iter={max_iter}"
+    change = dual_res = np.inf
+    cert = None
+    iteration = 0
+    for iteration in range(1, max_iter + 1):
+        thresholded = svt(data - stack_n, mu, method=svd_method)
+        change = float(np.linalg.norm(thresholded.value - low_rank)) / max(
+            norm_data, 1e-300
+        )
+        low_rank = thresholded.value
+        sparse, center = sparse_center_step(
+            data - low_rank, thresholds, problem.center, center
+        )
+        new_n = sparse + tile_center(center, n_clients) if problem.center else sparse
+        dual_res = float(np.linalg.norm(new_n - stack_n)) / mu
+        stack_n = new_n
+        residual = data - low_rank
+        residual -= stack_n
+        cert = duality_gap(
+            problem,
+            data,
+            low_rank,
+            sparse,
+            center,
+            residual,
+            nuclear_norm=thresholded.nuclear_norm,
+            dual_operator_norm=mu * (1.0 + dual_res),
+            residual=residual,
+        )
+        if verbose:
+            print(
+                f"bcd {iteration:4d}  rank {thresholded.rank:3d}  "
+                f"gap {cert.relative_gap:.2e}  change {change:.2e}"
+            )
+        if cert.relative_gap <= tol:
+            converged, message = True, "relative duality gap below tol"
+            break
+    return SolverOutput(
+        low_rank=low_rank,
+        sparse=sparse,
+        center=center,
+        dual=residual,
+        converged=converged,
+        iterations=iteration,
+        primal_residual=change,
+        dual_residual=dual_res,
+        duality_gap=cert.gap,
+        relative_gap=cert.relative_gap,
+        objective=cert.primal,
+        message=message,
+    )
