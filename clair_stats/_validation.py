@@ -11,8 +11,9 @@ import numbers
 import numpy as np
 
 __all__ = [
-    "check_updates",
+    "check_nonnegative",
     "check_positive",
+    "check_updates",
     "check_weights",
     "stack",
     "unstack",
@@ -34,16 +35,33 @@ def check_updates(updates: object, name: str = "updates") -> np.ndarray:
     numpy.ndarray
         A float64 array (a copy only when the dtype had to change).
     """
+    if isinstance(updates, np.ma.MaskedArray):
+        masked = np.ma.getmaskarray(updates)
+        if masked.any():
+            where = f" in client(s) {_clients_with(masked)}" if masked.ndim == 3 else ""
+            raise ValueError(
+                f"{name} is a masked array with masked entries{where}; "
+                "CLAIR has no model of missing entries. Drop those clients or fill "
+                f"the entries ({name}.filled(value)) and pass a plain ndarray."
+            )
+        updates = updates.data  # no entry is masked: the data are the values
     if isinstance(updates, np.ndarray):
         arr = updates
     else:
         try:
             arr = np.asarray(updates)
         except (TypeError, ValueError) as exc:  # ragged lists and the like
+            reason = str(exc).rstrip(".")
             raise TypeError(
                 f"{name} must be an array of shape (K, p, q); could not convert "
-                f"{type(updates).__name__}: {exc}"
+                f"{type(updates).__name__}: {reason}. Every client must send a p x q "
+                "matrix of the same shape; stack them with np.stack(list_of_matrices)."
             ) from exc
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise TypeError(
+            f"{name} must hold real numbers, got dtype {arr.dtype}; CLAIR works on "
+            f"real matrices. If the imaginary parts are zero, pass {name}.real."
+        )
     if arr.dtype == object or not (
         np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
     ):
@@ -63,6 +81,13 @@ def check_updates(updates: object, name: str = "updates") -> np.ndarray:
                 "M.reshape(p, K, q).transpose(1, 0, 2); if each client sends a vector "
                 "(q = 1), use updates[:, :, None]."
             )
+        elif arr.ndim > 3:
+            hint = (
+                " If some axes have length 1, remove them with np.squeeze(updates, "
+                "axis=...); if each "
+                "client sends several matrices (several LoRA modules), decompose "
+                "each module separately."
+            )
         raise ValueError(
             f"{name} must have shape (K, p, q) (clients, rows, columns), got "
             f"ndim={arr.ndim} with shape {arr.shape}.{hint}"
@@ -74,30 +99,64 @@ def check_updates(updates: object, name: str = "updates") -> np.ndarray:
             "to separate a shared subspace from client-specific contamination."
         )
     if p < 1 or q < 1:
-        raise ValueError(f"{name} has an empty dimension: shape {arr.shape}.")
-    arr = arr.astype(np.float64, copy=False)
+        raise ValueError(
+            f"{name} has an empty dimension: shape {arr.shape} = (K, p, q) needs "
+            "p >= 1 and q >= 1, a nonempty p x q matrix from every client."
+        )
     finite = np.isfinite(arr)
     if not finite.all():
-        bad = np.unique(np.nonzero(~finite)[0])
         raise ValueError(
-            f"{name} contains NaN or infinite values in client(s) {bad.tolist()}; "
-            "remove or repair those clients' updates before calling."
+            f"{name} contains NaN or infinite values in client(s) "
+            f"{_clients_with(~finite)}; remove or repair those clients' updates "
+            "before calling."
+        )
+    dtype = arr.dtype
+    with np.errstate(over="ignore"):  # reported just below, naming the clients
+        arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():  # only an extended-precision input can get here
+        raise ValueError(
+            f"{name} has values beyond the float64 range (dtype {dtype}) in "
+            f"client(s) {_clients_with(~np.isfinite(arr))}; rescale the updates."
         )
     return arr
+
+
+def _clients_with(flags: np.ndarray) -> list[int]:
+    """Indices k of the clients whose block of a (K, p, q) boolean array has a True."""
+    return np.flatnonzero(flags.reshape(flags.shape[0], -1).any(axis=1)).tolist()
 
 
 def check_positive(value: object, name: str, *, allow_none: bool = False) -> float:
     """Return ``value`` as a float if it is a finite number > 0, or raise."""
     if value is None and allow_none:
         return None  # type: ignore[return-value]
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a positive real number, got {type(value).__name__}."
-        )
-    value = float(value)
+    value = _real_scalar(value, name, "a positive real number")
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}.")
     return value
+
+
+def check_nonnegative(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number >= 0, or raise."""
+    value = _real_scalar(value, name, "a real number >= 0")
+    if not np.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be finite and >= 0, got {value}.")
+    return value
+
+
+def _real_scalar(value: object, name: str, what: str) -> float:
+    """``value`` as a float if it is a real scalar (not a bool), else TypeError."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        hint = ""
+        if isinstance(value, str):
+            hint = f"; convert it with {name}=float({value!r})"
+        elif isinstance(value, np.ndarray):
+            hint = f" of shape {value.shape}; pass a single number, e.g. float({name})"
+        raise TypeError(
+            f"{name} must be {what}, got {value!r} of type "
+            f"{type(value).__name__}{hint}."
+        )
+    return float(value)
 
 
 def check_weights(weights: object, n_clients: int) -> np.ndarray:
@@ -107,11 +166,20 @@ def check_weights(weights: object, n_clients: int) -> np.ndarray:
     """
     if weights is None:
         return np.ones(n_clients)
-    w = np.asarray(weights)
+    try:
+        w = np.asarray(weights)
+    except (TypeError, ValueError) as exc:  # ragged lists and the like
+        raise TypeError(
+            f"weights must be an array of shape (K,) = ({n_clients},), one real "
+            f"number per client; could not convert {type(weights).__name__}: {exc}"
+        ) from exc
     if w.dtype == object or not (
         np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)
     ):
-        raise TypeError(f"weights must be real numbers, got dtype {w.dtype}.")
+        raise TypeError(
+            f"weights must be real numbers, got dtype {w.dtype}; pass one positive "
+            "float per client."
+        )
     if w.shape != (n_clients,):
         raise ValueError(
             f"weights must have shape (K,) = ({n_clients},), one weight per client, "
@@ -139,5 +207,9 @@ def stack(updates: np.ndarray) -> np.ndarray:
 def unstack(matrix: np.ndarray, n_clients: int) -> np.ndarray:
     """Inverse of :func:`stack`: (p, Kq) -> (K, p, q)."""
     p, n_cols = matrix.shape
+    if n_clients < 1 or n_cols % n_clients:
+        raise ValueError(
+            f"cannot split {n_cols} columns into {n_clients} blocks of equal width q."
+        )
     q = n_cols // n_clients
     return np.ascontiguousarray(matrix.reshape(p, n_clients, q).transpose(1, 0, 2))

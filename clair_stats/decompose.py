@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 
 from clair_stats._validation import (
+    check_nonnegative,
     check_positive,
     check_updates,
     check_weights,
@@ -18,7 +19,7 @@ from clair_stats.problems import MODES, Problem
 from clair_stats.results import ConvergenceWarning, Decomposition, SolverInfo
 from clair_stats.solvers.admm import admm_p0
 from clair_stats.solvers.bcd import bcd_p1
-from clair_stats.solvers.cvx import cvxpy_solve
+from clair_stats.solvers.cvx import CVXPY_SOLVERS, cvxpy_solve
 
 __all__ = ["DEFAULT_C_LAM", "decompose", "default_lam"]
 
@@ -144,6 +145,10 @@ def decompose(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if solver not in _SOLVERS:
         raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}.")
+    if not isinstance(cvxpy_solver, str) or cvxpy_solver.upper() not in CVXPY_SOLVERS:
+        raise ValueError(
+            f"cvxpy_solver must be one of {CVXPY_SOLVERS}, got {cvxpy_solver!r}."
+        )
     if not isinstance(center, bool | np.bool_):
         raise TypeError(f"center must be True or False, got {center!r}.")
     lam = default_lam(n_clients) if lam is None else check_positive(lam, "lam")
@@ -163,11 +168,7 @@ def decompose(
                 "mode='constrained' (P1c) needs eps >= 0, a bound on the "
                 "Frobenius norm of the noise ||M - (L0 + S0)||_F."
             )
-        if isinstance(eps, bool) or not np.isscalar(eps) or not np.isfinite(eps):
-            raise TypeError(f"eps must be a finite number >= 0, got {eps!r}.")
-        if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}.")
-        eps = float(eps)
+        eps = check_nonnegative(eps, "eps")
         if solver != "cvxpy":
             raise ValueError(
                 "mode='constrained' (P1c) is solved by cvxpy only: use "
@@ -183,10 +184,31 @@ def decompose(
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
 
-    problem = Problem(mode=mode, lam=lam, weights=w, center=center, mu=mu, eps=eps)
+    # Solve on M / s with s a power of two near max |M_ij|: exact in floating
+    # point, and it keeps squares and Gram matrices clear of under- and overflow.
+    # P0 is positively homogeneous; mu and eps scale with M, so the solution of
+    # every program scales back by s.
     data = stack(data3)
+    peak = float(np.max(np.abs(data))) if data.size else 0.0
+    scale = 2.0 ** np.round(np.log2(peak)) if peak > 0 else 1.0
+    data = data / scale
+    problem = Problem(
+        mode=mode,
+        lam=lam,
+        weights=w,
+        center=center,
+        mu=None if mu is None else mu / scale,
+        eps=None if eps is None else eps / scale,
+    )
+    # the dual of P0 and P1c lives in a unit ball; that of P1 is a residual
+    dual_scale = scale if mode == "penalized" else 1.0
     warm = None
     if init is not None:
+        if not isinstance(init, Decomposition):
+            raise TypeError(
+                "init must be the Decomposition returned by an earlier decompose() "
+                f"call, got {type(init).__name__}."
+            )
         if solver != "proximal":
             raise ValueError("init (warm start) is used by solver='proximal' only.")
         if init.low_rank.shape != data3.shape:
@@ -195,10 +217,10 @@ def decompose(
                 f"{data3.shape}; warm starts need the same (K, p, q)."
             )
         warm = (
-            stack(init.low_rank),
-            stack(init.sparse),
-            None if init.center is None else init.center.copy(),
-            None if init.dual is None else stack(init.dual),
+            stack(init.low_rank) / scale,
+            stack(init.sparse) / scale,
+            None if init.center is None else init.center / scale,
+            None if init.dual is None else stack(init.dual) / dual_scale,
         )
 
     start = time.perf_counter()
@@ -224,15 +246,17 @@ def decompose(
         name = "bcd"
     seconds = time.perf_counter() - start
 
+    # objective and gap: degree 1 in M for P0 and P1c, degree 2 for P1
+    value_scale = scale**2 if mode == "penalized" else scale
     info = SolverInfo(
         solver=name,
         problem=problem.name,
         converged=bool(out.converged),
         iterations=int(out.iterations),
-        objective=float(out.objective),
+        objective=float(out.objective) * value_scale,
         primal_residual=float(out.primal_residual),
         dual_residual=float(out.dual_residual),
-        duality_gap=float(out.duality_gap),
+        duality_gap=float(out.duality_gap) * value_scale,
         relative_gap=float(out.relative_gap),
         seconds=seconds,
         message=out.message,
@@ -246,11 +270,11 @@ def decompose(
             stacklevel=2,
         )
     return Decomposition(
-        low_rank=unstack(out.low_rank, n_clients),
-        sparse=unstack(out.sparse, n_clients),
-        center=out.center,
-        dual=None if out.dual is None else unstack(out.dual, n_clients),
-        problem=problem,
+        low_rank=unstack(out.low_rank * scale, n_clients),
+        sparse=unstack(out.sparse * scale, n_clients),
+        center=None if out.center is None else out.center * scale,
+        dual=None if out.dual is None else unstack(out.dual * dual_scale, n_clients),
+        problem=Problem(mode=mode, lam=lam, weights=w, center=center, mu=mu, eps=eps),
         info=info,
-        data_norm=float(np.linalg.norm(data)),
+        data_norm=float(np.linalg.norm(data)) * scale,
     )

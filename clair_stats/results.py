@@ -112,7 +112,12 @@ class Decomposition:
     @property
     def block_norms(self) -> np.ndarray:
         """||S^_k||_F for every client, shape (K,)."""
-        return block_norms(stack(self.sparse), self.n_clients)
+        # divide by the peak first: sums of squares of tiny or huge entries
+        # would under- or overflow
+        peak = float(np.max(np.abs(self.sparse))) if self.sparse.size else 0.0
+        if peak == 0.0:
+            return np.zeros(self.n_clients)
+        return block_norms(stack(self.sparse) / peak, self.n_clients) * peak
 
     def support(self, tol: float = 1e-6) -> np.ndarray:
         """Clients whose block of S^ is nonzero: ||S^_k||_F > tol ||M||_F.
