@@ -221,6 +221,7 @@ def decompose(
             stack(init.sparse) / scale,
             None if init.center is None else init.center / scale,
             None if init.dual is None else stack(init.dual) / dual_scale,
+            init.penalty if init.problem.mode == mode else None,
         )
 
     start = time.perf_counter()
@@ -277,4 +278,5 @@ def decompose(
         problem=Problem(mode=mode, lam=lam, weights=w, center=center, mu=mu, eps=eps),
         info=info,
         data_norm=float(np.linalg.norm(data)) * scale,
+        penalty=out.penalty,
     )

@@ -94,6 +94,9 @@ class Decomposition:
         Solver statistics and certificate.
     data_norm : float
         ||M||_F, the scale that relative tolerances refer to.
+    penalty : float or None
+        ADMM's final penalty beta (for M scaled to max |M_ij| ~ 1), reused by a
+        warm start; None for other solvers.
     """
 
     low_rank: np.ndarray = field(repr=False)
@@ -103,6 +106,7 @@ class Decomposition:
     problem: Problem
     info: SolverInfo
     data_norm: float
+    penalty: float | None = None
 
     @property
     def n_clients(self) -> int:

@@ -9,7 +9,8 @@ Two blocks: L, then (S, c) jointly (exactly, see
 :func:`~clair_stats.solvers.base.sparse_center_step`), then the multiplier
 Y <- Y + beta (M - L - S - c 1^T). The penalty beta starts at 1.25 / ||M||_op
 (Lin, Chen and Ma's inexact ALM) and is then balanced between the primal and
-dual residuals (Boyd et al. 2011, §3.4.1). After the (S, c) step, Y satisfies
+dual residuals (Boyd et al. 2011, §3.4.1; factor 1.5 when one exceeds twice the
+other). After the (S, c) step, Y satisfies
 the block and centring conditions of the dual exactly, and
 ||Y||_op <= 1 + beta ||N_{t+1} - N_t||_F (N = S + c 1^T) because
 Y + beta (N_{t+1} - N_t) is a subgradient of the nuclear norm at L: this gives a
@@ -52,8 +53,9 @@ def admm_p0(
         Target for the relative duality gap and the relative primal residual.
     max_iter : int
         Maximum number of iterations.
-    init : tuple (L, S, c, Y) of stacked arrays, optional
-        Warm start; any entry may be None.
+    init : tuple (L, S, c, Y, beta) of stacked arrays and a float, optional
+        Warm start; any entry may be None. beta is the penalty the earlier run
+        ended with: a warm dual needs it to be of use.
     verbose : bool
         Print one line per iteration.
     svd_method : {"auto", "gram", "svd"}
@@ -66,7 +68,7 @@ def admm_p0(
     n_clients = problem.n_clients
     lam_w = problem.lam * problem.weights
     norm_data = float(np.linalg.norm(data))
-    low_rank, sparse, center, dual = init if init is not None else (None,) * 4
+    low_rank, sparse, center, dual, beta = init if init is not None else (None,) * 5
     sparse = np.zeros_like(data) if sparse is None else sparse.copy()
     if problem.center and center is None:
         center = np.zeros((data.shape[0], data.shape[1] // n_clients))
@@ -84,7 +86,8 @@ def admm_p0(
         dual = y0 / ratio
     else:
         dual = dual.copy()
-    beta = 1.25 / max(op_data, np.finfo(float).tiny)
+    if beta is None:
+        beta = 1.25 / max(op_data, np.finfo(float).tiny)
     stack_n = sparse + tile_center(center, n_clients)
 
     converged, message = False, f"stopped at max_iter={max_iter}"
@@ -127,11 +130,15 @@ def admm_p0(
         if cert.relative_gap <= tol and primal_res <= tol:
             converged, message = True, "relative gap and primal residual below tol"
             break
-        # residual balancing, both residuals on the scale of the certificate
-        if primal_res > 10.0 * dual_res:
-            beta *= 2.0
-        elif dual_res > 10.0 * primal_res:
-            beta /= 2.0
+        # residual balancing, both residuals on the scale of the certificate;
+        # thresholds 2 and factor 1.5 took 1713 iterations over eight test
+        # regimes (noiseless and noisy, tol 1e-9) against 2512 for Boyd's
+        # 10 and 2, 1940 for a sqrt(ratio) update; growing beta geometrically
+        # (Lin-Chen-Ma) stalled the gap
+        if primal_res > 2.0 * dual_res:
+            beta *= 1.5
+        elif dual_res > 2.0 * primal_res:
+            beta /= 1.5
 
     if norm_data == 0.0:
         converged, message = True, "M = 0: the solution is L = S = 0"
@@ -152,4 +159,5 @@ def admm_p0(
         relative_gap=cert.relative_gap,
         objective=objective,
         message=message,
+        penalty=beta,
     )

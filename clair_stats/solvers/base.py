@@ -25,6 +25,7 @@ class SolverOutput:
     relative_gap: float
     objective: float
     message: str
+    penalty: float | None = None  # ADMM's final beta, for warm starts
 
 
 def _block_shrink(blocks: np.ndarray, thresholds: np.ndarray) -> np.ndarray:

@@ -50,8 +50,8 @@ def bcd_p1(
         Target for the relative duality gap.
     max_iter : int
         Maximum number of sweeps.
-    init : tuple (L, S, c, Y) of stacked arrays, optional
-        Warm start; L and Y are not needed (the first sweep starts from S, c).
+    init : tuple (L, S, c, Y, beta), optional
+        Warm start; only S and c are used (the first sweep starts from them).
     verbose : bool
         Print one line per sweep.
     svd_method : {"auto", "gram", "svd"}
@@ -65,7 +65,7 @@ def bcd_p1(
     mu = problem.mu
     thresholds = mu * problem.lam * problem.weights
     norm_data = float(np.linalg.norm(data))
-    _, sparse, center, _ = init if init is not None else (None,) * 4
+    _, sparse, center, _, _ = init if init is not None else (None,) * 5
     sparse = np.zeros_like(data) if sparse is None else sparse.copy()
     if not problem.center:
         center = None
