@@ -96,7 +96,7 @@ def decompose(
     tol : float, optional
         Proximal: target of the relative duality gap (and of the relative
         primal residual for P0), default 1e-7. cvxpy: backend tolerance,
-        default 1e-9.
+        default 1e-8 (Clarabel reports "optimal_inaccurate" at 1e-9).
     max_iter : int, optional
         Iteration limit (default 5000 proximal, 100000 cvxpy).
     init : Decomposition, optional
@@ -176,7 +176,7 @@ def decompose(
             )
     elif eps is not None:
         raise ValueError(f"eps is a parameter of mode='constrained', not {mode!r}.")
-    tol = (1e-7 if solver == "proximal" else 1e-9) if tol is None else tol
+    tol = (1e-7 if solver == "proximal" else 1e-8) if tol is None else tol
     tol = check_positive(tol, "tol")
     max_iter = _DEFAULT_MAX_ITER[solver] if max_iter is None else max_iter
     if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer):
