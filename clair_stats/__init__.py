@@ -8,16 +8,22 @@ the benign clients. The notation follows ``SPEC.md``.
 
 from clair_stats.certificates import Certificate, duality_gap
 from clair_stats.decompose import DEFAULT_C_LAM, decompose, default_lam
+from clair_stats.detection import ChiSquareTest, chi_square_test
+from clair_stats.estimator import ClairResult, clair
 from clair_stats.model import CONTAMINATION_TYPES, FederatedModel, FederatedSample
 from clair_stats.penalties import BlockFrobenius, NuclearNorm, svt
 from clair_stats.problems import Problem
+from clair_stats.refine import refine
 from clair_stats.results import ConvergenceWarning, Decomposition, SolverInfo
+from clair_stats.subspace import estimate_subspace
 
 __all__ = [
     "CONTAMINATION_TYPES",
     "DEFAULT_C_LAM",
     "BlockFrobenius",
     "Certificate",
+    "ChiSquareTest",
+    "ClairResult",
     "ConvergenceWarning",
     "Decomposition",
     "FederatedModel",
@@ -25,9 +31,13 @@ __all__ = [
     "NuclearNorm",
     "Problem",
     "SolverInfo",
+    "chi_square_test",
+    "clair",
     "decompose",
     "default_lam",
     "duality_gap",
+    "estimate_subspace",
+    "refine",
     "svt",
 ]
 

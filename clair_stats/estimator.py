@@ -1,0 +1,237 @@
+"""The CLAIR estimator end to end: decompose -> subspace -> detect -> refine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clair_stats._validation import check_updates
+from clair_stats.decompose import decompose
+from clair_stats.detection import ChiSquareTest, chi_square_test
+from clair_stats.refine import refine
+from clair_stats.results import Decomposition
+from clair_stats.subspace import estimate_subspace
+
+__all__ = ["ClairResult", "clair"]
+
+
+@dataclass(frozen=True)
+class ClairResult:
+    """What :func:`clair` returns.
+
+    Attributes
+    ----------
+    subspace : numpy.ndarray, shape (p, r) (``side="right"``: (q, r))
+        A^, orthonormal columns.
+    rank : int
+        r.
+    collaborative : numpy.ndarray of bool, shape (K,)
+        S^; the others are flagged as contaminated.
+    refined : numpy.ndarray, shape (K, p, q)
+        Theta~_k for k in S^, Theta^_k otherwise.
+    decomposition : Decomposition
+        Step 1 (on the transposes when ``side="right"``).
+    test : ChiSquareTest or None
+        The per-client test (``detect="test"``).
+    detect : str
+    side : str
+    """
+
+    subspace: np.ndarray = field(repr=False)
+    rank: int
+    collaborative: np.ndarray = field(repr=False)
+    refined: np.ndarray = field(repr=False)
+    decomposition: Decomposition = field(repr=False)
+    test: ChiSquareTest | None = field(repr=False)
+    detect: str
+    side: str
+
+    @property
+    def statistics(self) -> np.ndarray | None:
+        """T_k of the test (``detect="test"``), else None."""
+        return None if self.test is None else self.test.statistics
+
+    @property
+    def p_values(self) -> np.ndarray | None:
+        """Uncorrected p-values (``detect="test"``), else None."""
+        return None if self.test is None else self.test.p_values
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """Indices of the clients outside S^."""
+        return np.nonzero(~self.collaborative)[0]
+
+    def __repr__(self) -> str:
+        return (
+            f"ClairResult(rank={self.rank}, collaborative="
+            f"{int(self.collaborative.sum())}/{self.collaborative.size}, "
+            f"flagged={self.flagged.tolist()}, detect={self.detect!r}, "
+            f"side={self.side!r})"
+        )
+
+    def summary(self) -> str:
+        """A readable table: rank, lam, flagged clients, solver diagnostics."""
+        d = self.decomposition
+        lines = [
+            "CLAIR",
+            f"  clients K = {self.collaborative.size}, rank r = {self.rank}, "
+            f"side = {self.side}, detect = {self.detect}",
+            f"  lam = {d.problem.lam:.5g} (lam sqrt(K) = "
+            f"{d.problem.lam * np.sqrt(self.collaborative.size):.3g}), "
+            f"program {d.problem.name}",
+            f"  collaborative: {int(self.collaborative.sum())}, flagged: "
+            f"{self.flagged.size}",
+        ]
+        if self.flagged.size:
+            lines.append("  flagged clients:")
+            header = "    client  ||S_k||_F"
+            if self.test is not None:
+                header += "    T_k        p-value    adjusted"
+            lines.append(header)
+            norms = d.block_norms
+            for k in self.flagged:
+                row = f"    {k:6d}  {norms[k]:.3e}"
+                if self.test is not None:
+                    t = self.test
+                    row += (
+                        f"  {t.statistics[k]:.4g}  {t.p_values[k]:.3e}  "
+                        f"{t.adjusted_p_values[k]:.3e}"
+                    )
+                lines.append(row)
+        if self.test is not None:
+            lines.append(
+                f"  test: chi^2 with {self.test.df} df, noise variance "
+                f"{'estimated (median rule)' if self.test.estimated_noise else 'given'}"
+            )
+        lines.append(f"  solver: {d.info!r}")
+        return "\n".join(lines)
+
+
+def clair(
+    updates: np.ndarray,
+    rank: int | None = None,
+    lam: float | None = None,
+    mode: str = "auto",
+    detect: str = "support",
+    alpha: float = 0.05,
+    correction: str = "holm",
+    sigma: float | np.ndarray | None = None,
+    center: bool = False,
+    side: str = "left",
+    weights: np.ndarray | None = None,
+    solver: str = "proximal",
+    mu: float | None = None,
+    support_tol: float = 1e-6,
+    **solver_options,
+) -> ClairResult:
+    """CLAIR: shared subspace, collaborative set and refined client updates.
+
+    Step 1 decomposes M = [Theta^_1, ..., Theta^_K] into L^ + S^ (+ c^ 1^T)
+    (:func:`clair_stats.decompose`); step 2 takes A^ = top-r left singular
+    vectors of L^; step 3 finds S^ from the block support of S^ or by the
+    chi-square test; step 4 refines, for k in S^,
+
+    .. math:: \\tilde\\Theta_k = P_{\\hat A}\\hat\\Theta_k
+              + P_{\\hat A}^\\perp \\bar\\Theta_{\\hat S}.
+
+    Parameters
+    ----------
+    updates : array_like, shape (K, p, q)
+        Theta^_k.
+    rank : int, optional
+        r; default the numerical rank of L^.
+    lam : float, optional
+        Default c_lam / sqrt(K) (:func:`clair_stats.default_lam`).
+    mode : {"auto", "exact", "penalized"}
+        P0 or P1. ``"auto"``: P1 when ``sigma`` is given (mu = sigma (sqrt(p) +
+        sqrt(Kq)), the noise operator norm), else P0.
+    detect : {"support", "test"}
+        How S^ is formed (SPEC §3 step 3).
+    alpha, correction
+        Level and correction of the test (``"holm"``, ``"fdr_bh"``).
+    sigma : float or array of shape (K,), optional
+        Per-entry noise standard deviation; estimated by the median rule in the
+        test when omitted.
+    center : bool
+        Estimate an unknown common backbone.
+    side : {"left", "right"}
+        Share the column space (p-dim) or the row space (apply to transposes).
+    weights : array_like, shape (K,), optional
+        Block weights w_k.
+    solver : {"proximal", "cvxpy"}
+    mu : float, optional
+        mu of P1 (overrides the ``sigma`` rule).
+    support_tol : float
+        Relative tolerance of ``detect="support"``.
+    **solver_options
+        ``tol``, ``max_iter``, ``verbose``, ``cvxpy_solver`` for
+        :func:`clair_stats.decompose`.
+
+    Returns
+    -------
+    ClairResult
+
+    References
+    ----------
+    He, Chen, Feng (2026). Federated LoRA fine-tuning for LLMs via collaborative
+    alignment. arXiv:2605.21217.
+    Xu, Caramanis, Sanghavi (2012). Robust PCA via outlier pursuit. IEEE TIT.
+    """
+    data = check_updates(updates)
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
+    if detect not in ("support", "test"):
+        raise ValueError(f"detect must be 'support' or 'test', got {detect!r}.")
+    if mode not in ("auto", "exact", "penalized"):
+        raise ValueError(f"mode must be 'auto', 'exact' or 'penalized', got {mode!r}.")
+    work = data.transpose(0, 2, 1) if side == "right" else data
+    n_clients, p, q = work.shape
+    if mode == "auto":
+        mode = "penalized" if (sigma is not None or mu is not None) else "exact"
+    if mode == "penalized" and mu is None:
+        if sigma is None:
+            raise ValueError(
+                "mode='penalized' needs mu or sigma (mu = sigma (sqrt(p) + "
+                "sqrt(Kq)) is used when sigma is given)."
+            )
+        tau = float(np.max(np.asarray(sigma, dtype=float)))
+        mu = tau * (np.sqrt(p) + np.sqrt(n_clients * q))
+    decomposition = decompose(
+        work,
+        lam=lam,
+        mode=mode,
+        mu=mu if mode == "penalized" else None,
+        center=center,
+        weights=weights,
+        solver=solver,
+        **solver_options,
+    )
+    subspace, _ = estimate_subspace(decomposition, rank=rank)
+    r = subspace.shape[1]
+    test = None
+    if detect == "support":
+        collaborative = ~decomposition.support(tol=support_tol)
+    else:
+        test = chi_square_test(
+            work,
+            subspace,
+            center=decomposition.center,
+            sigma=sigma,
+            alpha=alpha,
+            correction=correction,
+        )
+        collaborative = ~test.rejected
+    refined = refine(work, subspace, collaborative)
+    if side == "right":
+        refined = refined.transpose(0, 2, 1)
+    return ClairResult(
+        subspace=subspace,
+        rank=r,
+        collaborative=collaborative,
+        refined=np.ascontiguousarray(refined),
+        decomposition=decomposition,
+        test=test,
+        detect=detect,
+        side=side,
+    )

@@ -1,0 +1,47 @@
+"""Step 2 of CLAIR: the shared subspace A^ from the low-rank part L^ (SPEC §3)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clair_stats._validation import stack
+from clair_stats.results import Decomposition
+
+__all__ = ["estimate_subspace"]
+
+
+def estimate_subspace(
+    decomposition: Decomposition, rank: int | None = None, tol: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
+    """A^ = the top-r left singular vectors of the stacked L^ (p x Kq).
+
+    Parameters
+    ----------
+    decomposition : Decomposition
+        The result of :func:`clair_stats.decompose`.
+    rank : int, optional
+        r. Default: the numerical rank of L^, the number of singular values above
+        ``tol * ||M||_F`` (for P1 these are the values that survived the
+        thresholding; for P0 the tolerance absorbs the solver's accuracy).
+    tol : float
+        Relative tolerance of the numerical rank.
+
+    Returns
+    -------
+    subspace : numpy.ndarray, shape (p, r)
+        A^ with orthonormal columns.
+    singular_values : numpy.ndarray
+        All singular values of L^, decreasing (for diagnostics).
+    """
+    low_rank = stack(decomposition.low_rank)
+    u, sv, _ = np.linalg.svd(low_rank, full_matrices=False)
+    max_rank = sv.size
+    if rank is None:
+        rank = int(np.sum(sv > tol * decomposition.data_norm))
+    elif isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+        raise TypeError(f"rank must be an int or None, got {rank!r}.")
+    elif not 1 <= rank <= max_rank:
+        raise ValueError(
+            f"rank must be between 1 and min(p, Kq) = {max_rank}, got {rank}."
+        )
+    return u[:, :rank], sv
