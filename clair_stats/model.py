@@ -121,8 +121,9 @@ class FederatedModel:
     contamination : float or int
         A float is the fraction gamma in [0, 1); an int is the number of contaminated
         clients, in [0, K - 1]. At least one client must stay benign.
-    contamination_type : str
-        One of :data:`CONTAMINATION_TYPES`. Writing
+    contamination_type : str or tuple of str
+        One of :data:`CONTAMINATION_TYPES`, or several: the contaminated clients
+        (in client order) then take the types in turn. Writing
         :math:`\rho = (\text{mean}_{j \in S} \|\Theta_j - \Theta_0\|_F^2)^{1/2}`
         (the benign norm of this instance), :math:`\Theta_k - \Theta_0` is
 
@@ -170,7 +171,7 @@ class FederatedModel:
     rank: int
     n_clients: int
     contamination: float | int = 0.2
-    contamination_type: str = "random"
+    contamination_type: str | tuple[str, ...] = "random"
     heterogeneity: float = 0.0
     center: bool = False
     signal_scale: float = 1.0
@@ -220,11 +221,17 @@ class FederatedModel:
                 "contamination must be a float fraction in [0, 1) or an int count, "
                 f"got {gamma!r} of type {type(gamma).__name__}."
             )
-        if self.contamination_type not in CONTAMINATION_TYPES:
-            raise ValueError(
-                f"unknown contamination_type {self.contamination_type!r}; valid "
-                f"types are {', '.join(CONTAMINATION_TYPES)}."
-            )
+        kinds = self.contamination_type
+        if isinstance(kinds, list | tuple):
+            if not kinds:
+                raise ValueError("contamination_type needs at least one type.")
+            set_(self, "contamination_type", tuple(kinds))
+        for kind in self.types:
+            if kind not in CONTAMINATION_TYPES:
+                raise ValueError(
+                    f"unknown contamination_type {kind!r}; valid "
+                    f"types are {', '.join(CONTAMINATION_TYPES)}."
+                )
         if not isinstance(self.center, (bool, np.bool_)):
             raise TypeError(f"center must be a bool, got {self.center!r}.")
         set_(self, "center", bool(self.center))
@@ -236,6 +243,12 @@ class FederatedModel:
             "margin",
         ):
             set_(self, name, _check_scale(name, getattr(self, name)))
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """The contamination types, taken in turn by the contaminated clients."""
+        kinds = self.contamination_type
+        return kinds if isinstance(kinds, tuple) else (kinds,)
 
     @property
     def n_contaminated(self) -> int:
@@ -292,9 +305,10 @@ class FederatedModel:
             dev[k] = in_subspace(s) + heterogeneity()
         rho = math.sqrt(float(np.mean(np.sum(dev[benign] ** 2, axis=(1, 2)))))
 
-        kind = self.contamination_type
-        A_alt = _orthonormal(rng, p, r) if kind == "subspace" else None
-        for k in np.flatnonzero(~benign):
+        kinds = self.types
+        A_alt = _orthonormal(rng, p, r) if "subspace" in kinds else None
+        for i, k in enumerate(np.flatnonzero(~benign)):
+            kind = kinds[i % len(kinds)]
             if kind == "random":
                 block = rng.standard_normal((p, q))
             elif kind == "orthogonal":
@@ -323,6 +337,45 @@ class FederatedModel:
             margin=_readonly(delta),
             noise=tau,
             model=self,
+        )
+
+    def sample_regression(
+        self,
+        n: int | list[int] | tuple[int, ...] | NDArray[np.integer],
+        sigma: float = 1.0,
+        design_cov: NDArray[np.float64] | list[list[float]] | None = None,
+        ridge: float | None = None,
+        seed: int | np.random.Generator | None = None,
+        keep_data: bool = False,
+    ) -> FederatedSample:
+        r"""Draw one instance with local estimates from regressions (SPEC 2 (b)).
+
+        .. math::
+
+            Y_k = X_k \Theta_k + \varepsilon_k, \qquad
+            \hat\Theta_k = (X_k^T X_k + \alpha I_p)^{-1} X_k^T Y_k,
+
+        :math:`X_k` rows iid :math:`N(0, \Sigma)`, :math:`\varepsilon_k` rows iid
+        :math:`N(0, \sigma^2 I_q)`, :math:`\alpha = 0` (OLS) unless ``ridge``. The
+        truth equals ``self.sample(seed=seed).truth`` for the same int seed. See
+        :func:`clair_stats.regression.sample_regression` for the parameters.
+
+        Returns
+        -------
+        clair_stats.regression.RegressionSample
+            A :class:`FederatedSample` subclass with the fits' ``n``, ``sigma``,
+            ``sigma2_hat``, ``gram_inverse_trace``, ``estimator`` and ``ridge``.
+        """
+        from clair_stats.regression import sample_regression
+
+        return sample_regression(
+            self,
+            n,
+            sigma=sigma,
+            design_cov=design_cov,
+            ridge=ridge,
+            seed=seed,
+            keep_data=keep_data,
         )
 
 

@@ -318,3 +318,23 @@ def test_invalid_model(kwargs: dict[str, object], exc: type, match: str) -> None
 def test_invalid_noise(noise: object, exc: type, match: str) -> None:
     with pytest.raises(exc, match=match):
         make().sample(noise=noise, seed=0)  # type: ignore[arg-type]
+
+
+def test_several_contamination_types_are_taken_in_turn():
+    """A tuple of types: contaminated clients (in client order) alternate types."""
+    model = FederatedModel(
+        p=20,
+        q=2,
+        rank=2,
+        n_clients=20,
+        contamination=6,
+        contamination_type=("orthogonal", "in_subspace"),
+    )
+    sample = model.sample(seed=0)
+    margins = sample.margin[sample.contaminated]
+    assert np.all(margins[0::2] > 0.1)  # orthogonal: delta_k = the benign norm
+    np.testing.assert_allclose(margins[1::2], 0.0, atol=1e-12)  # in_subspace
+    with pytest.raises(ValueError, match="unknown contamination_type"):
+        FederatedModel(p=5, q=1, rank=1, n_clients=4, contamination_type=("x",))
+    with pytest.raises(ValueError, match="at least one type"):
+        FederatedModel(p=5, q=1, rank=1, n_clients=4, contamination_type=())
