@@ -1,8 +1,9 @@
-"""Command line: ``clair demo`` (also ``python -m clair_stats demo``).
+"""Command line: ``clair demo`` and ``clair solvers`` (or ``python -m clair_stats``).
 
-The demo draws an instance of the federated model (SPEC §2), decomposes it with
-the fast solver, reports subspace and support recovery, and cross-checks the
-fast solver against the cvxpy reference on a small instance.
+``demo`` runs CLAIR and every baseline on a simulated federation
+(:mod:`clair_stats.demo`). ``solvers`` decomposes one instance with the fast
+solver, reports subspace and support recovery, and cross-checks the fast solver
+against the cvxpy reference on a small instance.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from clair_stats import CONTAMINATION_TYPES, FederatedModel, decompose
 from clair_stats._validation import stack
+from clair_stats.demo import add_arguments, run_demo
 
 
 def _subspace_error(low_rank: np.ndarray, a: np.ndarray) -> float:
@@ -23,8 +25,8 @@ def _subspace_error(low_rank: np.ndarray, a: np.ndarray) -> float:
     return float(np.linalg.norm(u @ u.T - a @ a.T))
 
 
-def demo(args: argparse.Namespace) -> int:
-    """Run the demo; returns the exit code."""
+def solvers_demo(args: argparse.Namespace) -> int:
+    """Decompose one instance and cross-check against cvxpy; the exit code."""
     model = FederatedModel(
         p=args.p,
         q=args.q,
@@ -63,21 +65,28 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``clair`` console script."""
     parser = argparse.ArgumentParser(prog="clair", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="decompose a simulated federation and report")
-    d.add_argument("--p", type=int, default=60, help="rows p of each update")
-    d.add_argument("--q", type=int, default=5, help="columns q of each update")
-    d.add_argument("--clients", type=int, default=100, help="number of clients K")
-    d.add_argument("--rank", type=int, default=3, help="shared rank r")
-    d.add_argument(
+    d = sub.add_parser(
+        "demo", help="CLAIR against every baseline on a simulated federation"
+    )
+    add_arguments(d)
+    s = sub.add_parser("solvers", help="the fast solver against cvxpy on one instance")
+    s.add_argument("--p", type=int, default=60, help="rows p of each update")
+    s.add_argument("--q", type=int, default=5, help="columns q of each update")
+    s.add_argument("--clients", type=int, default=100, help="number of clients K")
+    s.add_argument("--rank", type=int, default=3, help="shared rank r")
+    s.add_argument(
         "--contamination", type=float, default=0.2, help="fraction gamma in [0, 1)"
     )
-    d.add_argument("--type", choices=CONTAMINATION_TYPES, default="random")
-    d.add_argument("--noise", type=float, default=0.0, help="noise level tau")
-    d.add_argument("--tol", type=float, default=1e-7, help="relative duality gap")
-    d.add_argument("--seed", type=int, default=0)
+    s.add_argument("--type", choices=CONTAMINATION_TYPES, default="random")
+    s.add_argument("--noise", type=float, default=0.0, help="noise level tau")
+    s.add_argument("--tol", type=float, default=1e-7, help="relative duality gap")
+    s.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        return demo(args)
+        if args.command == "demo":
+            run_demo(args)
+            return 0
+        return solvers_demo(args)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     return 2
