@@ -92,6 +92,8 @@ def chi_square_test(
         raise ValueError(
             f"correction must be one of {tuple(CORRECTIONS)}, got {correction!r}."
         )
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating):
+        raise TypeError(f"alpha must be a number in (0, 1), got {alpha!r}.")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
     n_clients, p, q = updates.shape
@@ -112,9 +114,23 @@ def chi_square_test(
         variance = np.full(n_clients, np.median(energy) / scipy.stats.chi2.median(df))
         estimated = True
     else:
-        sigma = np.broadcast_to(np.asarray(sigma, dtype=float), (n_clients,))
+        sigma = np.asarray(sigma)
+        if sigma.dtype == object or not np.issubdtype(sigma.dtype, np.number):
+            raise TypeError(f"sigma must be real numbers, got dtype {sigma.dtype}.")
+        if np.iscomplexobj(sigma):
+            raise TypeError("sigma must be real, got complex values.")
+        if sigma.shape not in ((), (n_clients,)):
+            raise ValueError(
+                f"sigma must be a number or have shape (K,) = ({n_clients},), one "
+                f"noise level per client; got shape {sigma.shape}."
+            )
+        sigma = np.broadcast_to(sigma.astype(float), (n_clients,))
         if not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
-            raise ValueError("sigma must be finite and > 0 for every client.")
+            bad = np.flatnonzero(~np.isfinite(sigma) | (sigma <= 0))
+            raise ValueError(
+                f"sigma must be finite and > 0 for every client; client(s) "
+                f"{bad.tolist()} have {sigma[bad].tolist()}."
+            )
         variance = sigma**2
         estimated = False
     if np.any(variance <= 0):

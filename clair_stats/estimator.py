@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clair_stats._validation import check_updates
+from clair_stats._validation import check_positive, check_updates
 from clair_stats.decompose import decompose
 from clair_stats.detection import ChiSquareTest, chi_square_test
 from clair_stats.refine import refine
@@ -185,6 +185,7 @@ def clair(
         raise ValueError(f"detect must be 'support' or 'test', got {detect!r}.")
     if mode not in ("auto", "exact", "penalized"):
         raise ValueError(f"mode must be 'auto', 'exact' or 'penalized', got {mode!r}.")
+    support_tol = check_positive(support_tol, "support_tol")
     work = data.transpose(0, 2, 1) if side == "right" else data
     n_clients, p, q = work.shape
     if mode == "auto":
@@ -195,8 +196,15 @@ def clair(
                 "mode='penalized' needs mu or sigma (mu = sigma (sqrt(p) + "
                 "sqrt(Kq)) is used when sigma is given)."
             )
-        tau = float(np.max(np.asarray(sigma, dtype=float)))
-        mu = tau * (np.sqrt(p) + np.sqrt(n_clients * q))
+        tau = np.asarray(sigma, dtype=float)
+        if tau.shape not in ((), (n_clients,)) or not np.all(
+            np.isfinite(tau) & (tau > 0)
+        ):
+            raise ValueError(
+                f"sigma must be a positive number or {n_clients} positive numbers "
+                f"(one per client), got {sigma!r}."
+            )
+        mu = float(np.max(tau)) * (np.sqrt(p) + np.sqrt(n_clients * q))
     decomposition = decompose(
         work,
         lam=lam,

@@ -130,6 +130,17 @@ def test_fwer_under_all_benign_is_at_most_alpha():
         ({"rank": 2.5}, "rank"),
         ({"detect": "test", "alpha": 1.5}, "alpha"),
         ({"detect": "test", "correction": "sidak2"}, "correction"),
+        ({"detect": "test", "alpha": "0.05"}, "alpha"),
+        ({"detect": "test", "sigma": -1.0}, "sigma"),
+        ({"detect": "test", "sigma": np.ones(3)}, "sigma"),
+        ({"detect": "test", "sigma": np.array([np.nan] * 10)}, "sigma"),
+        ({"detect": "test", "mode": "exact", "sigma": "a"}, "sigma"),
+        ({"support_tol": 0.0}, "support_tol"),
+        ({"lam": -1.0}, "lam"),
+        ({"weights": np.ones(3)}, "weights"),
+        ({"solver": "mosek"}, "solver"),
+        ({"center": "yes"}, "center"),
+        ({"rank": 11}, "rank"),
     ],
 )
 def test_bad_arguments(kwargs, match):
