@@ -85,7 +85,7 @@ def run_demo(args: argparse.Namespace) -> list[MethodReport]:
     updates, a, contaminated = sample.updates, sample.subspace, sample.contaminated
     n_bad = int(contaminated.sum())
     # per-entry standard deviation of each local fit: sigma_k^2 tr((X^T X)^-1) / p
-    sigma_k = np.sqrt(sample.sigma2_hat * sample.gram_inverse_trace / model.p)
+    sigma_k = sample.local_sd
     print(f"scenario: {sample!r}")
     print(
         f"  local fits: per-entry error sd {np.median(sigma_k):.3g} (median over "

@@ -211,6 +211,16 @@ class RegressionSample(FederatedSample):
     designs: tuple[FloatArray, ...] | None = None
     responses: tuple[FloatArray, ...] | None = None
 
+    @property
+    def local_sd(self) -> np.ndarray:
+        """Per-entry standard deviation of each local fit, shape (K,).
+
+        sigma^_k sqrt(tr((X_k^T X_k)^{-1}) / p): the sigma of the chi-square test
+        of :func:`clair_stats.clair` (``sigma=sample.local_sd``), estimated from
+        the fits' own residuals.
+        """
+        return np.sqrt(self.sigma2_hat * self.gram_inverse_trace / self.p)
+
     def __repr__(self) -> str:
         n = (
             str(int(self.n[0]))

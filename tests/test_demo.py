@@ -51,8 +51,7 @@ def test_standard_scenario_clair_beats_local_and_fedavg_by_the_t4_margin():
     )
     for seed in range(3):
         sample = model.sample_regression(n=200, sigma=1.0, seed=seed)
-        sigma_k = np.sqrt(sample.sigma2_hat * sample.gram_inverse_trace / model.p)
-        result = clair(sample.updates, rank=3, detect="test", sigma=sigma_k)
+        result = clair(sample.updates, rank=3, detect="test", sigma=sample.local_sd)
         benign = sample.benign
 
         def mse(estimates, benign=benign, sample=sample):
