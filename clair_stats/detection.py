@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.stats
-from statsmodels.stats.multitest import multipletests
 
 __all__ = ["ChiSquareTest", "chi_square_test"]
 
@@ -88,6 +87,9 @@ def chi_square_test(
     -------
     ChiSquareTest
     """
+    # imported here: statsmodels costs about a second at import
+    from statsmodels.stats.multitest import multipletests
+
     if correction not in CORRECTIONS:
         raise ValueError(
             f"correction must be one of {tuple(CORRECTIONS)}, got {correction!r}."

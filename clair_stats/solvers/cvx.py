@@ -14,7 +14,6 @@ residual (P1c); the certificate is then computed by
 
 from __future__ import annotations
 
-import cvxpy as cp
 import numpy as np
 
 from clair_stats.certificates import duality_gap
@@ -66,6 +65,8 @@ def cvxpy_solve(
     -------
     SolverOutput
     """
+    import cvxpy as cp  # imported here: half a second that the fast path never needs
+
     name = cvxpy_solver.upper()
     if name not in CVXPY_SOLVERS:
         raise ValueError(
