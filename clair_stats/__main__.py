@@ -15,14 +15,9 @@ import warnings
 import numpy as np
 
 from clair_stats import CONTAMINATION_TYPES, FederatedModel, decompose
-from clair_stats._validation import stack
 from clair_stats.demo import add_arguments, run_demo
-
-
-def _subspace_error(low_rank: np.ndarray, a: np.ndarray) -> float:
-    """||P_A^ - P_A||_F with A^ the top-r left singular vectors of stacked L^."""
-    u = np.linalg.svd(stack(low_rank), full_matrices=False)[0][:, : a.shape[1]]
-    return float(np.linalg.norm(u @ u.T - a @ a.T))
+from clair_stats.metrics import projection_distance
+from clair_stats.subspace import estimate_subspace
 
 
 def solvers_demo(args: argparse.Namespace) -> int:
@@ -39,10 +34,11 @@ def solvers_demo(args: argparse.Namespace) -> int:
     print(f"instance: {sample!r}\n")
     result = decompose(sample.updates, tol=args.tol)
     print(result.summary())
+    subspace, _ = estimate_subspace(result, rank=args.rank)
     support = result.support(tol=1e-4 if args.noise > 0 else 1e-6)
     print(
         f"\nsubspace error ||P_A^ - P_A||_F = "
-        f"{_subspace_error(result.low_rank, sample.subspace):.3e}"
+        f"{projection_distance(subspace, sample.subspace):.3e}"
     )
     print(
         f"true contaminated clients:     {np.nonzero(sample.contaminated)[0].tolist()}"

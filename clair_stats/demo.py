@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from clair_stats import baselines
+from clair_stats._validation import stack
 from clair_stats.estimator import clair
 from clair_stats.metrics import (
     client_errors,
@@ -108,7 +109,7 @@ def run_demo(args: argparse.Namespace) -> list[MethodReport]:
         ]
     start = time.perf_counter()
     svd_est = baselines.svd_refine(updates, model.rank)
-    u = np.linalg.svd(updates.transpose(1, 0, 2).reshape(model.p, -1))[0]
+    u = np.linalg.svd(stack(updates), full_matrices=False)[0]
     reports.append(
         MethodReport(
             "plain SVD + refine",
