@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+import pytest
 
 from clair_stats import FederatedModel, clair
 from clair_stats.demo import add_arguments, run_demo
@@ -65,3 +66,17 @@ def test_standard_scenario_clair_beats_local_and_fedavg_by_the_t4_margin():
         assert local - ours >= 0.5 * gain
         assert ours < fedavg
         np.testing.assert_array_equal(result.collaborative, benign)
+
+
+def test_command_line(tmp_path, capsys):
+    """`clair solvers` reports recovery; a bad option is a usage error."""
+    from clair_stats.__main__ import main
+
+    code = main(["solvers", "--p", "12", "--q", "2", "--clients", "20", "--rank", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "relative objective difference" in out
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--clients", "1", "--out", str(tmp_path / "x.png")])
+    assert info.value.code == 2
+    assert "n_clients" in capsys.readouterr().err
