@@ -110,35 +110,29 @@ def admm_p0(
         dual_res = beta * float(np.linalg.norm(new_n - stack_n))
         stack_n = new_n
         primal_res = float(np.linalg.norm(residual)) / max(norm_data, 1e-300)
-        cert = duality_gap(
-            problem,
-            data,
-            low_rank,
-            sparse,
-            center,
-            dual,
-            nuclear_norm=thresholded.nuclear_norm,
-            dual_operator_norm=1.0 + dual_res,
-            residual=residual,
-        )
-        if verbose:
-            print(
-                f"admm {iteration:4d}  rank {thresholded.rank:3d}  "
-                f"gap {cert.relative_gap:.2e}  primal {primal_res:.2e}  "
-                f"dual {dual_res:.2e}  beta {beta:.3g}"
+        # the stopping rule needs both: the certificate waits for feasibility
+        if primal_res <= tol or iteration == max_iter or verbose:
+            cert = duality_gap(
+                problem,
+                data,
+                low_rank,
+                sparse,
+                center,
+                dual,
+                nuclear_norm=thresholded.nuclear_norm,
+                dual_operator_norm=1.0 + dual_res,
+                residual=residual,
             )
-        if cert.relative_gap <= tol and primal_res <= tol:
-            converged, message = True, "relative gap and primal residual below tol"
-            break
-        # residual balancing, both residuals on the scale of the certificate;
-        # thresholds 2 and factor 1.5 took 1713 iterations over eight test
-        # regimes (noiseless and noisy, tol 1e-9) against 2512 for Boyd's
-        # 10 and 2, 1940 for a sqrt(ratio) update; growing beta geometrically
-        # (Lin-Chen-Ma) stalled the gap
-        if primal_res > 2.0 * dual_res:
-            beta *= 1.5
-        elif dual_res > 2.0 * primal_res:
-            beta /= 1.5
+            if verbose:
+                print(
+                    f"admm {iteration:4d}  rank {thresholded.rank:3d}  "
+                    f"gap {cert.relative_gap:.2e}  primal {primal_res:.2e}  "
+                    f"dual {dual_res:.2e}  beta {beta:.3g}"
+                )
+            if cert.relative_gap <= tol and primal_res <= tol:
+                converged, message = True, "relative gap and primal residual below tol"
+                break
+        beta = _balanced(beta, primal_res, dual_res)
 
     if norm_data == 0.0:
         converged, message = True, "M = 0: the solution is L = S = 0"
@@ -161,3 +155,18 @@ def admm_p0(
         message=message,
         penalty=beta,
     )
+
+
+def _balanced(beta: float, primal_res: float, dual_res: float) -> float:
+    """Residual balancing of the penalty: x1.5 when one residual is twice the other.
+
+    Thresholds 2 and factor 1.5 took 1713 iterations over eight test regimes
+    (noiseless and noisy, tol 1e-9) against 2512 for Boyd's 10 and 2, and 1940
+    for a sqrt(ratio) update; growing beta geometrically (Lin-Chen-Ma) stalled
+    the gap.
+    """
+    if primal_res > 2.0 * dual_res:
+        return beta * 1.5
+    if dual_res > 2.0 * primal_res:
+        return beta / 1.5
+    return beta
