@@ -18,7 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests theory_checks
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_solvers.py
