@@ -213,3 +213,66 @@ def unstack(matrix: np.ndarray, n_clients: int) -> np.ndarray:
         )
     q = n_cols // n_clients
     return np.ascontiguousarray(matrix.reshape(p, n_clients, q).transpose(1, 0, 2))
+
+
+#: Largest max |A^T A - I_r| accepted for an orthonormal basis.
+ORTHONORMAL_TOL = 1e-8
+
+
+def check_orthonormal(
+    basis: object, name: str, p: int | None = None, min_rank: int = 0
+) -> np.ndarray:
+    """Return ``basis`` as a float64 (p, r) array with orthonormal columns, or raise.
+
+    The check is max |A^T A - I_r| <= :data:`ORTHONORMAL_TOL`; ``p`` (if given) is
+    the required number of rows, ``min_rank`` the least number of columns.
+    """
+    arr = np.asarray(basis)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise TypeError(
+            f"{name} must be a real array of shape (p, r), got dtype {arr.dtype}."
+        )
+    if arr.ndim != 2:
+        hint = " For one direction (r = 1) pass v[:, None]." if arr.ndim == 1 else ""
+        raise ValueError(
+            f"{name} must have shape (p, r) (a basis of the subspace in its "
+            f"columns), got shape {arr.shape}.{hint}"
+        )
+    if p is not None and arr.shape[0] != p:
+        raise ValueError(
+            f"{name} must have p = {p} rows to match, got shape {arr.shape}; the "
+            "subspace lives in R^p, the column space of the p x q updates (use the "
+            "transposes for the row space)."
+        )
+    if arr.shape[1] < min_rank:
+        raise ValueError(
+            f"{name} must have at least {min_rank} column(s), got shape {arr.shape}."
+        )
+    arr = arr.astype(np.float64, copy=False)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    r = arr.shape[1]
+    defect = float(np.max(np.abs(arr.T @ arr - np.eye(r)), initial=0.0))
+    if defect > ORTHONORMAL_TOL:
+        raise ValueError(
+            f"{name} must have orthonormal columns (max |A^T A - I| = {defect:.2e} "
+            f"> {ORTHONORMAL_TOL:g}); pass an orthonormal basis of the same span, "
+            f"e.g. np.linalg.qr({name})[0] (full column rank needed)."
+        )
+    return arr
+
+
+def check_mask(mask: object, name: str, n_clients: int | None = None) -> np.ndarray:
+    """Return ``mask`` as a 1-D bool array (of length ``n_clients`` if given)."""
+    arr = np.asarray(mask)
+    if arr.dtype != np.bool_:
+        raise TypeError(
+            f"{name} must be a boolean mask of shape (K,), got dtype {arr.dtype}; "
+            "to convert client indices idx use np.isin(np.arange(K), idx)."
+        )
+    if arr.ndim != 1 or (n_clients is not None and arr.shape[0] != n_clients):
+        expected = "(K,)" if n_clients is None else f"(K,) = ({n_clients},)"
+        raise ValueError(f"{name} must have shape {expected}, got {arr.shape}.")
+    return arr

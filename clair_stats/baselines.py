@@ -39,8 +39,13 @@ import numpy as np
 import scipy.stats
 from numpy.typing import NDArray
 
-from clair_stats._validation import check_positive, check_updates, stack
-from clair_stats.metrics import _check_mask, _check_orthonormal
+from clair_stats._validation import (
+    check_mask,
+    check_orthonormal,
+    check_positive,
+    check_updates,
+    stack,
+)
 from clair_stats.refine import refine
 from clair_stats.results import ConvergenceWarning
 
@@ -504,6 +509,6 @@ def oracle_clair(updates: object, subspace: object, benign: object) -> FloatArra
     """
     updates = check_updates(updates)
     n_clients, p, _ = updates.shape
-    subspace = _check_orthonormal(subspace, "subspace", p=p)
-    benign = _check_mask(benign, "benign", n_clients)
+    subspace = check_orthonormal(subspace, "subspace", p=p)
+    benign = check_mask(benign, "benign", n_clients)
     return refine(updates, subspace, benign)

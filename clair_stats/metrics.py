@@ -22,7 +22,11 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
 
-from clair_stats._validation import check_updates
+from clair_stats._validation import (
+    check_mask,
+    check_orthonormal,
+    check_updates,
+)
 
 __all__ = [
     "DetectionScores",
@@ -36,55 +40,7 @@ __all__ = [
 FloatArray = NDArray[np.float64]
 
 #: Tolerance of the orthonormality check max |A^T A - I| of a subspace basis.
-ORTHONORMAL_TOL = 1e-8
-
 _NORMS = ("fro", "op")
-
-
-# ------------------------------------------------------------------------ subspaces
-def _check_orthonormal(
-    basis: object, name: str, p: int | None = None, min_rank: int = 0
-) -> FloatArray:
-    """Return ``basis`` as a float64 (p, r) array with orthonormal columns, or raise.
-
-    The check is max |A^T A - I_r| <= :data:`ORTHONORMAL_TOL`; ``p`` (if given) is
-    the required number of rows, ``min_rank`` the least number of columns.
-    """
-    arr = np.asarray(basis)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        raise TypeError(
-            f"{name} must be a real array of shape (p, r), got dtype {arr.dtype}."
-        )
-    if arr.ndim != 2:
-        hint = " For one direction (r = 1) pass v[:, None]." if arr.ndim == 1 else ""
-        raise ValueError(
-            f"{name} must have shape (p, r) (a basis of the subspace in its "
-            f"columns), got shape {arr.shape}.{hint}"
-        )
-    if p is not None and arr.shape[0] != p:
-        raise ValueError(
-            f"{name} must have p = {p} rows to match, got shape {arr.shape}; the "
-            "subspace lives in R^p, the column space of the p x q updates (use the "
-            "transposes for the row space)."
-        )
-    if arr.shape[1] < min_rank:
-        raise ValueError(
-            f"{name} must have at least {min_rank} column(s), got shape {arr.shape}."
-        )
-    arr = arr.astype(np.float64, copy=False)
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
-    r = arr.shape[1]
-    defect = float(np.max(np.abs(arr.T @ arr - np.eye(r)), initial=0.0))
-    if defect > ORTHONORMAL_TOL:
-        raise ValueError(
-            f"{name} must have orthonormal columns (max |A^T A - I| = {defect:.2e} "
-            f"> {ORTHONORMAL_TOL:g}); pass an orthonormal basis of the same span, "
-            f"e.g. np.linalg.qr({name})[0] (full column rank needed)."
-        )
-    return arr
 
 
 def projection_distance(A_hat: object, A: object, norm: str = "fro") -> float:
@@ -130,8 +86,8 @@ def projection_distance(A_hat: object, A: object, norm: str = "fro") -> float:
     """
     if norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
-    A_hat = _check_orthonormal(A_hat, "A_hat")
-    A = _check_orthonormal(A, "A", p=A_hat.shape[0])
+    A_hat = check_orthonormal(A_hat, "A_hat")
+    A = check_orthonormal(A, "A", p=A_hat.shape[0])
     res_hat = A_hat - A @ (A.T @ A_hat)  # P_A^perp A^
     res = A - A_hat @ (A_hat.T @ A)  # P_A^^perp A
     if norm == "fro":
@@ -165,8 +121,8 @@ def principal_angles(A_hat: object, A: object) -> FloatArray:
     numpy.ndarray, shape (min(r_hat, r),)
         Angles in [0, pi/2], smallest first.
     """
-    A_hat = _check_orthonormal(A_hat, "A_hat", min_rank=1)
-    A = _check_orthonormal(A, "A", p=A_hat.shape[0], min_rank=1)
+    A_hat = check_orthonormal(A_hat, "A_hat", min_rank=1)
+    A = check_orthonormal(A, "A", p=A_hat.shape[0], min_rank=1)
     return np.sort(scipy.linalg.subspace_angles(A_hat, A))
 
 
@@ -212,20 +168,6 @@ class DetectionScores:
         )
 
 
-def _check_mask(mask: object, name: str, n_clients: int | None = None) -> np.ndarray:
-    """Return ``mask`` as a 1-D bool array (of length ``n_clients`` if given)."""
-    arr = np.asarray(mask)
-    if arr.dtype != np.bool_:
-        raise TypeError(
-            f"{name} must be a boolean mask of shape (K,), got dtype {arr.dtype}; "
-            "to convert client indices idx use np.isin(np.arange(K), idx)."
-        )
-    if arr.ndim != 1 or (n_clients is not None and arr.shape[0] != n_clients):
-        expected = "(K,)" if n_clients is None else f"(K,) = ({n_clients},)"
-        raise ValueError(f"{name} must have shape {expected}, got {arr.shape}.")
-    return arr
-
-
 def detection_scores(flagged: object, contaminated: object) -> DetectionScores:
     r"""Precision, recall and exact recovery of the flagged clients.
 
@@ -254,8 +196,8 @@ def detection_scores(flagged: object, contaminated: object) -> DetectionScores:
     -------
     DetectionScores
     """
-    flagged = _check_mask(flagged, "flagged")
-    contaminated = _check_mask(contaminated, "contaminated", flagged.shape[0])
+    flagged = check_mask(flagged, "flagged")
+    contaminated = check_mask(contaminated, "contaminated", flagged.shape[0])
     n_flagged = int(flagged.sum())
     n_contaminated = int(contaminated.sum())
     hits = int(np.sum(flagged & contaminated))
