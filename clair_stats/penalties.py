@@ -25,7 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-__all__ = ["BlockFrobenius", "NuclearNorm", "SVT", "block_norms", "svt"]
+__all__ = [
+    "SVT",
+    "BlockFrobenius",
+    "NuclearNorm",
+    "block_norms",
+    "block_soft_threshold",
+    "svt",
+]
 
 # The Gram route squares singular values: an eigenvalue of X X^T is known to about
 # eps * ||X||_F^2, so it resolves a threshold t only when t^2 is well above that.
@@ -39,6 +46,20 @@ def block_norms(x: np.ndarray, n_clients: int) -> np.ndarray:
     """Frobenius norms ||X_k||_F of the K column blocks of X (p, Kq)."""
     blocks = x.reshape(x.shape[0], n_clients, -1)
     return np.sqrt(np.einsum("ikj,ikj->k", blocks, blocks))
+
+
+def block_soft_threshold(x: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """X_k (1 - t_k / ||X_k||_F)_+ for the K column blocks of X (p, Kq).
+
+    The prox of sum_k t_k ||.||_F, blocks with norm <= t_k set to zero.
+    """
+    n_clients = thresholds.size
+    norms = block_norms(x, n_clients)
+    scale = np.where(
+        norms > thresholds, 1.0 - thresholds / np.where(norms > 0, norms, 1.0), 0.0
+    )
+    blocks = x.reshape(x.shape[0], n_clients, -1)
+    return (blocks * scale[None, :, None]).reshape(x.shape)
 
 
 @dataclass(frozen=True)
@@ -176,13 +197,7 @@ class BlockFrobenius:
 
         The prox of ``step * g``: argmin_Z 1/2 ||Z - X||_F^2 + step g(Z).
         """
-        norms = block_norms(x, self.n_clients)
-        t = step * self.weights
-        scale = np.where(norms > t, 1.0 - t / np.where(norms > 0, norms, 1.0), 0.0)
-        p = x.shape[0]
-        return (x.reshape(p, self.n_clients, -1) * scale[None, :, None]).reshape(
-            x.shape
-        )
+        return block_soft_threshold(x, step * self.weights)
 
     def dual_norm(self, y: np.ndarray) -> float:
         """max_k ||Y_k||_F / w_k."""

@@ -21,7 +21,7 @@ import numpy as np
 
 from clair_stats.penalties import BlockFrobenius, NuclearNorm
 
-__all__ = ["MODES", "Problem", "block_mean", "remove_block_mean"]
+__all__ = ["MODES", "Problem", "block_mean", "remove_block_mean", "repeat_center"]
 
 Mode = Literal["exact", "penalized", "constrained"]
 MODES: tuple[str, ...] = ("exact", "penalized", "constrained")
@@ -39,11 +39,9 @@ def remove_block_mean(x: np.ndarray, n_clients: int) -> np.ndarray:
     return (blocks - blocks.mean(axis=1, keepdims=True)).reshape(x.shape)
 
 
-def repeat_center(c: np.ndarray | None, n_clients: int, shape: tuple) -> np.ndarray:
-    """c 1^T: the centre c (p, q) repeated over the K blocks, or zeros."""
-    if c is None:
-        return np.zeros(shape)
-    return np.tile(c, (1, n_clients))
+def repeat_center(c: np.ndarray | None, n_clients: int) -> np.ndarray | float:
+    """c 1^T: the centre c (p, q) repeated over the K blocks, or 0.0 without one."""
+    return 0.0 if c is None else np.tile(c, (1, n_clients))
 
 
 @dataclass(frozen=True)
@@ -102,9 +100,7 @@ class Problem:
         center: np.ndarray | None,
     ) -> np.ndarray:
         """M - L - S - c 1^T (stacked, p x Kq)."""
-        return (
-            data - low_rank - sparse - repeat_center(center, self.n_clients, data.shape)
-        )
+        return data - low_rank - sparse - repeat_center(center, self.n_clients)
 
     def objective(
         self,

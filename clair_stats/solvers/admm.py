@@ -25,8 +25,8 @@ import numpy as np
 
 from clair_stats.certificates import duality_gap, operator_norm
 from clair_stats.penalties import block_norms, svt
-from clair_stats.problems import Problem, remove_block_mean
-from clair_stats.solvers.base import SolverOutput, sparse_center_step, tile_center
+from clair_stats.problems import Problem, remove_block_mean, repeat_center
+from clair_stats.solvers.base import SolverOutput, sparse_center_step
 
 __all__ = ["admm_p0"]
 
@@ -88,7 +88,7 @@ def admm_p0(
         dual = dual.copy()
     if beta is None:
         beta = 1.25 / max(op_data, np.finfo(float).tiny)
-    stack_n = sparse + tile_center(center, n_clients)
+    stack_n = sparse + repeat_center(center, n_clients)
 
     converged, message = False, f"stopped at max_iter={max_iter}"
     primal_res = dual_res = np.inf
@@ -103,7 +103,7 @@ def admm_p0(
         sparse, center = sparse_center_step(
             shifted - low_rank, lam_w / beta, problem.center, center
         )
-        new_n = sparse + tile_center(center, n_clients) if problem.center else sparse
+        new_n = sparse + repeat_center(center, n_clients) if problem.center else sparse
         residual = data - low_rank
         residual -= new_n
         dual += beta * residual

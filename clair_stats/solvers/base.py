@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clair_stats.penalties import block_soft_threshold
+
 __all__ = ["SolverOutput", "sparse_center_step"]
 
 
@@ -26,15 +28,6 @@ class SolverOutput:
     objective: float
     message: str
     penalty: float | None = None  # ADMM's final beta, for warm starts
-
-
-def _block_shrink(blocks: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Block soft-thresholding of (p, K, q) blocks: X_k (1 - t_k / ||X_k||_F)_+."""
-    norms = np.sqrt(np.einsum("ikj,ikj->k", blocks, blocks))
-    scale = np.where(
-        norms > thresholds, 1.0 - thresholds / np.where(norms > 0, norms, 1.0), 0.0
-    )
-    return blocks * scale[None, :, None]
 
 
 def sparse_center_step(
@@ -75,7 +68,7 @@ def sparse_center_step(
     n_clients = thresholds.size
     blocks = target.reshape(p, n_clients, -1)
     if not center:
-        return _block_shrink(blocks, thresholds).reshape(target.shape), None
+        return block_soft_threshold(target, thresholds), None
     c = blocks.mean(axis=1) if center_init is None else center_init.copy()
     scale = float(np.sqrt(np.einsum("ikj,ikj->", blocks, blocks))) + 1e-300
     for _ in range(max_iter):
@@ -87,13 +80,5 @@ def sparse_center_step(
         c = c_new
         if step <= tol * scale:
             break
-    sparse = _block_shrink(blocks - c[:, None, :], thresholds)
-    return sparse.reshape(target.shape), c
-
-
-def tile_center(c: np.ndarray | None, n_clients: int) -> np.ndarray | float:
-    """c 1^T as a (p, Kq) array, or 0.0 without a centre."""
-    return 0.0 if c is None else np.tile(c, (1, n_clients))
-
-
-__all__ += ["tile_center"]
+    centred = (blocks - c[:, None, :]).reshape(target.shape)
+    return block_soft_threshold(centred, thresholds), c

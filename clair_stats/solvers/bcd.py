@@ -22,8 +22,8 @@ import numpy as np
 
 from clair_stats.certificates import duality_gap
 from clair_stats.penalties import svt
-from clair_stats.problems import Problem
-from clair_stats.solvers.base import SolverOutput, sparse_center_step, tile_center
+from clair_stats.problems import Problem, repeat_center
+from clair_stats.solvers.base import SolverOutput, sparse_center_step
 
 __all__ = ["bcd_p1"]
 
@@ -69,7 +69,7 @@ def bcd_p1(
     sparse = np.zeros_like(data) if sparse is None else sparse.copy()
     if not problem.center:
         center = None
-    stack_n = sparse + tile_center(center, n_clients) if problem.center else sparse
+    stack_n = sparse + repeat_center(center, n_clients) if problem.center else sparse
     low_rank = np.zeros_like(data)
 
     converged, message = False, f"stopped at max_iter={max_iter}"
@@ -85,7 +85,7 @@ def bcd_p1(
         sparse, center = sparse_center_step(
             data - low_rank, thresholds, problem.center, center
         )
-        new_n = sparse + tile_center(center, n_clients) if problem.center else sparse
+        new_n = sparse + repeat_center(center, n_clients) if problem.center else sparse
         dual_res = float(np.linalg.norm(new_n - stack_n)) / mu
         stack_n = new_n
         residual = data - low_rank
