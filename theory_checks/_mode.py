@@ -17,5 +17,5 @@ __all__ = ["FULL", "MODE"]
 #: True when the environment sets ``THEORY_CHECKS=full``.
 FULL: bool = os.environ.get("THEORY_CHECKS") == "full"
 
-#: "full" or "ci": the hypothesis profile loaded by ``theory_checks/conftest.py``.
+#: "full" or "ci": the hypothesis profile loaded by the top-level ``conftest.py``.
 MODE: str = "full" if FULL else "ci"
