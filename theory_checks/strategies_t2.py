@@ -22,6 +22,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from clair_stats._validation import stack, unstack
+from theory_checks.strategies import T1_CONSTANT, incoherence, t1_lam
 
 __all__ = [
     "C_LOW_RANK",
@@ -35,8 +36,6 @@ __all__ = [
     "t2_proximal_instances",
 ]
 
-#: T1 condition gamma/(1-gamma) <= T1_CONSTANT / (mu r) (Xu et al. 2012, Theorem 1).
-T1_CONSTANT = 9.0 / 121.0
 #: T2 constants: ||L^ - L~||_F <= 20 sqrt(K) eps, ||S^ - S~||_F <= 18 sqrt(K) eps.
 C_LOW_RANK = 20.0
 C_SPARSE = 18.0
@@ -101,16 +100,12 @@ class T2Instance:
     @property
     def lam_t1(self) -> float:
         """The theory value lam = 3 / (7 sqrt(gamma K)) of T1 (and T2)."""
-        return 3.0 / (7.0 * math.sqrt(self.gamma * self.n_clients))
+        return t1_lam(self)
 
     @property
     def incoherence(self) -> float:
         """mu = max_{k in S} ((1 - gamma) K / r) ||V_k||_F^2, from the SVD of L0."""
-        _, _, vt = np.linalg.svd(stack(self.low_rank_truth), full_matrices=False)
-        q = self.updates.shape[2]
-        v = vt[: self.rank].T.reshape(self.n_clients, q, self.rank)
-        block_energy = np.sum(v[self.benign] ** 2, axis=(1, 2))
-        return float(np.max(block_energy) * np.count_nonzero(self.benign) / self.rank)
+        return incoherence(self)
 
     @property
     def t1_condition(self) -> bool:
