@@ -1,0 +1,142 @@
+"""Shared pieces of the study figures: Monte Carlo summaries and captioned PNGs.
+
+Every study figure goes through :func:`save_figure`, which writes a caption line
+under the axes (what is plotted, the grid, the number of replicates) so that a PNG
+read on its own says what it shows. :func:`mc_summary` and :func:`proportion_summary`
+give the Monte Carlo means and proportions with their 95% intervals that the figures
+draw as bands.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+__all__ = ["mc_summary", "proportion_summary", "save_figure"]
+
+
+def mc_summary(
+    frame: pd.DataFrame, by: str | Sequence[str], value: str, level: float = 0.95
+) -> pd.DataFrame:
+    """Monte Carlo mean of ``value`` per group, with a t interval.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        One row per replicate (and method, ...).
+    by : str or sequence of str
+        The grouping columns.
+    value : str
+        The column to summarise; NaN rows are dropped.
+    level : float
+        Confidence level of the interval on the mean.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``by``, ``mean``, ``sd``, ``n``, ``se``, ``lo``, ``hi``, ``median``:
+        ``lo, hi = mean -+ t_{(1+level)/2, n-1} se`` (NaN when n = 1).
+    """
+    from scipy import stats
+
+    by = [by] if isinstance(by, str) else list(by)
+    if value not in frame.columns:
+        raise KeyError(f"column {value!r} not in the frame ({list(frame.columns)})")
+    grouped = frame.dropna(subset=[value]).groupby(by, sort=True)[value]
+    out = grouped.agg(["mean", "std", "count", "median"]).reset_index()
+    out = out.rename(columns={"std": "sd", "count": "n"})
+    out["se"] = out["sd"] / np.sqrt(out["n"])
+    with np.errstate(invalid="ignore"):
+        t = stats.t.ppf((1 + level) / 2, np.maximum(out["n"] - 1, 1))
+    t = np.where(out["n"] > 1, t, np.nan)
+    out["lo"] = out["mean"] - t * out["se"]
+    out["hi"] = out["mean"] + t * out["se"]
+    return out
+
+
+def proportion_summary(
+    frame: pd.DataFrame, by: str | Sequence[str], value: str, alpha: float = 0.05
+) -> pd.DataFrame:
+    """Proportion of true ``value`` per group, with a Wilson interval.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        One row per replicate.
+    by : str or sequence of str
+        The grouping columns.
+    value : str
+        A boolean (or 0/1) column.
+    alpha : float
+        One minus the interval's level.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``by``, ``successes``, ``n``, ``rate``, ``lo``, ``hi``.
+    """
+    from statsmodels.stats.proportion import proportion_confint
+
+    by = [by] if isinstance(by, str) else list(by)
+    values = frame[value]
+    if not set(np.unique(values.dropna())) <= {0, 1}:
+        raise ValueError(f"column {value!r} must be boolean or 0/1")
+    grouped = frame.dropna(subset=[value]).groupby(by, sort=True)[value]
+    out = grouped.agg(["sum", "count"]).reset_index()
+    out = out.rename(columns={"sum": "successes", "count": "n"})
+    out["successes"] = out["successes"].astype(int)
+    out["rate"] = out["successes"] / out["n"]
+    lo, hi = proportion_confint(
+        out["successes"], out["n"], alpha=alpha, method="wilson"
+    )
+    out["lo"], out["hi"] = np.asarray(lo), np.asarray(hi)
+    return out
+
+
+def save_figure(
+    fig: Figure, path: str | os.PathLike[str], caption: str, width: int = 110
+) -> Path:
+    """Write ``fig`` as a PNG with ``caption`` as a line of text under the axes.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+        The figure; its axes should already have labels with units and a legend.
+    path : path-like
+        The PNG file (its folder is created).
+    caption : str
+        One or two sentences: what is plotted, the grid, the replicates. Wrapped
+        at ``width`` characters.
+    width : int
+        Characters per caption line.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"figures are written as PNG; got {path.name!r}")
+    if not caption.strip():
+        raise ValueError("every figure needs a caption line")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = textwrap.wrap(caption.strip(), width)
+    height = fig.get_figheight()
+    room = 0.18 * len(lines) + 0.15  # inches of text under the axes
+    fig.set_figheight(height + room)
+    fig.tight_layout(rect=(0, room / (height + room), 1, 1))
+    fig.text(
+        0.01, 0.01, "\n".join(lines), ha="left", va="bottom", fontsize=8, wrap=False
+    )
+    fig.savefig(path, dpi=130)
+    return path
