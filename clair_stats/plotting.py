@@ -103,7 +103,7 @@ def proportion_summary(
 
 
 def save_figure(
-    fig: Figure, path: str | os.PathLike[str], caption: str, width: int = 110
+    fig: Figure, path: str | os.PathLike[str], caption: str, width: int | None = None
 ) -> Path:
     """Write ``fig`` as a PNG with ``caption`` as a line of text under the axes.
 
@@ -116,8 +116,8 @@ def save_figure(
     caption : str
         One or two sentences: what is plotted, the grid, the replicates. Wrapped
         at ``width`` characters.
-    width : int
-        Characters per caption line.
+    width : int, optional
+        Characters per caption line; default 15 per inch of figure width.
 
     Returns
     -------
@@ -130,9 +130,10 @@ def save_figure(
     if not caption.strip():
         raise ValueError("every figure needs a caption line")
     path.parent.mkdir(parents=True, exist_ok=True)
+    width = width or int(15 * fig.get_figwidth())
     lines = textwrap.wrap(caption.strip(), width)
     height = fig.get_figheight()
-    room = 0.18 * len(lines) + 0.15  # inches of text under the axes
+    room = 0.16 * len(lines) + 0.1  # inches of text under the axes
     fig.set_figheight(height + room)
     fig.tight_layout(rect=(0, room / (height + room), 1, 1))
     fig.text(
