@@ -12,7 +12,8 @@ mappings when one replicate yields several rows, e.g. one per method).
   grid shares its rows.
 * **Storage** is one SQLite file per study (:class:`ResultStore`), one row per
   replicate, committed as soon as the replicate finishes. A killed run loses at most
-  the replicates in flight; running it again skips what is stored.
+  the replicates in flight (one when sequential, at most 2 n_jobs with joblib, those
+  submitted and unfinished with dask); running it again skips what is stored.
 * **Parallelism**: ``n_jobs`` local processes with joblib, or a dask.distributed
   cluster (``dask="local"`` starts one on this machine, ``dask="tcp://host:8786"``
   connects to a running scheduler). Results always come back to the calling process,
@@ -423,7 +424,15 @@ def _sequential(run, todo, blas_threads):
 def _joblib(run, todo, n_jobs, blas_threads):
     from joblib import Parallel, delayed
 
-    parallel = Parallel(n_jobs=n_jobs, return_as="generator_unordered")
+    # One replicate per batch, at most 2 n_jobs dispatched ahead: what a kill can
+    # lose is bounded by 2 n_jobs replicates (joblib's automatic batching would
+    # group fast replicates, and a batch comes back only when all of it is done).
+    parallel = Parallel(
+        n_jobs=n_jobs,
+        return_as="generator_unordered",
+        batch_size=1,
+        pre_dispatch="2*n_jobs",
+    )
     yield from parallel(
         delayed(_execute)(run, key, rep, seed, blas_threads) for key, rep, seed in todo
     )
