@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint format clean
+.PHONY: demo test bench report studies lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_solvers.py
+
+# The reports of notebooks/ as reports/*.html: each reads its study's stored full
+# results, or runs the study's quick grid when they are missing.
+report: $(STAMP)
+	$(PY) -m clair_stats.reports
+
+# Every study's full grid (resumable: rerun after an interruption). JOBS=2 for two
+# local processes.
+JOBS ?= 1
+STUDIES := $(filter-out simulations/__init__.py,$(wildcard simulations/*.py))
+studies: $(STAMP)
+	for s in $(STUDIES); do $(PY) $$s --jobs $(JOBS) || exit 1; done
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
