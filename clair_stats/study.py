@@ -531,7 +531,7 @@ def run_study(
     else:
         results = _sequential(study.run, todo, blas_threads)
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     bar = tqdm(
         total=len(tasks),
