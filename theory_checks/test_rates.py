@@ -15,7 +15,8 @@ stack :math:`A B^T + N`, :math:`\hat A - A \approx P_A^\perp N B (B^TB)^{-1}`,
     E\|P_{\hat A} - P_A\|_F^2 \approx 2 (p - r) r \sigma^2 / ((n - p - 1) m q s^2).
 
 Over n in [4p, 32p] its log-n slope is -n / (2 (n - p - 1)) averaged, about
--0.55, inside the band [-0.7, -0.3] asserted below.
+-0.55, inside the band [-0.7, -0.3] asserted below. Both predictions live in
+:mod:`clair_stats.theory.t4`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import statsmodels.api as sm
 
 from clair_stats import FederatedModel, clair
 from clair_stats.metrics import projection_distance
+from clair_stats.theory.t4 import refined_prediction, spec_prediction
 from theory_checks._mode import FULL
 from theory_checks.strategies_t34 import monte_carlo_runtime
 
@@ -41,16 +43,6 @@ N_MULT = (4, 8, 16, 32)  # n = multiple * p
 K_FIXED = 40
 REPS = 20 if FULL else 8
 BAND = (-0.7, -0.3)
-
-
-def refined_prediction(p, q, r, n, m):
-    """sqrt(2 (p - r) r sigma^2 / ((n - p - 1) m q s^2)), see the module docstring."""
-    return np.sqrt(2 * (p - r) * r * SIGMA**2 / ((n - p - 1) * m * q * S_SCALE**2))
-
-
-def spec_prediction(p, q, r, n, K):
-    """SPEC §4: sigma sqrt(p r / (n q K)) / s."""
-    return SIGMA * np.sqrt(p * r / (n * q * K)) / S_SCALE
 
 
 def _errors(p, q, r, n, K, seed):
@@ -72,7 +64,7 @@ def _errors(p, q, r, n, K, seed):
         out.append(
             (
                 projection_distance(res.subspace, s.subspace),
-                refined_prediction(p, q, r, n, m),
+                refined_prediction(p, q, r, n, m, sigma=SIGMA, signal_scale=S_SCALE),
             )
         )
     return out
@@ -125,7 +117,14 @@ def paths():
         lo, hi = row["ci"]
         pts = ", ".join(f"{v}:{e:.4f}" for v, e, _ in row["means"])
         spec = [
-            spec_prediction(p, q, r, *((n0, v) if axis == "K" else (v, K_FIXED)))
+            spec_prediction(
+                p,
+                q,
+                r,
+                *((n0, v) if axis == "K" else (v, K_FIXED)),
+                sigma=SIGMA,
+                signal_scale=S_SCALE,
+            )
             for v, _, _ in row["means"]
         ]
         print(

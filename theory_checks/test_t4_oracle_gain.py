@@ -27,7 +27,8 @@ Derivations (all expectations over E and H, with |S| = m):
   0. Subspace cost (our choice: this first-order formula, a prediction not fitted
   to the Monte Carlo): sub = r (p - r) tau^2 / m - r eta^2 / (q m).
 
-Predicted gain of CLAIR over local: G - het - sub.
+Predicted gain of CLAIR over local: G - het - sub. The formulas live in
+:mod:`clair_stats.theory.t4`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import scipy.stats
 from clair_stats import FederatedModel, clair
 from clair_stats.baselines import oracle_clair
 from clair_stats.refine import refine
+from clair_stats.theory.t4 import local_mse, oracle_gain, oracle_mse, predicted_gain
 from theory_checks._mode import FULL
 from theory_checks.strategies_t34 import monte_carlo_runtime
 
@@ -93,11 +95,8 @@ def test_oracle_and_local_mse_match_formulas(p, q, r, n_clients, n_bad, tau, eta
             refined = oracle_clair(s.updates, s.subspace, s.benign)
             oracle[i] = _mse(refined, s.truth, s.benign)
     formulas = {
-        "local": (local, p * q * tau**2),
-        "oracle": (
-            oracle,
-            r * q * tau**2 + (p - r) * q * tau**2 / m + eta**2 * (1 - 1 / m),
-        ),
+        "local": (local, local_mse(p, q, tau)),
+        "oracle": (oracle, oracle_mse(p, q, r, m, tau, eta)),
     }
     for name, (values, expected) in formulas.items():
         mean, se = values.mean(), values.std(ddof=1) / np.sqrt(REPS_A)
@@ -112,14 +111,6 @@ TAU_GRID = (0.1, 0.3) if FULL else (0.3,)
 C_GRID = (0.3, 0.6, 0.9, 1.1, 1.4, 2.0, 3.0) if FULL else (0.3, 0.6, 1.4, 2.0)
 REPS_B = 60 if FULL else 30
 BAND = 0.25  # |predicted gain| < BAND * G: boundary band, sign not asserted
-
-
-def predicted_gain(p, q, r, m, tau, eta):
-    """(G, G - het - sub) of the module docstring."""
-    G = (p - r) * q * tau**2 * (1 - 1 / m)
-    het = eta**2 * (1 - 1 / m)
-    sub = r * (p - r) * tau**2 / m - r * eta**2 / (q * m)
-    return G, G - het - sub
 
 
 def _regime(p, q, r, K, tau, c):
@@ -143,7 +134,8 @@ def _regime(p, q, r, K, tau, c):
         known_s = refine(s.updates, res.subspace, s.benign)
         a_hat[i] = loc - _mse(known_s, s.truth, s.benign)
         full[i] = loc - _mse(res.refined, s.truth, s.benign)
-    G, pred = predicted_gain(p, q, r, int(s.benign.sum()), tau, eta)
+    m = int(s.benign.sum())
+    G, pred = oracle_gain(p, q, r, m, tau), predicted_gain(p, q, r, m, tau, eta)
     root = np.sqrt(REPS_B)
     return {
         "case": (p, q, r, K, tau, c),

@@ -1,0 +1,422 @@
+r"""T4 (SPEC §4): the oracle gain of CLAIR over local fitting, and its costs.
+
+Direct-noise model (SPEC §2 (a)): :math:`\hat\Theta_k = \Theta_k + E_k` with
+:math:`E_k` iid :math:`N(0, \tau^2)` entries; benign
+:math:`\Theta_k = A B_k^T + H_k`, :math:`\|H_k\|_F = \eta` and
+:math:`H_k = \eta P_A^\perp G / \|P_A^\perp G\|_F` (isotropic in the complement of
+span(A), zero mean). The MSE of a method is the mean over the m = |S| benign
+clients of :math:`\|\tilde\Theta_k - \Theta_k\|_F^2`.
+
+Derivations (expectations over E and H):
+
+- local: :math:`E\|E_k\|_F^2 = p q \tau^2` (:func:`local_mse`).
+- oracle CLAIR (true A and S): :math:`\tilde\Theta_k - \Theta_k = P_A E_k +
+  P_A^\perp \bar E + (\bar H - H_k)`, three uncorrelated terms, so the MSE is
+  :math:`r q \tau^2 + (p - r) q \tau^2 / m + \mathrm{het}` (:func:`oracle_mse`).
+  With :math:`\frac1m \sum_k \|H_k - \bar H\|_F^2 = \eta^2 - \|\bar H\|_F^2` and
+  :math:`E\|\bar H\|_F^2 = \eta^2 / m`, het = :math:`\eta^2 (1 - 1/m)`
+  (:func:`heterogeneity_cost`). The oracle gain is
+  G = :math:`(p - r) q \tau^2 (1 - 1/m)` (:func:`oracle_gain`).
+- estimated A, S known (first order): with the benign stack :math:`A B^T + N`,
+  :math:`\hat A - A \approx P_A^\perp N B (B^T B)^{-1}`, and client k's extra
+  error is :math:`(P_{\hat A} - P_A)(\hat\Theta_k - \bar\Theta) \approx
+  P_A^\perp N B (B^T B)^{-1} (B_k - \bar B)^T`. Its mean square over k is
+  :math:`(p - r) r \tau^2 / m + r \eta^2 / (q m)` (noise and heterogeneity act as
+  off-subspace noise) and its cross term with :math:`\bar H - H_k` is
+  :math:`-2 r \eta^2 / (q m)` (a client's own H_k tilts A^); the cross term with
+  :math:`P_A^\perp \bar E` averages to 0. Subspace cost (a first-order prediction,
+  not fitted to any Monte Carlo): sub = :math:`r (p - r) \tau^2 / m -
+  r \eta^2 / (q m)` (:func:`subspace_cost`).
+
+Predicted gain of CLAIR over local: G - het - sub (:func:`predicted_gain`). It
+factorises,
+
+.. math::
+
+    G - \mathrm{het} - \mathrm{sub}
+    = \Bigl(1 - \frac1m - \frac{r}{q m}\Bigr)\bigl((p - r) q \tau^2 - \eta^2\bigr),
+
+so to first order CLAIR beats local iff :math:`\eta < \tau\sqrt{(p - r) q}`
+(:func:`zero_gain_heterogeneity`), whatever m, as long as q (m - 1) > r; for
+q (m - 1) < r the sign is reversed (a subspace estimated from too few clients
+costs more than averaging gains). The check against Monte Carlo is in
+``theory_checks/test_t4_oracle_gain.py`` and ``simulations/oracle_gain.py``.
+
+Rates (SPEC §4, the paper's Figure 1), regression generator (SPEC §2 (b)): the
+first-order prediction of SPEC, :math:`\sigma\sqrt{p r / (n q K)} / s`
+(:func:`spec_prediction`), and its refined form (:func:`refined_prediction`):
+with OLS noise of per-entry variance :math:`\tau^2 = \sigma^2 / (n - p - 1)`,
+:math:`B^T B \approx m q s^2 I_r` and
+:math:`\|P_{\hat A} - P_A\|_F^2 = 2 \|P_A^\perp \hat A\|_F^2`,
+
+.. math::
+
+    E\|P_{\hat A} - P_A\|_F^2 \approx
+    \frac{2 (p - r) r \sigma^2}{(n - p - 1)\, m q s^2}.
+
+Every function accepts numpy arrays for its continuous arguments (tau, eta, sigma,
+n, m, K; they broadcast) and returns a float when all arguments are scalars.
+
+References
+----------
+.. [1] He, Chen, Feng, "Federated LoRA fine-tuning for LLMs via collaborative
+   alignment", arXiv:2605.21217, 2026.
+.. [2] H. Xu, C. Caramanis, S. Sanghavi, "Robust PCA via outlier pursuit",
+   IEEE Transactions on Information Theory 58(5), 2012.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__all__ = [
+    "heterogeneity_cost",
+    "local_mse",
+    "oracle_gain",
+    "oracle_mse",
+    "predicted_gain",
+    "refined_prediction",
+    "spec_prediction",
+    "subspace_cost",
+    "zero_gain_heterogeneity",
+]
+
+FloatOrArray = float | NDArray[np.float64]
+
+
+# ---------------------------------------------------------------------- checks
+def _dimension(name: str, value: object, minimum: int = 1) -> int:
+    """A Python int >= minimum, or a clear error."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an integer, got {value!r} of type "
+            f"{type(value).__name__}; pass e.g. {name}={max(minimum, 2)}."
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    return int(value)
+
+
+def _shape(p: object, q: object, r: object) -> tuple[int, int, int]:
+    """(p, q, r) as ints with 1 <= r < p and q >= 1."""
+    p, q, r = _dimension("p", p), _dimension("q", q), _dimension("r", r)
+    if r >= p:
+        raise ValueError(
+            f"r must be < p (span(A) needs a nonzero complement), got r={r}, p={p}."
+        )
+    return p, q, r
+
+
+def _real(name: str, value: object, minimum: float = 0.0, strict: bool = False):
+    """``value`` as a float64 array (any shape): finite, >= (or >) minimum."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or an array of numbers, not a bool.")
+    arr = np.asarray(value)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise TypeError(
+            f"{name} must be real numbers, got {value!r} (dtype {arr.dtype})."
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    bad = arr <= minimum if strict else arr < minimum
+    if np.any(bad):
+        relation = ">" if strict else ">="
+        raise ValueError(
+            f"{name} must be {relation} {minimum:g}, got {value!r}; pass "
+            f"{name} {relation} {minimum:g}."
+        )
+    return arr
+
+
+def _count(name: str, value: object, minimum: int = 1):
+    """``value`` as a float64 array of whole numbers >= minimum (a count)."""
+    arr = _real(name, value, minimum=minimum)
+    if np.any(arr != np.floor(arr)):
+        raise ValueError(
+            f"{name} is a number of clients or observations and must be a whole "
+            f"number, got {value!r}."
+        )
+    return arr
+
+
+def _out(x: NDArray[np.float64]) -> FloatOrArray:
+    """A float for a 0-d result, the array otherwise."""
+    return float(x) if np.ndim(x) == 0 else x
+
+
+# -------------------------------------------------------------------------- T4
+def local_mse(p: int, q: int, tau: ArrayLike) -> FloatOrArray:
+    r"""MSE of the local estimates: :math:`E\|E_k\|_F^2 = p q \tau^2`.
+
+    Parameters
+    ----------
+    p, q : int
+        Shape of each Theta_k.
+    tau : float or array_like
+        Per-entry noise standard deviation, >= 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+    """
+    p, q = _dimension("p", p), _dimension("q", q)
+    tau = _real("tau", tau)
+    return _out(p * q * tau**2)
+
+
+def heterogeneity_cost(m: ArrayLike, eta: ArrayLike) -> FloatOrArray:
+    r"""Heterogeneity cost of the refinement: :math:`\eta^2 (1 - 1/m)`.
+
+    The expected :math:`\frac1m \sum_{k \in S} \|P_A^\perp(\bar H_S - H_k)\|_F^2`
+    for independent, zero-mean :math:`H_k \perp` span(A) of norm eta.
+
+    Parameters
+    ----------
+    m : int or array_like
+        |S|, the number of benign clients, >= 1.
+    eta : float or array_like
+        :math:`\|H_k\|_F`, >= 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+    """
+    m, eta = _count("m", m), _real("eta", eta)
+    return _out(eta**2 * (1 - 1 / m))
+
+
+def oracle_gain(p: int, q: int, r: int, m: ArrayLike, tau: ArrayLike) -> FloatOrArray:
+    r"""Oracle gain G = :math:`(p - r) q \tau^2 (1 - 1/m)`.
+
+    Local MSE minus oracle-CLAIR MSE (true A and S) without heterogeneity: the
+    off-subspace noise is averaged over the m benign clients.
+
+    Parameters
+    ----------
+    p, q, r : int
+        Shape of Theta_k and dimension of span(A), 1 <= r < p.
+    m : int or array_like
+        |S| >= 1.
+    tau : float or array_like
+        Per-entry noise standard deviation, >= 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+    """
+    p, q, r = _shape(p, q, r)
+    m, tau = _count("m", m), _real("tau", tau)
+    return _out((p - r) * q * tau**2 * (1 - 1 / m))
+
+
+def oracle_mse(
+    p: int, q: int, r: int, m: ArrayLike, tau: ArrayLike, eta: ArrayLike = 0.0
+) -> FloatOrArray:
+    r"""MSE of oracle CLAIR (true A and S) over the benign clients.
+
+    .. math::
+
+        r q \tau^2 + (p - r) q \tau^2 / m + \eta^2 (1 - 1/m).
+
+    Parameters
+    ----------
+    p, q, r : int
+        Shape of Theta_k and dimension of span(A), 1 <= r < p.
+    m : int or array_like
+        |S| >= 1.
+    tau : float or array_like
+        Per-entry noise standard deviation, >= 0.
+    eta : float or array_like
+        :math:`\|H_k\|_F`, >= 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+    """
+    p, q, r = _shape(p, q, r)
+    m, tau = _count("m", m), _real("tau", tau)
+    het = heterogeneity_cost(m, eta)
+    return _out(r * q * tau**2 + (p - r) * q * tau**2 / m + het)
+
+
+def subspace_cost(
+    p: int, q: int, r: int, m: ArrayLike, tau: ArrayLike, eta: ArrayLike = 0.0
+) -> FloatOrArray:
+    r"""First-order cost of estimating A (S known), see the module docstring.
+
+    .. math::
+
+        \mathrm{sub} = \frac{r (p - r) \tau^2}{m} - \frac{r \eta^2}{q m}.
+
+    Negative for large eta: a client's own H_k tilts A^ towards itself, which
+    partly undoes the heterogeneity cost.
+
+    Parameters
+    ----------
+    p, q, r : int
+        Shape of Theta_k and dimension of span(A), 1 <= r < p.
+    m : int or array_like
+        |S| >= 1.
+    tau : float or array_like
+        Per-entry noise standard deviation, >= 0.
+    eta : float or array_like
+        :math:`\|H_k\|_F`, >= 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+    """
+    p, q, r = _shape(p, q, r)
+    m, tau, eta = _count("m", m), _real("tau", tau), _real("eta", eta)
+    return _out(r * (p - r) * tau**2 / m - r * eta**2 / (q * m))
+
+
+def predicted_gain(
+    p: int, q: int, r: int, m: ArrayLike, tau: ArrayLike, eta: ArrayLike = 0.0
+) -> FloatOrArray:
+    r"""Predicted gain of CLAIR (A estimated, S known) over local: G - het - sub.
+
+    .. math::
+
+        G - \mathrm{het} - \mathrm{sub}
+        = \Bigl(1 - \frac1m - \frac{r}{q m}\Bigr)
+          \bigl((p - r) q \tau^2 - \eta^2\bigr),
+
+    in the units of the MSE (divide by :func:`local_mse` for a relative gain).
+
+    Parameters
+    ----------
+    p, q, r : int
+        Shape of Theta_k and dimension of span(A), 1 <= r < p.
+    m : int or array_like
+        |S| >= 1.
+    tau : float or array_like
+        Per-entry noise standard deviation, >= 0.
+    eta : float or array_like
+        :math:`\|H_k\|_F`, >= 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        Positive where CLAIR is predicted to beat local fitting.
+    """
+    G = oracle_gain(p, q, r, m, tau)
+    het = heterogeneity_cost(m, eta)
+    sub = subspace_cost(p, q, r, m, tau, eta)
+    return _out(np.asarray(G - het - sub))
+
+
+def zero_gain_heterogeneity(p: int, q: int, r: int, tau: ArrayLike) -> FloatOrArray:
+    r"""The eta at which the predicted gain changes sign: :math:`\tau\sqrt{(p-r) q}`.
+
+    From the factorisation of :func:`predicted_gain`; it does not depend on m.
+    CLAIR is predicted to beat local for eta below it when q (m - 1) > r, and
+    above it when q (m - 1) < r (at q (m - 1) = r the predicted gain is 0).
+
+    Parameters
+    ----------
+    p, q, r : int
+        Shape of Theta_k and dimension of span(A), 1 <= r < p.
+    tau : float or array_like
+        Per-entry noise standard deviation, >= 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+    """
+    p, q, r = _shape(p, q, r)
+    tau = _real("tau", tau)
+    return _out(tau * np.sqrt((p - r) * q))
+
+
+# ----------------------------------------------------------------------- rates
+def spec_prediction(
+    p: int,
+    q: int,
+    r: int,
+    n: ArrayLike,
+    K: ArrayLike,
+    sigma: float = 1.0,
+    signal_scale: float = 1.0,
+) -> FloatOrArray:
+    r"""SPEC §4's first-order subspace error: :math:`\sigma\sqrt{p r/(n q K)} / s`.
+
+    Parameters
+    ----------
+    p, q, r : int
+        Shape of Theta_k and dimension of span(A), 1 <= r < p.
+    n : int or array_like
+        Observations per client, >= 1.
+    K : int or array_like
+        Number of clients, >= 1.
+    sigma : float
+        Standard deviation of the regression noise, >= 0.
+    signal_scale : float
+        s, the standard deviation of the entries of B_k, > 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        The predicted :math:`\|P_{\hat A} - P_A\|_F`.
+    """
+    p, q, r = _shape(p, q, r)
+    n, K = _count("n", n), _count("K", K)
+    sigma = _real("sigma", sigma)
+    s = _real("signal_scale", signal_scale, strict=True)
+    return _out(sigma * np.sqrt(p * r / (n * q * K)) / s)
+
+
+def refined_prediction(
+    p: int,
+    q: int,
+    r: int,
+    n: ArrayLike,
+    m: ArrayLike,
+    sigma: float = 1.0,
+    signal_scale: float = 1.0,
+) -> FloatOrArray:
+    r"""Refined first-order subspace error of the regression generator (OLS fits).
+
+    .. math::
+
+        \sqrt{\frac{2 (p - r) r \sigma^2}{(n - p - 1)\, m q s^2}},
+
+    the root of the first-order :math:`E\|P_{\hat A} - P_A\|_F^2` of the top-r
+    subspace of the m benign clients' OLS estimates (module docstring).
+
+    Parameters
+    ----------
+    p, q, r : int
+        Shape of Theta_k and dimension of span(A), 1 <= r < p.
+    n : int or array_like
+        Observations per client; n > p + 1 (the OLS noise variance
+        :math:`\sigma^2 / (n - p - 1)` is finite only there).
+    m : int or array_like
+        |S|, the number of benign clients, >= 1.
+    sigma : float
+        Standard deviation of the regression noise, >= 0.
+    signal_scale : float
+        s, the standard deviation of the entries of B_k, > 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        The predicted :math:`\|P_{\hat A} - P_A\|_F`.
+    """
+    p, q, r = _shape(p, q, r)
+    n, m = _count("n", n), _count("m", m)
+    if np.any(n <= p + 1):
+        raise ValueError(
+            f"n must be > p + 1 = {p + 1} (the OLS noise variance sigma^2 / "
+            f"(n - p - 1) is finite only there), got n={n.tolist()}; use more "
+            "observations per client."
+        )
+    sigma = _real("sigma", sigma)
+    s = _real("signal_scale", signal_scale, strict=True)
+    return _out(np.sqrt(2 * (p - r) * r * sigma**2 / ((n - p - 1) * m * q * s**2)))

@@ -1,0 +1,213 @@
+"""Tests of the study simulations/oracle_gain.py and the T4 formulas it draws.
+
+``run`` is checked on small instances (seconds): documented keys with finite
+values, determinism in the seed, the oracle's error identity at eta = 0, and the
+equality of CLAIR with and without the true S when the test finds S exactly. The
+formulas of :mod:`clair_stats.theory.t4` are checked through exact identities
+(the factorisation behind the zero-gain curve); their agreement with Monte Carlo
+is theory_checks/test_t4_oracle_gain.py's job.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import simulations.oracle_gain as study_script
+from clair_stats import FederatedModel
+from clair_stats.study import Study, run_study
+from clair_stats.theory.t4 import (
+    heterogeneity_cost,
+    local_mse,
+    oracle_gain,
+    oracle_mse,
+    predicted_gain,
+    subspace_cost,
+    zero_gain_heterogeneity,
+)
+
+CONFIG = {
+    "p": 12,
+    "r": 2,
+    "tau": 0.3,
+    "gamma": 0.1,
+    "q": 2,
+    "K": 20,
+    "eta_ratio": 0.5,
+}
+
+
+def _sample(config, seed):
+    """The instance that ``run(config, seed)`` draws."""
+    p, q, r, tau = config["p"], config["q"], config["r"], config["tau"]
+    model = FederatedModel(
+        p=p,
+        q=q,
+        rank=r,
+        n_clients=config["K"],
+        contamination=config["gamma"],
+        contamination_type="random",
+        heterogeneity=config["eta_ratio"] * zero_gain_heterogeneity(p, q, r, tau),
+    )
+    return model.sample(noise=tau, seed=seed)
+
+
+def test_run_returns_finite_documented_keys():
+    rows = study_script.run(CONFIG, seed=1)
+    assert [row["method"] for row in rows] == list(study_script.METHODS)
+    scale = local_mse(CONFIG["p"], CONFIG["q"], CONFIG["tau"])
+    for row in rows:
+        assert row["m"] == 18  # K = 20, gamma = 0.1: two contaminated clients
+        assert np.isfinite([row["mse"], row["mse_local"], row["gain"]]).all()
+        assert row["mse"] >= 0
+        assert row["mse_local"] > 0
+        assert row["gain"] == pytest.approx((row["mse_local"] - row["mse"]) / scale)
+    assert len({row["mse_local"] for row in rows}) == 1  # one local fit per replicate
+    clair_row = rows[-1]
+    assert 0 <= clair_row["benign_flagged"] <= clair_row["m"]
+    assert 0 <= clair_row["missed"] <= CONFIG["K"] - clair_row["m"]
+    assert isinstance(clair_row["converged"], bool)
+
+
+def test_run_is_deterministic_in_the_seed():
+    first, again = study_script.run(CONFIG, seed=4), study_script.run(CONFIG, seed=4)
+    assert first == again
+    other = study_script.run(CONFIG, seed=5)
+    assert [r["mse"] for r in other] != [r["mse"] for r in first]
+
+
+def test_oracle_error_identity_without_heterogeneity():
+    """At eta = 0, Theta~_k - Theta_k = P_A E_k + P_A^perp Ebar_S for k in S, so the
+    oracle MSE is mean_k ||P_A E_k||_F^2 + ||P_A^perp Ebar_S||_F^2 exactly."""
+    config = {**CONFIG, "eta_ratio": 0.0}
+    seed = 9
+    rows = {row["method"]: row for row in study_script.run(config, seed)}
+    sample = _sample(config, seed)
+    A = sample.subspace
+    noise = (sample.updates - sample.truth)[sample.benign]
+    inside = np.einsum("pr,krq->kpq", A, np.einsum("pr,kpq->krq", A, noise))
+    mean = noise.mean(axis=0)
+    outside = mean - A @ (A.T @ mean)
+    expected = float(np.mean(np.sum(inside**2, axis=(1, 2)))) + float(
+        np.sum(outside**2)
+    )
+    assert rows["oracle"]["mse"] == pytest.approx(expected, rel=1e-10)
+    assert rows["oracle"]["mse_local"] == pytest.approx(
+        float(np.mean(np.sum(noise**2, axis=(1, 2)))), rel=1e-12
+    )
+
+
+def test_clair_equals_known_s_when_the_test_finds_s():
+    """With S^ = S the refinement of CLAIR is the one with the true S; with S^ != S
+    the two differ. At eta = 0 the test (Holm, FWER 0.05) finds S on most seeds."""
+    exact, config = 0, {**CONFIG, "eta_ratio": 0.0}
+    for seed in range(8):
+        rows = {r["method"]: r for r in study_script.run(config, seed)}
+        clair_row, known = rows["clair"], rows["clair_known_s"]
+        if clair_row["benign_flagged"] == 0 and clair_row["missed"] == 0:
+            exact += 1
+            assert clair_row["mse"] == pytest.approx(known["mse"], rel=1e-12)
+        else:
+            assert clair_row["mse"] != pytest.approx(known["mse"], rel=1e-12)
+    assert exact >= 1
+
+
+# ----------------------------------------------------------------- T4 formulas
+SHAPES = [(20, 1, 2), (20, 3, 2), (12, 4, 1), (30, 2, 5)]
+
+
+@pytest.mark.parametrize(("p", "q", "r"), SHAPES)
+def test_predicted_gain_factorises(p, q, r):
+    """G - het - sub = (1 - 1/m - r/(q m)) ((p - r) q tau^2 - eta^2)."""
+    m = np.arange(1, 60)[:, None]
+    tau, eta = 0.3, np.linspace(0.0, 3.0, 13)[None, :]
+    got = predicted_gain(p, q, r, m, tau, eta)
+    expected = (1 - 1 / m - r / (q * m)) * ((p - r) * q * tau**2 - eta**2)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    parts = (
+        oracle_gain(p, q, r, m, tau)
+        - heterogeneity_cost(m, eta)
+        - subspace_cost(p, q, r, m, tau, eta)
+    )
+    np.testing.assert_allclose(got, parts, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(("p", "q", "r"), SHAPES)
+def test_zero_gain_curve(p, q, r):
+    """The predicted gain and the oracle's G - het vanish at eta_0 for every m,
+    are positive below it and negative above it when q (m - 1) > r."""
+    tau = 0.7
+    eta0 = zero_gain_heterogeneity(p, q, r, tau)
+    assert eta0 == pytest.approx(tau * np.sqrt((p - r) * q))
+    m = np.arange(2, 50)
+    scale = local_mse(p, q, tau)
+    at_zero = predicted_gain(p, q, r, m, tau, eta0)
+    np.testing.assert_allclose(at_zero / scale, 0.0, atol=1e-12)
+    oracle_net = oracle_gain(p, q, r, m, tau) - heterogeneity_cost(m, eta0)
+    np.testing.assert_allclose(oracle_net / scale, 0.0, atol=1e-12)
+    regular = q * (m - 1) > r
+    below = predicted_gain(p, q, r, m, tau, 0.9 * eta0)
+    above = predicted_gain(p, q, r, m, tau, 1.1 * eta0)
+    assert np.all(below[regular] > 0)
+    assert np.all(above[regular] < 0)
+    assert np.all(below[q * (m - 1) < r] < 0)
+
+
+def test_local_minus_oracle_is_gain_minus_heterogeneity():
+    p, q, r, tau = 20, 3, 2, 0.4
+    m, eta = np.array([3, 9, 40]), np.array([0.0, 0.5, 2.0])
+    lhs = local_mse(p, q, tau) - oracle_mse(p, q, r, m, tau, eta)
+    rhs = oracle_gain(p, q, r, m, tau) - heterogeneity_cost(m, eta)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-12)
+    assert isinstance(oracle_gain(p, q, r, 9, tau), float)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: oracle_gain(5, 2, 5, 10, 0.1), ValueError, "r must be < p"),
+        (lambda: oracle_gain(5, 2, 1.0, 10, 0.1), TypeError, "r must be an integer"),
+        (lambda: oracle_gain(5, 2, 1, 0, 0.1), ValueError, "m must be >= 1"),
+        (lambda: oracle_gain(5, 2, 1, 7.5, 0.1), ValueError, "whole number"),
+        (lambda: local_mse(5, 2, -0.1), ValueError, "tau must be >= 0"),
+        (lambda: local_mse(5, 2, np.nan), ValueError, "tau must be finite"),
+        (lambda: local_mse(5, 2, True), TypeError, "not a bool"),
+        (lambda: heterogeneity_cost(4, "1"), TypeError, "eta must be real"),
+    ],
+)
+def test_t4_formulas_reject_bad_input(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_report_writes_figures_and_summary(tmp_path):
+    configs = [
+        {**CONFIG, "q": q, "K": K, "eta_ratio": ratio}
+        for q in (1, 2)
+        for K in (8, 16)
+        for ratio in (0.0, 1.0, 2.0)
+    ]
+    study = Study(
+        name="oracle_gain", run=study_script.run, configs=configs, replicates=2
+    )
+    with run_study(study, tmp_path / "results.sqlite", progress=False) as store:
+        frame = store.frame(study)
+    folder = tmp_path / "report"
+    study_script.report(frame, folder, argparse.Namespace(quick=True))
+    for name in ("gain_map.png", "gain_vs_eta.png", "benign_flagged.png"):
+        assert (folder / name).stat().st_size > 0
+    cells = pd.read_csv(folder / "summary.csv")
+    assert len(cells) == len(configs) * len(study_script.METHODS)
+    # the prediction of a cell is the T4 formula at its m and eta, relative
+    row = cells[(cells["method"] == "clair_known_s") & (cells["eta_ratio"] == 0.0)]
+    row = row.iloc[0]
+    expected = predicted_gain(
+        CONFIG["p"], int(row["q"]), CONFIG["r"], int(row["m"]), CONFIG["tau"], 0.0
+    ) / local_mse(CONFIG["p"], int(row["q"]), CONFIG["tau"])
+    assert row["predicted"] == pytest.approx(expected)
+    # cells at eta_0 have a zero prediction and are never scored
+    assert set(cells.loc[cells["eta_ratio"] == 1.0, "sign"]) == {"band"}
+    assert "Sign of the gain" in (folder / "summary.md").read_text()
