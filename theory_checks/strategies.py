@@ -6,7 +6,8 @@ rejection when a draw admits no contaminated client; the tests recompute mu
 from the SVD of L0 and check the condition with ``hypothesis.assume``. The
 instance is rebuilt from its parameters and seed by :func:`make_t1_instance`, so
 a counterexample is pinned by a line of numbers in
-``theory_checks/regressions/t1_cases.py``.
+``theory_checks/regressions/t1_cases.py``. The T1 formulas (mu, the condition,
+the theory lam) live in :mod:`clair_stats.theory.t1`, shared with the studies.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from clair_stats._validation import stack
+from clair_stats.theory.t1 import (
+    T1_CONSTANT,
+    incoherence,
+    right_singular_blocks,
+    t1_condition,
+    t1_lam,
+)
 from theory_checks._mode import FULL
 
 __all__ = [
@@ -32,9 +39,6 @@ __all__ = [
     "t1_instances",
     "t1_lam",
 ]
-
-# T1 constant of Xu, Caramanis, Sanghavi (2012), Theorem 1: gamma/(1-gamma) <= C/(mu r)
-T1_CONSTANT = 9.0 / 121.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,47 +184,6 @@ def make_t1_instance(
         "seed": seed,
     }
     return T1Instance(L0 + S0, A, benign, L0, S0, params)
-
-
-def right_singular_blocks(sample) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Thin SVD of the stacked L0 (p x Kq): U (p, r), sigma (r,), V (Kq, r).
-
-    r is the rank of the model (``sample.rank``); V_k = V[kq:(k+1)q].
-    """
-    L0 = stack(np.asarray(sample.low_rank_truth))
-    U, sigma, Vt = np.linalg.svd(L0, full_matrices=False)
-    r = int(sample.rank)
-    return U[:, :r], sigma[:r], Vt[:r].T
-
-
-def incoherence(sample) -> float:
-    r"""mu = max over k in S of ((1 - gamma) K / r) ||V_k||_F^2 (SPEC §4).
-
-    ``sample`` is a :class:`T1Instance` or a ``FederatedSample`` (anything with
-    ``low_rank_truth`` (K, p, q), ``benign`` and ``rank``). mu >= 1, with equality
-    when every benign block carries the same share of V.
-    """
-    _, _, V = right_singular_blocks(sample)
-    benign = np.asarray(sample.benign)
-    K = benign.size
-    r = int(sample.rank)
-    q = V.shape[0] // K
-    block_sq = np.sum(V.reshape(K, q, r) ** 2, axis=(1, 2))
-    gamma = float(np.count_nonzero(~benign)) / K
-    return float(np.max(block_sq[benign]) * (1.0 - gamma) * K / r)
-
-
-def t1_condition(sample) -> tuple[bool, float, float]:
-    """(holds, lhs, rhs) of T1: gamma/(1-gamma) <= 9/(121 mu r)."""
-    gamma = sample.gamma
-    lhs = gamma / (1.0 - gamma)
-    rhs = T1_CONSTANT / (incoherence(sample) * sample.rank)
-    return lhs <= rhs, lhs, rhs
-
-
-def t1_lam(sample) -> float:
-    """The theory value lam = 3 / (7 sqrt(gamma K)) of T1."""
-    return 3.0 / (7.0 * math.sqrt(sample.gamma * sample.n_clients))
 
 
 @st.composite

@@ -2,24 +2,23 @@
 
 Everything here is a deterministic function of its arguments (fixed seeds): the
 Monte Carlo runs, the Wilson intervals and the first-order predictions the tests
-compare them with. The predictions are derived in the docstrings.
+compare them with. The T3 predictions (separation ratio, power of the test, ratio
+threshold) live in :mod:`clair_stats.theory.t3`, shared with the studies.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
-from scipy.optimize import brentq
 from statsmodels.stats.proportion import proportion_confint
 from threadpoolctl import threadpool_limits
 
 from clair_stats import FederatedModel, clair
+from clair_stats.theory.t3 import predicted_power, ratio_threshold, separation_ratio
 
 __all__ = [
     "DetectionRun",
@@ -59,67 +58,6 @@ def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, flo
 
 
 # ------------------------------------------------------------------------ T3
-def separation_ratio(delta: float, sigma: float, p: int, q: int, r: int, n: int):
-    """delta_min / (sigma sqrt((p - r) q / n)), the ratio of SPEC §4 T3."""
-    return delta / (sigma * math.sqrt((p - r) * q / n))
-
-
-def predicted_power(
-    ratio: float,
-    p: int,
-    q: int,
-    r: int,
-    n: int,
-    n_clients: int,
-    alpha: float,
-    leverage: bool = False,
-) -> float:
-    r"""Power of the chi-square test for one contaminated client, known subspace.
-
-    With A known, :math:`T_k = \|P_A^\perp \hat\Theta_k\|_F^2 / \sigma_k^2` and
-    :math:`P_A^\perp \hat\Theta_k = P_A^\perp\Theta_k + P_A^\perp E_k`, so
-    :math:`T_k \sim \chi^2_{df}(nc)` with df = (p - r) q and
-    :math:`nc = \delta_k^2 / \tau^2`. For OLS,
-    :math:`\tau^2 = E\,\sigma^2 \mathrm{tr}((X^TX)^{-1})/p = \sigma^2/(n - p - 1)`,
-    so in terms of the separation ratio rho, :math:`nc = \rho^2\, df\, (n - p - 1) / n`.
-    The level is Holm's first step, alpha / K (Bonferroni): Holm's later steps are
-    less strict, which makes this a lower bound for Holm at known A.
-
-    ``leverage=True`` adds the first-order effect of estimating A: when the
-    contaminated client is not separated by step 1 (``margin`` clients lie near
-    span(A)), :math:`\hat A` is fitted through its block too, and absorbs the
-    fraction h_k = tr(B_k (B^T B)^{-1} B_k^T) ~ r / (K q) (its leverage) of its
-    off-subspace part, so the off-subspace part left is (1 - h) of it:
-    nc -> (1 - r / (K q))^2 nc. (Measured: with the true A the Monte Carlo
-    power matches the known-A prediction; with A^ it matches the leverage form.)
-    """
-    df = (p - r) * q
-    crit = scipy.stats.chi2.isf(alpha / n_clients, df)
-    nc = ratio**2 * df * (n - p - 1) / n
-    if leverage:
-        nc *= (1 - r / (n_clients * q)) ** 2
-    return float(scipy.stats.ncx2.sf(crit, df, nc))
-
-
-def ratio_threshold(
-    p: int,
-    q: int,
-    r: int,
-    n: int,
-    n_clients: int,
-    alpha: float = 0.05,
-    power: float = 0.95,
-) -> float:
-    """R*: the separation ratio at which :func:`predicted_power` equals ``power``."""
-    return float(
-        brentq(
-            lambda rho: predicted_power(rho, p, q, r, n, n_clients, alpha) - power,
-            1e-3,
-            100.0,
-        )
-    )
-
-
 def holm_rejections(p_values: np.ndarray, alpha: float) -> np.ndarray:
     """Holm's step-down rejections at FWER level alpha.
 

@@ -1,0 +1,216 @@
+r"""T3, consistent detection (SPEC §4): the separation ratio and the test's power.
+
+With the regression generator (SPEC §2 (b)), OLS fits on n samples, noise level
+sigma, and a contaminated client at separation margin
+:math:`\delta_k = \|P_A^\perp(\Theta_k - \Theta_0)\|_F`, the separation ratio is
+
+.. math::
+
+    \rho = \frac{\delta_{\min}}{\sigma \sqrt{(p - r) q / n}},
+
+the margin in units of the typical off-subspace noise of one local fit. T3 states
+that with :math:`\delta_{\min}` fixed and :math:`n \to \infty`,
+:math:`P(\hat S = S) \to 1`. :func:`predicted_power` gives the power of the
+chi-square test of SPEC §3 at known A as a function of rho, and
+:func:`ratio_threshold` the ratio above which the test detects a contaminated
+client with a given probability: the explicit separation condition the paper
+leaves unquantified.
+
+References
+----------
+.. [1] He, Chen, Feng, "Federated LoRA fine-tuning for LLMs via collaborative
+   alignment", arXiv:2605.21217, 2026.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import scipy.stats
+from scipy.optimize import brentq
+
+__all__ = [
+    "margin_for_ratio",
+    "predicted_power",
+    "ratio_threshold",
+    "separation_ratio",
+]
+
+
+def _check_dims(p: object, q: object, r: object, n: object) -> None:
+    for name, value in (("p", p), ("q", q), ("r", r), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an integer, got {value!r}.")
+    if not 1 <= r < p:
+        raise ValueError(f"need 1 <= r < p for an off-subspace part; got r={r}, p={p}.")
+    if q < 1 or n < 1:
+        raise ValueError(f"q and n must be >= 1, got q={q}, n={n}.")
+
+
+def _check_positive(value: object, name: str, zero_ok: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}.")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}, got {value}.")
+    return value
+
+
+def separation_ratio(
+    delta: float, sigma: float, p: int, q: int, r: int, n: int
+) -> float:
+    r"""The separation ratio :math:`\delta / (\sigma \sqrt{(p - r) q / n})` of T3.
+
+    Parameters
+    ----------
+    delta : float
+        Separation margin delta_min >= 0.
+    sigma : float
+        Noise standard deviation of the regression errors, > 0.
+    p, q, r : int
+        Shape of Theta_k and rank of span(A), 1 <= r < p.
+    n : int
+        Samples per client.
+
+    Returns
+    -------
+    float
+        rho.
+    """
+    _check_dims(p, q, r, n)
+    delta = _check_positive(delta, "delta", zero_ok=True)
+    sigma = _check_positive(sigma, "sigma")
+    return delta / (sigma * math.sqrt((p - r) * q / n))
+
+
+def margin_for_ratio(
+    ratio: float, sigma: float, p: int, q: int, r: int, n: int
+) -> float:
+    r"""The margin delta whose separation ratio is ``ratio`` (inverse of
+    :func:`separation_ratio`): :math:`\delta = \rho \sigma \sqrt{(p - r) q / n}`.
+
+    Parameters
+    ----------
+    ratio : float
+        rho >= 0.
+    sigma, p, q, r, n
+        As in :func:`separation_ratio`.
+
+    Returns
+    -------
+    float
+        delta.
+    """
+    _check_dims(p, q, r, n)
+    ratio = _check_positive(ratio, "ratio", zero_ok=True)
+    sigma = _check_positive(sigma, "sigma")
+    return ratio * sigma * math.sqrt((p - r) * q / n)
+
+
+def predicted_power(
+    ratio: float,
+    p: int,
+    q: int,
+    r: int,
+    n: int,
+    n_clients: int,
+    alpha: float,
+    leverage: bool = False,
+) -> float:
+    r"""Power of the chi-square test for one contaminated client, known subspace.
+
+    With A known, :math:`T_k = \|P_A^\perp \hat\Theta_k\|_F^2 / \sigma_k^2` and
+    :math:`P_A^\perp \hat\Theta_k = P_A^\perp\Theta_k + P_A^\perp E_k`, so
+    :math:`T_k \sim \chi^2_{df}(nc)` with df = (p - r) q and
+    :math:`nc = \delta_k^2 / \tau^2`. For OLS,
+    :math:`\tau^2 = E\,\sigma^2 \mathrm{tr}((X^TX)^{-1})/p = \sigma^2/(n - p - 1)`,
+    so in terms of the separation ratio rho, :math:`nc = \rho^2\, df\, (n - p - 1) / n`.
+    The level is Holm's first step, alpha / K (Bonferroni): Holm's later steps are
+    less strict, which makes this a lower bound for Holm at known A.
+
+    ``leverage=True`` adds the first-order effect of estimating A: when the
+    contaminated client is not separated by step 1 (``margin`` clients lie near
+    span(A)), :math:`\hat A` is fitted through its block too, and absorbs the
+    fraction h_k = tr(B_k (B^T B)^{-1} B_k^T) ~ r / (K q) (its leverage) of its
+    off-subspace part, so the off-subspace part left is (1 - h) of it:
+    nc -> (1 - r / (K q))^2 nc. (Measured in ``theory_checks/test_t3_detection.py``:
+    with the true A the Monte Carlo power matches the known-A prediction; with A^
+    it matches the leverage form.)
+
+    Parameters
+    ----------
+    ratio : float
+        The separation ratio rho >= 0 (:func:`separation_ratio`).
+    p, q, r : int
+        Shape of Theta_k and rank, 1 <= r < p.
+    n : int
+        Samples per client, n > p + 1 (the OLS error variance sigma^2/(n - p - 1)).
+    n_clients : int
+        K, the number of tests.
+    alpha : float
+        Family-wise level, in (0, 1).
+    leverage : bool
+        Apply the first-order correction for an estimated A.
+
+    Returns
+    -------
+    float
+        P(T_k > chi^2_{df}(1 - alpha / K)).
+    """
+    _check_dims(p, q, r, n)
+    if n <= p + 1:
+        raise ValueError(
+            f"predicted_power needs n > p + 1 (OLS error variance sigma^2/(n - p - 1)"
+            f"); got n={n}, p={p}."
+        )
+    if isinstance(n_clients, bool) or not isinstance(n_clients, numbers.Integral):
+        raise TypeError(f"n_clients must be an integer, got {n_clients!r}.")
+    if n_clients < 1:
+        raise ValueError(f"n_clients must be >= 1, got {n_clients}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise TypeError(f"alpha must be a number in (0, 1), got {alpha!r}.")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
+    ratio = _check_positive(ratio, "ratio", zero_ok=True)
+    df = (p - r) * q
+    crit = scipy.stats.chi2.isf(alpha / n_clients, df)
+    nc = ratio**2 * df * (n - p - 1) / n
+    if leverage:
+        nc *= (1 - r / (n_clients * q)) ** 2
+    return float(scipy.stats.ncx2.sf(crit, df, nc))
+
+
+def ratio_threshold(
+    p: int,
+    q: int,
+    r: int,
+    n: int,
+    n_clients: int,
+    alpha: float = 0.05,
+    power: float = 0.95,
+) -> float:
+    """R*: the separation ratio at which :func:`predicted_power` equals ``power``.
+
+    Parameters
+    ----------
+    p, q, r, n, n_clients, alpha
+        As in :func:`predicted_power` (known A, no leverage correction).
+    power : float
+        Target power, in (0, 1).
+
+    Returns
+    -------
+    float
+        R*, found by Brent's method on [1e-3, 100].
+    """
+    if not 0 < power < 1:
+        raise ValueError(f"power must be in (0, 1), got {power}.")
+    return float(
+        brentq(
+            lambda rho: predicted_power(rho, p, q, r, n, n_clients, alpha) - power,
+            1e-3,
+            100.0,
+        )
+    )

@@ -1,0 +1,275 @@
+"""The detection study (simulations/detection.py) and the T3 formulas of
+clair_stats.theory.t3 it draws: one replicate, the multiple-testing adjustments,
+the ROC and error-rate summaries, and the report."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+from statsmodels.stats.multitest import multipletests
+
+import simulations.detection as study
+from clair_stats import FederatedModel, chi_square_test, clair
+from clair_stats.theory.t3 import (
+    margin_for_ratio,
+    predicted_power,
+    ratio_threshold,
+    separation_ratio,
+)
+
+KEYS = {
+    "subspace",
+    "n",
+    "delta",
+    "p_values",
+    "holm",
+    "bh",
+    "contaminated",
+    "subspace_error",
+    "converged",
+    "power",
+    "exact",
+    "fwer_event",
+    "fdp",
+}
+
+
+# ------------------------------------------------------------------ T3 formulas
+def test_margin_for_ratio_inverts_separation_ratio():
+    for rho in (0.0, 0.7, 2.5):
+        delta = margin_for_ratio(rho, 1.3, 20, 2, 2, 80)
+        assert separation_ratio(delta, 1.3, 20, 2, 2, 80) == pytest.approx(rho)
+    assert margin_for_ratio(1.0, 1.0, 20, 2, 2, 36) == pytest.approx(1.0)
+
+
+def test_predicted_power_limits():
+    """At rho = 0, T_k ~ chi^2_df (central): the power is the level alpha / K of
+    Holm's first step; R* solves predicted_power = 0.95."""
+    assert predicted_power(0.0, 20, 2, 2, 80, 20, 0.05) == pytest.approx(
+        0.05 / 20, rel=1e-6
+    )
+    r_star = ratio_threshold(20, 2, 2, 80, 20, 0.05, power=0.95)
+    assert predicted_power(r_star, 20, 2, 2, 80, 20, 0.05) == pytest.approx(0.95)
+    lev = predicted_power(r_star, 20, 2, 2, 80, 20, 0.05, leverage=True)
+    assert lev < 0.95  # estimating A costs power
+
+
+def test_t3_formulas_reject_bad_input():
+    with pytest.raises(ValueError, match="n > p \\+ 1"):
+        predicted_power(1.0, 20, 2, 2, 21, 20, 0.05)
+    with pytest.raises(ValueError, match="r < p"):
+        separation_ratio(1.0, 1.0, 2, 2, 2, 10)
+    with pytest.raises(ValueError, match="sigma"):
+        margin_for_ratio(1.0, 0.0, 20, 2, 2, 40)
+    with pytest.raises(ValueError, match="alpha"):
+        predicted_power(1.0, 20, 2, 2, 80, 20, 1.5)
+
+
+# ------------------------------------------------------------ multiple testing
+def test_adjusted_p_values_match_statsmodels():
+    rng = np.random.default_rng(0)
+    with study.frozen_gc():  # multipletests runs gc.collect() on every call
+        _compare_adjustments(rng)
+    batch = rng.uniform(size=(4, 7))
+    rows = np.array([study.holm_adjusted(b) for b in batch])
+    np.testing.assert_allclose(study.holm_adjusted(batch), rows)
+
+
+def _compare_adjustments(rng: np.random.Generator) -> None:
+    for _ in range(30):
+        K = int(rng.integers(1, 25))
+        p = rng.uniform(size=K) ** rng.uniform(1, 6)
+        p[rng.integers(K)] = p[0]  # a tie
+        for method, ours in (
+            ("holm", study.holm_adjusted),
+            ("fdr_bh", study.bh_adjusted),
+        ):
+            expected = multipletests(p, method=method)[1]
+            np.testing.assert_allclose(ours(p), expected, rtol=1e-12, atol=1e-15)
+
+
+# ------------------------------------------------------------------ one replicate
+CONFIG = {"p": 10, "n_over_p": 4.0, "ratio": 2.0}
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return study.run(CONFIG, seed=5)
+
+
+def test_run_rows_have_documented_finite_values(rows):
+    assert [r["subspace"] for r in rows] == ["estimated", "true"]
+    for row in rows:
+        assert set(row) == KEYS
+        assert row["n"] == 40
+        for key in ("p_values", "holm", "bh", "contaminated"):
+            assert len(row[key]) == study.K, key
+        values = np.concatenate([row["p_values"], row["holm"], row["bh"]])
+        assert np.all((values >= 0) & (values <= 1))
+        for key in ("delta", "subspace_error", "power", "fdp"):
+            assert np.isfinite(row[key]), key
+        assert int(np.sum(row["contaminated"])) == study.N_BAD
+    assert rows[1]["subspace_error"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_run_rows_are_consistent_with_the_fits(rows):
+    """Exact identities: the stored p-values are those of clair and of the test at
+    the true A on the same sample; the summaries follow from the stored lists."""
+    n = study.n_samples(CONFIG["p"], CONFIG["n_over_p"])
+    delta = margin_for_ratio(CONFIG["ratio"], study.SIGMA, 10, study.Q, study.R, n)
+    model = FederatedModel(
+        10,
+        study.Q,
+        study.R,
+        study.K,
+        contamination=study.N_BAD,
+        contamination_type="margin",
+        margin=delta,
+    )
+    sample = model.sample_regression(n, sigma=study.SIGMA, seed=5)
+    bad = sample.contaminated
+    np.testing.assert_allclose(sample.margin[bad], delta, rtol=1e-12)
+    result = clair(sample.updates, rank=study.R, detect="test", sigma=sample.local_sd)
+    known = chi_square_test(sample.updates, sample.subspace, sigma=sample.local_sd)
+    np.testing.assert_allclose(rows[0]["p_values"], result.p_values, rtol=1e-12)
+    np.testing.assert_allclose(rows[1]["p_values"], known.p_values, rtol=1e-12)
+    # clair's own Holm decision (statsmodels) is the stored one at alpha = 0.05
+    np.testing.assert_array_equal(
+        ~result.collaborative, np.asarray(rows[0]["holm"]) <= study.ALPHA
+    )
+    for row in rows:
+        flagged = np.asarray(row["holm"]) <= study.ALPHA
+        bh = np.asarray(row["bh"]) <= study.ALPHA
+        mask = np.asarray(row["contaminated"], dtype=bool)
+        np.testing.assert_array_equal(mask, bad)
+        assert row["power"] == pytest.approx(np.mean(flagged[mask]))
+        assert row["exact"] == bool(np.array_equal(flagged, mask))
+        assert row["fwer_event"] == bool(np.any(flagged & ~mask))
+        assert row["fdp"] == pytest.approx(np.sum(bh & ~mask) / max(1, np.sum(bh)))
+
+
+def test_run_is_deterministic_in_the_seed(rows):
+    assert study.run(CONFIG, seed=5) == rows
+    assert study.run(CONFIG, seed=6)[0]["p_values"] != rows[0]["p_values"]
+
+
+def test_well_separated_clients_are_all_flagged():
+    """At rho = 4, p = 10, n = 80, the first-order power of one contaminated client
+    (noncentral chi^2, leverage-corrected) leaves a miss probability below 1e-12
+    (computed below), so missing any of the 5 x 4 clients has probability below
+    2e-11: the assertion fails only if the test lost its power."""
+    config = {"p": 10, "n_over_p": 8.0, "ratio": 4.0}
+    miss = 1 - predicted_power(4.0, 10, study.Q, study.R, 80, study.K, 0.05, True)
+    assert miss < 1e-12
+    for seed in range(5):
+        estimated = study.run(config, seed)[0]
+        assert estimated["power"] == 1.0, seed
+
+
+# ------------------------------------------------------------- summaries, report
+def _frame(configs, replicates: int) -> pd.DataFrame:
+    out = []
+    for config in configs:
+        for rep in range(replicates):
+            seed = 100 * rep + 1
+            for item, row in enumerate(study.run(config, seed)):
+                out.append(
+                    {
+                        **config,
+                        "replicate": rep,
+                        "seed": seed,
+                        "seconds": 0.01,
+                        "item": item,
+                        **row,
+                    }
+                )
+    return pd.DataFrame(out)
+
+
+@pytest.fixture(scope="module")
+def small_frame():
+    configs = [
+        {"p": 10, "n_over_p": m, "ratio": rho}
+        for m in (2.0, 8.0)
+        for rho in (0.0, 1.0, 3.0)
+    ]
+    return _frame(configs, replicates=6)
+
+
+def test_roc_area_is_the_mann_whitney_statistic(small_frame):
+    rows = small_frame[
+        (small_frame["subspace"] == "estimated") & (small_frame["ratio"] == 1.0)
+    ]
+    fpr, tpr, auc = study.roc_curve(rows)
+    p = np.array(rows["p_values"].tolist())
+    bad = np.array(rows["contaminated"].tolist(), dtype=bool)
+    u = scipy.stats.mannwhitneyu(p[~bad], p[bad]).statistic  # benign p larger
+    assert auc == pytest.approx(u / (bad.sum() * (~bad).sum()))
+    assert fpr[-1] == 1
+    assert tpr[-1] == 1
+    assert np.all(np.diff(fpr) >= 0)
+    assert np.all(np.diff(tpr) >= 0)
+
+
+def test_error_rates_match_a_direct_count(small_frame):
+    rows = small_frame[small_frame["subspace"] == "true"]
+    alphas = np.array([0.01, 0.05, 0.2])
+    rates = study.error_rates(rows, alphas)
+    for alpha, fwer, fdr in zip(alphas, rates["fwer"], rates["fdr"], strict=True):
+        events, fdps = [], []
+        for row in rows.itertuples():
+            benign = ~np.asarray(row.contaminated, dtype=bool)
+            with study.frozen_gc():
+                holm = multipletests(row.p_values, alpha=alpha, method="holm")[0]
+                bh = multipletests(row.p_values, alpha=alpha, method="fdr_bh")[0]
+            events.append(np.any(holm & benign))
+            fdps.append(np.sum(bh & benign) / max(1, np.sum(bh)))
+        assert fwer == pytest.approx(np.mean(events))
+        assert fdr == pytest.approx(np.mean(fdps))
+    assert np.all(rates["fwer_lo"] <= rates["fwer"])
+    assert np.all(rates["fwer"] <= rates["fwer_hi"])
+
+
+def test_calibrated_from_reads_the_largest_run_of_calibrated_sizes():
+    table = pd.DataFrame(
+        {
+            "p": [10] * 4 + [20] * 2,
+            "subspace": ["estimated"] * 6,
+            "n_over_p": [1.5, 2.0, 4.0, 8.0, 2.0, 4.0],
+            "calibrated": [True, False, True, True, False, False],
+        }
+    )
+    start = study.calibrated_from(table)
+    assert start[(10, "estimated")] == 4.0
+    assert math.isnan(start[(20, "estimated")])
+
+
+def test_summary_and_report(small_frame, tmp_path):
+    table = study.summary_table(small_frame)
+    assert len(table) == 6
+    assert table["power"].between(0, 1).all()
+    calibration = study.calibration_table(small_frame)
+    assert set(calibration["replicates"]) == {18}  # 3 ratios x 6 replicates
+    study.report(small_frame, tmp_path, argparse.Namespace(quick=True))
+    for name in (
+        "power.png",
+        "roc.png",
+        "error_rates.png",
+        "calibration.png",
+        "summary.md",
+        "summary.csv",
+    ):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "Calibrated" in (tmp_path / "summary.md").read_text()
+
+
+def test_quick_grid_is_a_subset_of_the_full_grid():
+    quick = study.build(argparse.Namespace(quick=True))
+    full = study.build(argparse.Namespace(quick=False))
+    assert all(c in full.configs for c in quick.configs)
+    assert quick.replicates <= full.replicates
