@@ -9,527 +9,478 @@ but the README's known limitations record that c = 4 fails in most q = 1 regimes
 This study maps, regime by regime, the set of c = lam sqrt(K) at which P0 recovers
 *exactly* on every replicate (the regime's "working window"), and recommends the c
 that lies in the most windows. It also runs, in every regime, the theory value of
-Theorem T1 (SPEC §4), c_T1 = lam_T1 sqrt(K) = 3 / (7 sqrt(gamma)).
+Theorem T1 (SPEC §4), c_T1 = lam_T1 sqrt(K) = 3 / (7 sqrt(gamma))
+(:func:`clair_stats.theory.t1.t1_c_lam`).
 
 **Grid** (full mode). Regimes: p in {30, 80}, q in {1, 2, 5, 10}, K in {20, 50, 100},
 r in {2, 5}, gamma in {0.1, 0.2, 0.4}, contamination type ``random`` and
 ``orthogonal`` (288 regimes); c in {1.5, 2, 2.5, ..., 7} (12 values) plus c_T1; 8
-replicates, noiseless data (tau = 0), no centre. That is 288 x 13 x 8 = 29,952 solves.
-The number of replicates was set from a measured rate: 200 runs drawn at random from
-the full grid took 0.047 s each on one core (one BLAS thread; 0.017-0.03 s at p = 30,
-0.03-0.12 s at p = 80, up to 3 s for a non-converged solve), so 8 replicates take about
-25 minutes of solver time, inside the 40-minute budget with a margin for a loaded
-machine (the full run then took 23 minutes, 1333 s of it in the solver).
-``--replicates`` changes it; more replicates can only shrink the windows.
+replicates, noiseless data (tau = 0), no centre. That is 288 x 8 = 2,304 replicates
+of 13 solves each, 29,952 solves. This grid is the study behind the default c_lam
+and is kept as it was, although it is over the ~10-minute budget of a full study:
+on one core the full run took 23 minutes before the port to the study runner
+(1333 s of it in the solver; 200 runs drawn at random from the grid took 0.047 s
+each with one BLAS thread: 0.017-0.03 s at p = 30, 0.03-0.12 s at p = 80, up to 3 s
+for a non-converged solve). Ported to the runner, with new seeds, the full run
+took 52 minutes (2,981 s in the solver) on the same machine at load 4-8.
+``--jobs 2`` halves it on two idle cores; an interrupted run resumes where it
+stopped. ``--replicates`` changes the number of replicates (more can only shrink
+the windows).
+
 ``--quick`` runs p = 30, q in {1, 5}, K in {20, 100}, r = 2, gamma in {0.1, 0.4},
-``random`` only, c in {2, 3, 4, 5, 6} plus c_T1, 2 replicates (96 solves, a few
-seconds). The quick grid is a subset of the full grid with the same seeds, so rows of
-a quick run are reused by a later full run.
+``random`` only (8 regimes), 2 replicates, every c of the grid plus c_T1 (208
+solves; 7 s of solver time, 10 s in all on the loaded machine). The quick regimes
+are a subset of the full grid with the same seeds, so a quick run's replicates are
+reused by a later full run.
 
-**One run.** ``FederatedModel(p, q, r, K, contamination=gamma,
-contamination_type=type).sample(noise=0, seed=s)``, then
-``decompose(updates, lam=c / sqrt(K), tol=1e-9, max_iter=3000)`` (ADMM).
-Exact recovery means all of
+**One replicate** (:func:`run`). ``FederatedModel(p, q, r, K, contamination=gamma,
+contamination_type=type).sample(noise=0, seed=seed)``, then for *every* c of the
+grid and for c_T1 ``decompose(updates, lam=c / sqrt(K), tol=1e-9, max_iter=3000)``
+(ADMM), one result row per c. Exact recovery means all of
 
-* the solver converged (a ``ConvergenceWarning`` is suppressed and the run counted as
-  a failure);
+* the solver converged (a ``ConvergenceWarning`` is suppressed and the run counted
+  as a failure);
 * ||P_A^ - P_A||_F <= 1e-6, A^ the top-r left singular vectors of the stacked L^
   (p x Kq);
 * the block support of S^ (``Decomposition.support()``) equals the contaminated set;
 * the numerical rank of L^ (``Decomposition.rank()``) equals r.
 
-**Seeds.** The seed of a run is a deterministic function of (regime, replicate) and the
-base seed (``numpy.random.SeedSequence``); it does *not* depend on c: every c is tried
-on the *same* instances (common random numbers), so a window is a property of one set
-of instances rather than of different draws per c, and the comparison between c
-values is not blurred by instance-to-instance variation.
+**Seeds: common random numbers.** The runner derives the seed of a replicate from
+(study, regime, replicate); c is not part of the configuration but of the
+replicate's work, so every c is tried on the *same* instances. A window is then a
+property of one set of instances rather than of different draws per c, and the
+comparison between c values is not blurred by instance-to-instance variation.
+(The seeds differ from those of the study's first version, which drew them with
+``numpy.random.SeedSequence``. Re-measured with the new ones, the full grid gives
+c = 4.5 in 217 of 288 windows (tied with c = 5; 224 before), the default c = 4 in
+203 (206 before), 29 empty windows (30 before) and all 72 q = 10 regimes covered
+by c in [4, 4.5], as before.)
 
-**Resuming and parallelism.** Each finished run appends one row to
-``results/lambda_calibration/runs.csv`` (flushed at once); on restart, rows already
-present (same regime, c, replicate, seed, tol and max_iter) are skipped, so an
-interrupted run continues where it stopped. Runs are ordered replicate-major: a
-partial run first covers every regime and c once. ``--jobs N`` runs N solves in
-parallel with joblib (if installed); BLAS is limited to one thread per process unless
-``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` are set (measured
-on the shared 2-core machine of this study: with the default multi-threaded OpenBLAS
-the same solves took 15 to 145 times longer, e.g. 1.74 s instead of 0.012 s).
-``--summary-only`` rewrites the summary from the CSV without solving.
-
-**Reading the output.** ``summary.md`` (``summary_quick.md`` in quick mode; also
-printed) gives
+**Output.** ``summary.md`` (the same in ``quick/`` for the quick grid) gives
 
 1. the recommendation: the grid c lying in the most working windows, with the
    number of regimes it covers, the regimes no c covers, and the same count for the
    current ``DEFAULT_C_LAM`` and for c_T1 (run per regime), and the ceiling
    c < sqrt(q K) above which P0 returns S^ = 0 whatever the data;
-2. the coverage table: per q (and per K, per type, per gamma), how many regimes have
+2. the coverage table: per q (and per K, p, r, gamma, type), how many regimes have
    c in their window, for every c of the grid;
-3. the intersection of the windows over all regimes, and per q;
+3. the intersection of the windows over all regimes, and per q and K;
 4. per regime: the window (the grid values of c with success rate 1, written as
-   intervals of consecutive grid values), the success rate at every c and at c_T1.
+   intervals of consecutive grid values), the success rate at every c and at c_T1
+   (also as ``windows.csv``).
+
+A second coverage table counts *subspace-only* recovery (converged and
+||P_A^ - P_A||_F <= 1e-6, support and rank not required): the subspace of step 2
+can be right while the support of S^ is not (step 3 can then use the chi-square
+test).
+
+**Figures.** ``coverage.png``: for every c, the fraction of regimes whose window
+contains it, per q (exact recovery left, subspace-only right); the dotted line is
+the current default. ``success_rate.png``: the success rate pooled over the regimes
+and replicates of each q, with 95% Wilson intervals (the regimes are a fixed design,
+so the pooled count's binomial interval is conservative for their mean rate).
+``windows.png``: the success rate of every regime (rows, grouped by q and K) at
+every c (columns) and at c_T1; the window of a regime is its run of full-rate
+cells.
 
 A window is an empirical statement about the replicates run: "success rate 1" with
 n = 8 replicates is compatible with a true failure rate up to about 0.31 (one-sided
 95% bound 1 - 0.05^(1/8)); the counts of covered regimes are the robust part.
-A second coverage table counts *subspace-only* recovery (converged and
-||P_A^ - P_A||_F <= 1e-6, support and rank not required): the subspace of step 2 can
-be right while the support of S^ is not (step 3 can then use the chi-square test).
 """
 
 from __future__ import annotations
 
-import os
-
-# One BLAS thread per process (set before numpy is imported; user settings win).
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
-
 import argparse
-import csv
-import itertools
 import math
 import sys
 import time
 import warnings
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+import pandas as pd
 
 from clair_stats import DEFAULT_C_LAM, ConvergenceWarning, FederatedModel, decompose
 from clair_stats._validation import stack
+from clair_stats.study import Study, grid, study_main, study_parser
+from clair_stats.theory.t1 import t1_c_lam
 
-try:
-    from joblib import Parallel, delayed
-except ImportError:  # pragma: no cover - joblib is optional
-    Parallel = None
-    delayed = None
-
-#: Output directory (git-ignored), relative to the repository root.
-OUT_DIR = Path(__file__).resolve().parent.parent / "results" / "lambda_calibration"
-#: Thresholds of exact recovery.
+#: Threshold of ||P_A^ - P_A||_F for exact (and subspace-only) recovery.
 SUBSPACE_TOL = 1e-6
-#: Solver settings of every run.
+#: Solver settings of every solve.
 TOL, MAX_ITER = 1e-9, 3000
-BASE_SEED = 20260521
+#: Contamination types of the grid.
 TYPES = ("random", "orthogonal")
+#: The grid of c = lam sqrt(K), tried on every instance: 1.5, 2, ..., 7.
+C_GRID: tuple[float, ...] = tuple(1.5 + 0.5 * i for i in range(12))
+#: Configuration keys of a regime, in the order of the tables.
+REGIME: tuple[str, ...] = ("p", "q", "K", "r", "gamma", "type")
 
-FULL_GRID: dict[str, tuple] = {
+FULL_AXES: dict[str, tuple] = {
     "p": (30, 80),
     "q": (1, 2, 5, 10),
     "K": (20, 50, 100),
     "r": (2, 5),
     "gamma": (0.1, 0.2, 0.4),
     "type": TYPES,
-    "c": tuple(1.5 + 0.5 * i for i in range(12)),  # 1.5, 2, ..., 7
-    "replicates": 8,
 }
-QUICK_GRID: dict[str, tuple] = {
+QUICK_AXES: dict[str, tuple] = {
     "p": (30,),
     "q": (1, 5),
     "K": (20, 100),
     "r": (2,),
     "gamma": (0.1, 0.4),
     "type": ("random",),
-    "c": (2.0, 3.0, 4.0, 5.0, 6.0),
-    "replicates": 2,
 }
-
-FIELDS = (
-    "p",
-    "q",
-    "K",
-    "r",
-    "gamma",
-    "type",
-    "c_kind",
-    "c",
-    "replicate",
-    "seed",
-    "tol",
-    "max_iter",
-    "lam",
-    "success",
-    "converged",
-    "iterations",
-    "subspace_error",
-    "support_ok",
-    "false_pos",
-    "false_neg",
-    "rank",
-    "seconds",
-    "error",
-)
-#: Columns identifying a run (its resume key).
-KEY_FIELDS = FIELDS[:12]
+FULL_REPLICATES, QUICK_REPLICATES = 8, 2
 
 
-# ------------------------------------------------------------------------- regimes
-@dataclass(frozen=True, order=True)
-class Regime:
-    """One cell (p, q, K, r, gamma, type) of the grid."""
-
-    p: int
-    q: int
-    K: int
-    r: int
-    gamma: float
-    kind: str
-
-    @property
-    def c_theory(self) -> float:
-        """c_T1 = lam_T1 sqrt(K) = 3 / (7 sqrt(gamma)) (SPEC §4, T1)."""
-        return 3.0 / (7.0 * math.sqrt(self.gamma))
-
-    @property
-    def label(self) -> str:
-        """A short readable name."""
-        return (
-            f"p={self.p} q={self.q} K={self.K} r={self.r} "
-            f"gamma={self.gamma:g} {self.kind}"
-        )
-
-    def seed(self, replicate: int, base_seed: int) -> int:
-        """Deterministic seed of (regime, replicate): the same for every c.
-
-        Parameters
-        ----------
-        replicate : int
-            Replicate index.
-        base_seed : int
-            Base seed of the study.
-
-        Returns
-        -------
-        int
-            A 32-bit seed from :class:`numpy.random.SeedSequence`.
-        """
-        entropy = [
-            base_seed,
-            self.p,
-            self.q,
-            self.K,
-            self.r,
-            round(1000 * self.gamma),
-            TYPES.index(self.kind) if self.kind in TYPES else 99,
-            replicate,
-        ]
-        return int(np.random.SeedSequence(entropy).generate_state(1)[0])
-
-
-@dataclass(frozen=True)
-class Task:
-    """One run: a regime, a value of c, a replicate."""
-
-    regime: Regime
-    c_kind: str  # "grid" or "theory"
-    c: float
-    replicate: int
-    seed: int
-
-    def key(self, tol: float, max_iter: int) -> tuple[str, ...]:
-        """The resume key, formatted as in the CSV."""
-        g = self.regime
-        return (
-            str(g.p),
-            str(g.q),
-            str(g.K),
-            str(g.r),
-            _fmt(g.gamma),
-            g.kind,
-            self.c_kind,
-            _fmt(self.c),
-            str(self.replicate),
-            str(self.seed),
-            f"{tol:.3g}",
-            str(max_iter),
-        )
-
-
-def _fmt(x: float) -> str:
-    """Canonical text of a float in the CSV (so that keys compare as strings)."""
-    return f"{x:.6g}"
-
-
-def regimes(grid: dict[str, tuple]) -> list[Regime]:
-    """All regimes of a grid, in a fixed order.
-
-    Parameters
-    ----------
-    grid : dict
-        ``FULL_GRID`` or ``QUICK_GRID``.
-
-    Returns
-    -------
-    list of Regime
-    """
-    cells = itertools.product(
-        grid["p"], grid["q"], grid["K"], grid["r"], grid["gamma"], grid["type"]
-    )
-    return [Regime(p, q, K, r, float(gm), kd) for p, q, K, r, gm, kd in cells]
-
-
-def tasks(
-    grid: dict[str, tuple], replicates: int, base_seed: int, theory: bool = True
-) -> list[Task]:
-    """All runs of a grid, replicate-major (a partial run covers every cell once).
-
-    Parameters
-    ----------
-    grid : dict
-        ``FULL_GRID`` or ``QUICK_GRID``.
-    replicates : int
-        Replicates per (regime, c).
-    base_seed : int
-        Base seed of the study.
-    theory : bool
-        Also run c_T1 = 3 / (7 sqrt(gamma)) in every regime.
-
-    Returns
-    -------
-    list of Task
-    """
-    out = []
-    for rep in range(replicates):
-        for g in regimes(grid):
-            seed = g.seed(rep, base_seed)
-            out.extend(Task(g, "grid", float(c), rep, seed) for c in grid["c"])
-            if theory:
-                out.append(Task(g, "theory", g.c_theory, rep, seed))
-    return out
-
-
-# ------------------------------------------------------------------------ one run
-def run_one(task: Task, tol: float = TOL, max_iter: int = MAX_ITER) -> dict[str, str]:
-    """Solve P0 on one instance and check exact recovery.
-
-    Parameters
-    ----------
-    task : Task
-        The regime, c, replicate and seed.
-    tol, max_iter : float, int
-        Solver tolerance (relative duality gap and primal residual) and iteration
-        limit of :func:`clair_stats.decompose`.
-
-    Returns
-    -------
-    dict
-        One CSV row (all values as text), with ``success`` = "1" on exact recovery.
-    """
-    g = task.regime
-    model = FederatedModel(
-        g.p, g.q, g.r, g.K, contamination=g.gamma, contamination_type=g.kind
-    )
-    sample = model.sample(noise=0.0, seed=task.seed)
-    lam = task.c / math.sqrt(g.K)
-    row = dict(zip(KEY_FIELDS, task.key(tol, max_iter), strict=True))
-    row["lam"] = _fmt(lam)
+# ------------------------------------------------------------------ one replicate
+def _solve(sample: Any, r: int, lam: float) -> dict[str, Any]:
+    """Solve P0 at ``lam`` and check exact recovery (the fields of one row)."""
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            res = decompose(sample.updates, lam=lam, tol=tol, max_iter=max_iter)
-    except (np.linalg.LinAlgError, FloatingPointError) as exc:  # a failed run
-        row.update(
-            success="0",
-            converged="0",
-            iterations="",
-            subspace_error="",
-            support_ok="0",
-            false_pos="",
-            false_neg="",
-            rank="",
-            seconds=f"{time.perf_counter() - start:.4f}",
-            error=f"{type(exc).__name__}: {exc}".replace("\n", " "),
-        )
-        return row
+            res = decompose(sample.updates, lam=lam, tol=TOL, max_iter=MAX_ITER)
+    except (np.linalg.LinAlgError, FloatingPointError) as exc:  # a failed solve
+        return {
+            "success": False,
+            "subspace_ok": False,
+            "converged": False,
+            "iterations": None,
+            "subspace_error": None,
+            "support_ok": False,
+            "false_pos": None,
+            "false_neg": None,
+            "rank": None,
+            "solve_seconds": time.perf_counter() - start,
+            "error": f"{type(exc).__name__}: {exc}".replace("\n", " "),
+        }
     seconds = time.perf_counter() - start
-    U = np.linalg.svd(stack(res.low_rank), full_matrices=False)[0][:, : g.r]
+    U = np.linalg.svd(stack(res.low_rank), full_matrices=False)[0][:, :r]
     A = sample.subspace
     error = float(np.linalg.norm(U @ U.T - A @ A.T))
     flagged, bad = res.support(), sample.contaminated
-    rank = res.rank()
+    rank = int(res.rank())
     converged = bool(res.info.converged)
     support_ok = bool(np.array_equal(flagged, bad))
-    success = converged and error <= SUBSPACE_TOL and support_ok and rank == g.r
-    row.update(
-        success=str(int(success)),
-        converged=str(int(converged)),
-        iterations=str(res.info.iterations),
-        subspace_error=f"{error:.3e}",
-        support_ok=str(int(support_ok)),
-        false_pos=str(int(np.sum(flagged & ~bad))),
-        false_neg=str(int(np.sum(~flagged & bad))),
-        rank=str(rank),
-        seconds=f"{seconds:.4f}",
-        error="",
-    )
-    return row
+    subspace_ok = converged and error <= SUBSPACE_TOL
+    return {
+        "success": bool(subspace_ok and support_ok and rank == r),
+        "subspace_ok": bool(subspace_ok),
+        "converged": converged,
+        "iterations": int(res.info.iterations),
+        "subspace_error": error,
+        "support_ok": support_ok,
+        "false_pos": int(np.sum(flagged & ~bad)),
+        "false_neg": int(np.sum(~flagged & bad)),
+        "rank": rank,
+        "solve_seconds": seconds,
+        "error": None,
+    }
 
 
-# -------------------------------------------------------------------------- CSV I/O
-def _repair_tail(path: Path) -> None:
-    """Drop a partial last line (a run killed in the middle of a write)."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        path.write_bytes(data[: data.rfind(b"\n") + 1])
-
-
-def read_runs(path: Path) -> list[dict[str, str]]:
-    """Complete rows of ``runs.csv`` (empty if the file does not exist).
-
-    A partial last line (a writer in progress or killed) is ignored, not removed.
+def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """One replicate: one noiseless instance, P0 solved at every c of the grid and c_T1.
 
     Parameters
     ----------
-    path : Path
-        The CSV file.
+    config : dict
+        A regime: ``p``, ``q``, ``K``, ``r`` (ints), ``gamma`` (float in (0, 1))
+        and ``type`` (a contamination type of :mod:`clair_stats.model`).
+    seed : int
+        Seed of the instance (the same for every c: common random numbers).
 
     Returns
     -------
     list of dict
+        One row per c: ``c_kind`` ("grid" or "theory"), ``c``, ``lam`` = c /
+        sqrt(K), ``success`` (exact recovery), ``subspace_ok`` (converged and
+        ||P_A^ - P_A||_F <= 1e-6), ``converged``, ``iterations``,
+        ``subspace_error``, ``support_ok``, ``false_pos``, ``false_neg``,
+        ``rank`` (numerical rank of L^), ``solve_seconds`` and ``error`` (the
+        exception of a failed solve, else None).
     """
-    if not path.exists():
-        return []
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is not None and tuple(reader.fieldnames) != FIELDS:
-            raise SystemExit(
-                f"{path} has columns {reader.fieldnames}, expected {list(FIELDS)}; "
-                "move it away or pass another --out directory."
-            )
-        return [row for row in reader if None not in row.values()]
+    p, q, K, r = (int(config[k]) for k in ("p", "q", "K", "r"))
+    gamma = float(config["gamma"])
+    model = FederatedModel(
+        p, q, r, K, contamination=gamma, contamination_type=config["type"]
+    )
+    sample = model.sample(noise=0.0, seed=seed)
+    values = [("grid", c) for c in C_GRID] + [("theory", t1_c_lam(gamma))]
+    rows = []
+    for kind, c in values:
+        lam = c / math.sqrt(K)
+        rows.append({"c_kind": kind, "c": c, "lam": lam, **_solve(sample, r, lam)})
+    return rows
 
 
-def execute(
-    todo: Sequence[Task], path: Path, jobs: int, tol: float, max_iter: int
-) -> None:
-    """Run the tasks and append one flushed CSV row per finished run.
+# ---------------------------------------------------------------------- the study
+def parser() -> argparse.ArgumentParser:
+    """The command line: the runner's options and ``--replicates``."""
+    out = study_parser(
+        "Map exact recovery of P0 over c = lam sqrt(K) and recommend c_lam "
+        "(see the module docstring)."
+    )
+    out.add_argument(
+        "--replicates",
+        type=int,
+        default=None,
+        help=f"replicates per regime (default {FULL_REPLICATES} full, "
+        f"{QUICK_REPLICATES} quick)",
+    )
+    return out
+
+
+def build(args: argparse.Namespace) -> Study:
+    """The study: the quick or the full grid of regimes.
 
     Parameters
     ----------
-    todo : sequence of Task
-        Runs not yet in the CSV.
-    path : Path
-        ``runs.csv``; created with a header if missing.
-    jobs : int
-        Parallel processes (joblib); 1 runs in this process.
-    tol, max_iter : float, int
-        Solver settings.
+    args : argparse.Namespace
+        From :func:`parser` (``quick``, ``replicates``).
+
+    Returns
+    -------
+    Study
     """
-    new = not path.exists() or path.stat().st_size == 0
-    results: Iterable[dict[str, str]]
-    if jobs > 1 and Parallel is not None:
-        results = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-            delayed(run_one)(t, tol, max_iter) for t in todo
-        )
-    else:
-        if jobs > 1:
-            print("joblib is not installed: running with --jobs 1.", file=sys.stderr)
-        results = (run_one(t, tol, max_iter) for t in todo)
-    with path.open("a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-            fh.flush()
-        bar = tqdm(results, total=len(todo), unit="run", mininterval=2.0)
-        failures = 0
-        for row in bar:
-            writer.writerow(row)
-            fh.flush()
-            failures += row["success"] != "1"
-            bar.set_postfix(failures=failures, refresh=False)
+    axes = QUICK_AXES if args.quick else FULL_AXES
+    replicates = getattr(args, "replicates", None)
+    if replicates is None:
+        replicates = QUICK_REPLICATES if args.quick else FULL_REPLICATES
+    if replicates < 1:
+        raise ValueError(f"--replicates must be >= 1, got {replicates}")
+    return Study(
+        name="lambda_calibration",
+        run=run,
+        configs=grid(**axes),
+        replicates=replicates,
+        version="1",
+    )
 
 
-# -------------------------------------------------------------------------- summary
-def _intervals(values: Sequence[float], grid: Sequence[float]) -> str:
-    """Write a subset of the grid as runs of consecutive grid values, e.g. "3-5"."""
-    if not values:
+# ------------------------------------------------------------------------ tables
+def _label(regime: Sequence[Any]) -> str:
+    p, q, K, r, gamma, kind = regime
+    return f"p={p} q={q} K={K} r={r} gamma={gamma:g} {kind}"
+
+
+def cell_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (regime, c): replicates run, exact and subspace-only successes.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The study's frame (one row per replicate and c).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``REGIME``, ``c_kind``, ``c``, ``n``, ``successes``,
+        ``sub_successes``. The c_T1 rows have ``c_kind == "theory"``.
+    """
+    data = frame.assign(
+        success=frame["success"].astype(int),
+        subspace_ok=frame["subspace_ok"].astype(int),
+    )
+    keys = [*REGIME, "c_kind", "c"]
+    out = data.groupby(keys, sort=False).agg(
+        n=("success", "size"),
+        successes=("success", "sum"),
+        sub_successes=("subspace_ok", "sum"),
+    )
+    return out.reset_index()
+
+
+def windows_table(frame: pd.DataFrame, configs: Sequence[dict]) -> pd.DataFrame:
+    """One row per regime run: its window and its success rate at every c.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The study's frame.
+    configs : sequence of dict
+        The planned regimes (their order is the table's); regimes without any row
+        are left out.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``REGIME`` columns, ``label``, ``replicates`` (run), ``window`` (text),
+        ``window_values`` and ``sub_window_values`` (lists of c), ``rate_<c>``
+        (exact-recovery rate at each grid c), ``c_T1``, ``rate_T1``,
+        ``t1_ok`` (rate 1 at c_T1) and ``sub_t1_ok`` (subspace-only).
+    """
+    cells = cell_table(frame)
+    index = {
+        (tuple(row[k] for k in REGIME), row["c_kind"], row["c"]): row
+        for row in cells.to_dict("records")
+    }
+    out = []
+    for config in configs:
+        regime = tuple(config[k] for k in REGIME)
+        grid_cells = [index.get((regime, "grid", c)) for c in C_GRID]
+        if all(cell is None for cell in grid_cells):
+            continue
+        theory = index.get((regime, "theory", t1_c_lam(float(config["gamma"]))))
+        row: dict[str, Any] = dict(zip(REGIME, regime, strict=True))
+        row["label"] = _label(regime)
+        row["replicates"] = max(cell["n"] for cell in grid_cells if cell is not None)
+        full = [
+            c
+            for c, cell in zip(C_GRID, grid_cells, strict=True)
+            if cell is not None and cell["successes"] == cell["n"]
+        ]
+        row["window"] = intervals(full)
+        row["window_values"] = full
+        row["sub_window_values"] = [
+            c
+            for c, cell in zip(C_GRID, grid_cells, strict=True)
+            if cell is not None and cell["sub_successes"] == cell["n"]
+        ]
+        for c, cell in zip(C_GRID, grid_cells, strict=True):
+            row[f"rate_{c:g}"] = (
+                np.nan if cell is None else cell["successes"] / cell["n"]
+            )
+        row["c_T1"] = t1_c_lam(float(config["gamma"]))
+        row["rate_T1"] = np.nan if theory is None else theory["successes"] / theory["n"]
+        row["t1_ok"] = theory is not None and theory["successes"] == theory["n"]
+        row["sub_t1_ok"] = theory is not None and theory["sub_successes"] == theory["n"]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def intervals(values: Sequence[float]) -> str:
+    """A subset of :data:`C_GRID` as runs of consecutive grid values, e.g. "[3, 5]".
+
+    Parameters
+    ----------
+    values : sequence of float
+        Values of the grid.
+
+    Returns
+    -------
+    str
+        "none" for an empty subset.
+    """
+    chosen = sorted(set(values))
+    if not chosen:
         return "none"
-    chosen = set(values)
     runs: list[list[float]] = []
-    for c in sorted(grid):
-        if c in chosen:
-            if runs and runs[-1][-1] == _previous(c, grid):
-                runs[-1].append(c)
-            else:
-                runs.append([c])
+    for c in chosen:
+        i = C_GRID.index(c)
+        if runs and i > 0 and runs[-1][-1] == C_GRID[i - 1]:
+            runs[-1].append(c)
+        else:
+            runs.append([c])
     return ", ".join(
         f"{r[0]:g}" if len(r) == 1 else f"[{r[0]:g}, {r[-1]:g}]" for r in runs
     )
 
 
-def _previous(c: float, grid: Sequence[float]) -> float | None:
-    ordered = sorted(grid)
-    i = ordered.index(c)
-    return ordered[i - 1] if i > 0 else None
+def coverage_table(table: pd.DataFrame, subspace_only: bool = False) -> pd.DataFrame:
+    """Per group of regimes, how many windows contain each c (and how many pass T1).
 
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        From :func:`windows_table`.
+    subspace_only : bool
+        Count subspace-only windows instead of exact-recovery windows.
 
-def _rate(successes: Sequence[int]) -> str:
-    if not successes:
-        return "."
-    s, n = sum(successes), len(successes)
-    return "1" if s == n else ("0" if s == 0 else f"{s}/{n}")
-
-
-def _coverage_table(
-    regs: Sequence[Regime],
-    cgrid: Sequence[float],
-    windows: dict[Regime, list[float]],
-    theory_ok: Callable[[Regime], bool],
-) -> list[str]:
-    """Markdown rows: per group of regimes, how many windows contain each c."""
-    out = [
-        "| group | n | " + " | ".join(f"{c:g}" for c in cgrid) + " | T1 |",
-        "|" + "---|" * (len(cgrid) + 3),
-    ]
-    for attr in ("", "q", "K", "p", "r", "gamma", "kind"):
-        values = [None] if not attr else sorted({getattr(g, attr) for g in regs})
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``group``, ``n`` (regimes), one column per grid c, ``T1``.
+    """
+    col = "sub_window_values" if subspace_only else "window_values"
+    t1 = "sub_t1_ok" if subspace_only else "t1_ok"
+    out = []
+    for attr in ("", "q", "K", "p", "r", "gamma", "type"):
+        values = [None] if not attr else sorted(table[attr].unique())
         for v in values:
-            group = [g for g in regs if not attr or getattr(g, attr) == v]
+            group = table if not attr else table[table[attr] == v]
             if not attr:
                 label = "all"
-            elif attr == "kind":
+            elif attr == "type":
                 label = str(v)
             else:
                 label = f"{attr}={v:g}"
-            counts = [sum(1 for g in group if c in windows[g]) for c in cgrid]
-            t1 = sum(1 for g in group if theory_ok(g))
-            out.append(
-                f"| {label} | {len(group)} | "
-                + " | ".join(str(n) for n in counts)
-                + f" | {t1} |"
-            )
-    return out
+            row: dict[str, Any] = {"group": label, "n": len(group)}
+            for c in C_GRID:
+                row[f"{c:g}"] = int(sum(c in w for w in group[col]))
+            row["T1"] = int(group[t1].sum())
+            out.append(row)
+    return pd.DataFrame(out)
+
+
+def recommendation(table: pd.DataFrame) -> dict[str, Any]:
+    """The c of the grid in the most working windows (ties: highest mean rate,
+    then closest to ``DEFAULT_C_LAM``), and the same counts for the default.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        From :func:`windows_table`.
+
+    Returns
+    -------
+    dict
+        ``best``, ``best_count``, ``tied`` (list), ``default``,
+        ``default_count`` (None when the default is off the grid), ``n_regimes``,
+        ``mean_rate`` (dict c -> mean over regimes of the success rate),
+        ``uncovered`` (number of regimes with an empty window).
+    """
+    counts = {c: int(sum(c in w for w in table["window_values"])) for c in C_GRID}
+    mean_rate = {c: float(table[f"rate_{c:g}"].mean()) for c in C_GRID}
+    best_count = max(counts.values())
+    tied = [c for c in C_GRID if counts[c] == best_count]
+    best = max(tied, key=lambda c: (round(mean_rate[c], 12), -abs(c - DEFAULT_C_LAM)))
+    default = float(DEFAULT_C_LAM)
+    return {
+        "best": best,
+        "best_count": best_count,
+        "tied": tied,
+        "default": default,
+        "default_count": counts.get(default),
+        "n_regimes": len(table),
+        "mean_rate": mean_rate,
+        "counts": counts,
+        "uncovered": int(sum(len(w) == 0 for w in table["window_values"])),
+    }
+
+
+def _markdown(table: pd.DataFrame) -> list[str]:
+    """A DataFrame as markdown rows (no index)."""
+    head = "| " + " | ".join(str(c) for c in table.columns) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.values]
+    return [head, rule, *body]
+
+
+def _rate(rate: float, n: int) -> str:
+    if np.isnan(rate):
+        return "."
+    s = round(rate * n)
+    return "1" if s == n else ("0" if s == 0 else f"{s}/{n}")
 
 
 def summarize(
-    grid: dict[str, tuple],
-    replicates: int,
-    rows: Sequence[dict[str, str]],
-    base_seed: int,
-    tol: float,
-    max_iter: int,
-    title: str,
+    frame: pd.DataFrame, configs: Sequence[dict], replicates: int, title: str
 ) -> str:
     """The markdown summary of the runs of one grid.
 
     Parameters
     ----------
-    grid : dict
-        The grid whose runs are summarized (other rows of the CSV are ignored).
+    frame : pandas.DataFrame
+        The study's frame (rows of this grid only).
+    configs : sequence of dict
+        The planned regimes.
     replicates : int
-        Replicates per (regime, c) planned.
-    rows : sequence of dict
-        Rows of ``runs.csv``.
-    base_seed : int
-        Base seed (selects the rows of this study).
-    tol, max_iter : float, int
-        Solver settings (select the rows).
+        Replicates per regime planned.
     title : str
         First heading.
 
@@ -538,297 +489,311 @@ def summarize(
     str
         Markdown.
     """
-    planned = tasks(grid, replicates, base_seed)
-    by_key = {tuple(r[f] for f in KEY_FIELDS): r for r in rows}
-    cgrid = [float(c) for c in grid["c"]]
-    regs = regimes(grid)
-    # (regime, c) -> list of success flags; theory runs under c = "T1"
-    cells: dict[tuple[Regime, float | str], list[int]] = defaultdict(list)
-    # the same for subspace-only recovery (converged, ||P_A^ - P_A||_F <= 1e-6)
-    sub_cells: dict[tuple[Regime, float | str], list[int]] = defaultdict(list)
-    seconds, done = 0.0, 0
-    for t in planned:
-        row = by_key.get(t.key(tol, max_iter))
-        if row is None:
-            continue
-        done += 1
-        seconds += float(row["seconds"])
-        cell = (t.regime, t.c if t.c_kind == "grid" else "T1")
-        cells[cell].append(int(row["success"]))
-        sub_ok = (
-            row["converged"] == "1"
-            and row["subspace_error"] != ""
-            and float(row["subspace_error"]) <= SUBSPACE_TOL
-        )
-        sub_cells[cell].append(int(sub_ok))
-
-    def rate1(g: Regime, c: float | str, table: dict | None = None) -> bool:
-        flags = (cells if table is None else table).get((g, c), [])
-        return bool(flags) and all(flags)
-
-    # regimes without any run yet (a partial run) are left out of every count
-    not_run = [g for g in regs if not any(cells.get((g, c)) for c in cgrid)]
-    regs = [g for g in regs if g not in not_run]
-    if not regs:
+    table = windows_table(frame, configs)
+    if table.empty:
         return f"# {title}\n\nNo runs yet.\n"
-    windows = {g: [c for c in cgrid if rate1(g, c)] for g in regs}
-    sub_windows = {g: [c for c in cgrid if rate1(g, c, sub_cells)] for g in regs}
-    covered = {c: [g for g in regs if c in windows[g]] for c in cgrid}
-    n_reg = len(regs)
-
-    def mean_rate(c: float) -> float:
-        rates = [np.mean(cells[(g, c)]) for g in regs if cells.get((g, c))]
-        return float(np.mean(rates)) if rates else 0.0
-
-    best_count = max(len(v) for v in covered.values()) if covered else 0
-    tied = [c for c in cgrid if len(covered[c]) == best_count]
-    # ties: highest mean success rate, then closest to the current default
-    best = max(tied, key=lambda c: (round(mean_rate(c), 12), -abs(c - DEFAULT_C_LAM)))
-    uncovered = [g for g in regs if not windows[g]]
-    theory_ok = [g for g in regs if rate1(g, "T1")]
-    reps_seen = [len(cells.get((g, c), [])) for g in regs for c in cgrid]
-
-    out: list[str] = [f"# {title}", ""]
+    n_c = len(C_GRID) + 1
+    planned = len(configs) * replicates * n_c
+    done = len(frame)
+    n_reg = len(table)
+    rec = recommendation(table)
+    best = rec["best"]
+    seconds = float(frame["solve_seconds"].sum())
+    out = [f"# {title}", ""]
     out.append(
-        f"Runs: {done} of {len(planned)} planned ({len(regs) + len(not_run)} regimes x "
-        f"({len(cgrid)} grid values of c + c_T1) x {replicates} replicates); "
-        f"replicates per (regime, c): {min(reps_seen)}-{max(reps_seen)}; solver time "
-        f"{seconds:.0f} s (tol = {tol:g}, max_iter = {max_iter}). "
-        "Exact recovery = converged, ||P_A^ - P_A||_F <= 1e-6, support = "
-        "contaminated set, rank = r. Window = grid values of c = lam sqrt(K) with "
-        "success rate 1."
+        f"Runs: {done} of {planned} planned ({len(configs)} regimes x "
+        f"({len(C_GRID)} grid values of c + c_T1) x {replicates} replicates); "
+        f"replicates per regime: {table['replicates'].min()}-"
+        f"{table['replicates'].max()}; solver time {seconds:.0f} s (tol = {TOL:g}, "
+        f"max_iter = {MAX_ITER}). Exact recovery = converged, ||P_A^ - P_A||_F <= "
+        f"{SUBSPACE_TOL:g}, support = contaminated set, rank = r. Window = grid "
+        "values of c = lam sqrt(K) with success rate 1."
     )
-    if done < len(planned):
-        out.append("")
-        out.append(
+    if done < planned:
+        out += [
+            "",
             "**Partial run**: windows are computed from the replicates done so far "
             "and can only shrink as more arrive; "
-            f"{len(not_run)} regimes without any run yet are left out of every count "
-            f"below ({len(regs)} regimes summarized)."
-        )
+            f"{len(configs) - n_reg} regimes without any run yet are left out of "
+            f"every count below ({n_reg} regimes summarized).",
+        ]
     out += ["", "## Recommendation", ""]
+    tied = rec["tied"]
     out.append(
         f"- Recommended c_lam = **{best:g}**: in the working window of "
-        f"{len(covered[best])} of {n_reg} regimes (mean success rate "
-        f"{mean_rate(best):.3f})."
+        f"{rec['best_count']} of {n_reg} regimes (mean success rate "
+        f"{rec['mean_rate'][best]:.3f})."
         + (
             f" Tied on coverage: {', '.join(f'{c:g}' for c in tied)}."
             if len(tied) > 1
             else ""
         )
     )
-    default = float(DEFAULT_C_LAM)
-    if default in covered:
+    default = rec["default"]
+    if rec["default_count"] is not None:
         out.append(
-            f"- Current DEFAULT_C_LAM = {default:g}: in {len(covered[default])} of "
-            f"{n_reg} windows (mean success rate {mean_rate(default):.3f})."
+            f"- Current DEFAULT_C_LAM = {default:g}: in {rec['default_count']} of "
+            f"{n_reg} windows (mean success rate {rec['mean_rate'][default]:.3f})."
         )
     else:
         out.append(f"- Current DEFAULT_C_LAM = {default:g} is not on this grid.")
-    t1_rates = [np.mean(cells[(g, "T1")]) for g in regs if cells.get((g, "T1"))]
-    gammas = sorted({g.gamma for g in regs})
-    t1_by_gamma = ", ".join(
-        f"gamma={gm:g}: c_T1={3 / (7 * math.sqrt(gm)):.3f}, "
-        f"{sum(1 for g in theory_ok if g.gamma == gm)}/"
-        f"{sum(1 for g in regs if g.gamma == gm)}"
-        for gm in gammas
+    by_gamma = ", ".join(
+        f"gamma={gm:g}: c_T1={t1_c_lam(gm):.3f}, "
+        f"{int(table.loc[table['gamma'] == gm, 't1_ok'].sum())}/"
+        f"{int((table['gamma'] == gm).sum())}"
+        for gm in sorted(table["gamma"].unique())
     )
     out.append(
         f"- T1 theory value c_T1 = 3/(7 sqrt(gamma)) (run in every regime): success "
-        f"rate 1 in {len(theory_ok)} of {n_reg} regimes (mean success rate "
-        f"{np.mean(t1_rates) if t1_rates else float('nan'):.3f}); by gamma: "
-        f"{t1_by_gamma}."
+        f"rate 1 in {int(table['t1_ok'].sum())} of {n_reg} regimes (mean success "
+        f"rate {table['rate_T1'].mean():.3f}); by gamma: {by_gamma}."
     )
+    empty = table[[len(w) == 0 for w in table["window_values"]]]
     out.append(
-        f"- Regimes with an empty window (no c of the grid works): {len(uncovered)}"
-        + (":" if uncovered else ".")
+        f"- Regimes with an empty window (no c of the grid works): {len(empty)}"
+        + (":" if len(empty) else ".")
     )
-    out += [f"  - {g.label}" for g in uncovered]
-    if best_count < n_reg:
-        missed = [g for g in regs if g not in covered[best] and windows[g]]
+    out += [f"  - {label}" for label in empty["label"]]
+    if rec["best_count"] < n_reg:
+        missed = table[[bool(w) and best not in w for w in table["window_values"]]]
         out.append(
             f"- Regimes with a nonempty window that c = {best:g} misses: "
-            f"{len(missed)}" + (":" if missed else ".")
+            f"{len(missed)}" + (":" if len(missed) else ".")
         )
-        out += [
-            f"  - {g.label}: window {_intervals(windows[g], cgrid)}" for g in missed
-        ]
-
+        out += [f"  - {row.label}: window {row.window}" for row in missed.itertuples()]
     # a structural ceiling: ||S||_* <= sum_k ||S_k||_* <= sqrt(q) sum_k ||S_k||_F, so
     # for lam >= sqrt(q) (c >= sqrt(q K)) the pair (L, S) = (M, 0) is optimal in P0
-    ceiling = [g for g in regs if any(c >= math.sqrt(g.q * g.K) for c in cgrid)]
+    cut = sorted(
+        {
+            (int(q), int(K))
+            for q, K in zip(table["q"], table["K"], strict=True)
+            if max(C_GRID) >= math.sqrt(q * K)
+        }
+    )
+    n_cut = int(
+        sum(
+            max(C_GRID) >= math.sqrt(q * K)
+            for q, K in zip(table["q"], table["K"], strict=True)
+        )
+    )
     out.append(
         "- Ceiling: for c >= sqrt(q K) (lam >= sqrt(q)) the objective of P0 is at "
         "least ||M||_*, so (L, S) = (M, 0) is optimal (the only optimum for "
         "c > sqrt(q K)) and no contaminated client can be flagged; "
-        f"this cuts the grid in {len(ceiling)} regimes"
+        f"this cuts the grid in {n_cut} regimes"
         + (
             " ("
-            + "; ".join(
-                sorted(
-                    {
-                        f"q={g.q}, K={g.K}: c >= {math.sqrt(g.q * g.K):.3f}"
-                        for g in ceiling
-                    }
-                )
-            )
+            + "; ".join(f"q={q}, K={K}: c >= {math.sqrt(q * K):.3f}" for q, K in cut)
             + ")."
-            if ceiling
+            if cut
             else "."
         )
     )
-
-    # coverage tables
-    for heading, wins, table in (
-        ("Coverage: regimes whose window contains c", windows, cells),
+    for heading, sub in (
+        ("Coverage: regimes whose window contains c", False),
         (
             "Coverage of subspace-only recovery (converged, ||P_A^ - P_A||_F <= "
             "1e-6; support and rank not required)",
-            sub_windows,
-            sub_cells,
+            True,
         ),
     ):
         out += ["", f"## {heading}", ""]
-        out += _coverage_table(regs, cgrid, wins, lambda g, t=table: rate1(g, "T1", t))
+        out += _markdown(coverage_table(table, subspace_only=sub))
 
-    # intersections
     out += ["", "## Intersection of the working windows", ""]
-    every = [c for c in cgrid if all(c in windows[g] for g in regs)]
-    out.append(f"- all {n_reg} regimes: {_intervals(every, cgrid)}")
-    for q in sorted({g.q for g in regs}):
-        group = [g for g in regs if g.q == q]
-        inter = [c for c in cgrid if all(c in windows[g] for g in group)]
-        n_empty = sum(1 for g in group if not windows[g])
-        best_q = max(cgrid, key=lambda c, gr=group: sum(c in windows[g] for g in gr))
-        n_best = sum(best_q in windows[g] for g in group)
+    every = [c for c in C_GRID if all(c in w for w in table["window_values"])]
+    out.append(f"- all {n_reg} regimes: {intervals(every)}")
+    for q in sorted(table["q"].unique()):
+        group = table[table["q"] == q]
+        inter = [c for c in C_GRID if all(c in w for w in group["window_values"])]
+        n_empty = int(sum(len(w) == 0 for w in group["window_values"]))
+        n_in = {c: int(sum(c in w for w in group["window_values"])) for c in C_GRID}
+        best_q = max(C_GRID, key=lambda c, n_in=n_in: n_in[c])
         out.append(
-            f"- q = {q} ({len(group)} regimes): intersection "
-            f"{_intervals(inter, cgrid)}; empty windows {n_empty}; the c in most "
-            f"windows {best_q:g} ({n_best}/{len(group)})"
+            f"- q = {q} ({len(group)} regimes): intersection {intervals(inter)}; "
+            f"empty windows {n_empty}; the c in most windows {best_q:g} "
+            f"({n_in[best_q]}/{len(group)})"
         )
-        for K in sorted({g.K for g in group}):
-            sub = [g for g in group if g.K == K]
-            inter = [c for c in cgrid if all(c in windows[g] for g in sub)]
-            out.append(f"  - K = {K} ({len(sub)}): {_intervals(inter, cgrid)}")
+        for K in sorted(group["K"].unique()):
+            sub = group[group["K"] == K]
+            inter = [c for c in C_GRID if all(c in w for w in sub["window_values"])]
+            out.append(f"  - K = {K} ({len(sub)}): {intervals(inter)}")
 
-    # per regime
     out += ["", "## Per regime: window and success rate at each c", ""]
     out.append(
         "| regime | window | "
-        + " | ".join(f"{c:g}" for c in cgrid)
+        + " | ".join(f"{c:g}" for c in C_GRID)
         + " | c_T1 | rate at c_T1 |"
     )
-    out.append("|" + "---|" * (len(cgrid) + 4))
-    for g in regs:
+    out.append("|" + "---|" * (len(C_GRID) + 4))
+    for row in table.to_dict("records"):
+        n = int(row["replicates"])
         out.append(
-            f"| {g.label} | {_intervals(windows[g], cgrid)} | "
-            + " | ".join(_rate(cells.get((g, c), [])) for c in cgrid)
-            + f" | {g.c_theory:.3f} | {_rate(cells.get((g, 'T1'), []))} |"
+            f"| {row['label']} | {row['window']} | "
+            + " | ".join(_rate(row[f"rate_{c:g}"], n) for c in C_GRID)
+            + f" | {row['c_T1']:.3f} | {_rate(row['rate_T1'], n)} |"
         )
-    out.append("")
-    out.append(
+    out += [
+        "",
         "Rates: 1 = every replicate recovered exactly, 0 = none, s/n otherwise, "
-        ". = not run yet."
-    )
+        ". = not run yet.",
+    ]
     return "\n".join(out) + "\n"
 
 
-# ----------------------------------------------------------------------------- main
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Command-line options.
+# ------------------------------------------------------------------------ figures
+def _figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Path, note: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clair_stats.plotting import proportion_summary, save_figure
+
+    qs = sorted(table["q"].unique())
+    colors = dict(
+        zip(qs, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(qs))), strict=True)
+    )
+    rec = recommendation(table)
+
+    # coverage: fraction of regimes whose window contains c
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, col, title in zip(
+        axes,
+        ("window_values", "sub_window_values"),
+        ("exact recovery", "subspace-only recovery"),
+        strict=True,
+    ):
+        for q in qs:
+            group = table[table["q"] == q]
+            frac = [np.mean([c in w for w in group[col]]) for c in C_GRID]
+            ax.plot(
+                C_GRID, frac, "o-", color=colors[q], label=f"q = {q} ({len(group)})"
+            )
+        frac = [np.mean([c in w for w in table[col]]) for c in C_GRID]
+        ax.plot(C_GRID, frac, "k--", lw=2, label=f"all ({len(table)})")
+        ax.axvline(
+            rec["default"],
+            color="grey",
+            ls=":",
+            label=f"default c = {rec['default']:g}",
+        )
+        ax.set_title(title)
+        ax.set_xlabel(r"c = $\lambda\sqrt{K}$ (unitless)")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of regimes whose window contains c")
+    axes[1].legend(
+        title="regimes", fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1)
+    )
+    save_figure(
+        fig,
+        folder / "coverage.png",
+        "Fraction of regimes in which P0 with lam = c/sqrt(K) recovers exactly "
+        "(left) or recovers the subspace (right) on every replicate, per q; "
+        f"{note}.",
+    )
+    plt.close(fig)
+
+    # pooled success rate with Wilson intervals
+    data = frame[frame["c_kind"] == "grid"].assign(success=frame["success"].astype(int))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    summary = proportion_summary(data, ["q", "c"], "success")
+    for q in qs:
+        s = summary[summary["q"] == q]
+        ax.plot(s["c"], s["rate"], "o-", color=colors[q], label=f"q = {q}")
+        ax.fill_between(s["c"], s["lo"], s["hi"], color=colors[q], alpha=0.2)
+    total = proportion_summary(data.assign(all=1), ["all", "c"], "success")
+    ax.plot(total["c"], total["rate"], "k--", lw=2, label="all")
+    ax.fill_between(total["c"], total["lo"], total["hi"], color="k", alpha=0.1)
+    ax.axvline(
+        rec["default"], color="grey", ls=":", label=f"default c = {rec['default']:g}"
+    )
+    ax.set_xlabel(r"c = $\lambda\sqrt{K}$ (unitless)")
+    ax.set_ylabel("exact-recovery rate (fraction of solves)")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(
+        fig,
+        folder / "success_rate.png",
+        "Exact-recovery rate of P0 pooled over the regimes and replicates of each "
+        f"q, with 95% Wilson bands; {note}.",
+    )
+    plt.close(fig)
+
+    # per-regime success rates (rows grouped by q and K)
+    ordered = table.sort_values(["q", "K", "p", "r", "gamma", "type"], kind="stable")
+    rates = ordered[["rate_T1"] + [f"rate_{c:g}" for c in C_GRID]].to_numpy(float)
+    height = min(12.0, 2.5 + 0.03 * len(ordered))
+    fig, ax = plt.subplots(figsize=(9, height))
+    image = ax.imshow(
+        rates, aspect="auto", cmap="RdYlGn", vmin=0, vmax=1, interpolation="nearest"
+    )
+    ax.set_xticks(range(len(C_GRID) + 1), ["c_T1"] + [f"{c:g}" for c in C_GRID])
+    ax.set_xlabel(r"c = $\lambda\sqrt{K}$ (unitless; c_T1 = 3/(7$\sqrt{\gamma}$))")
+    groups = ordered.groupby(["q", "K"], sort=False).size()
+    starts = np.concatenate([[0], np.cumsum(groups.to_numpy())])
+    ax.set_yticks(
+        (starts[:-1] + starts[1:] - 1) / 2,
+        [f"q={q}, K={K}" for q, K in groups.index],
+        fontsize=8,
+    )
+    for y in starts[1:-1]:
+        ax.axhline(y - 0.5, color="k", lw=0.6)
+    ax.axvline(0.5, color="k", lw=1.2)
+    ax.set_ylabel("regimes (one row each)")
+    fig.colorbar(image, ax=ax, label="exact-recovery rate")
+    save_figure(
+        fig,
+        folder / "windows.png",
+        "Exact-recovery rate over the replicates of every regime (row; within a "
+        "group sorted by p, r, gamma, type) at every c (column) and at the T1 value "
+        f"c_T1; a regime's window is its run of full-rate cells; {note}.",
+    )
+    plt.close(fig)
+
+
+def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
+    """Write ``summary.md``, ``windows.csv``, ``coverage.csv`` and the figures.
 
     Parameters
     ----------
-    argv : sequence of str, optional
-        Arguments (default ``sys.argv[1:]``).
-
-    Returns
-    -------
-    argparse.Namespace
+    frame : pandas.DataFrame
+        The study's frame.
+    folder : pathlib.Path
+        Where the files go (created).
+    args : argparse.Namespace
+        The parsed command line (``quick`` names the grid).
     """
-    parser = argparse.ArgumentParser(
-        description=(
-            "Map exact recovery of P0 over c = lam sqrt(K) and recommend c_lam "
-            "(see the module docstring)."
-        )
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    study = build(args)
+    mode = "quick" if args.quick else "full"
+    text = summarize(
+        frame,
+        study.configs,
+        study.replicates,
+        title=f"Calibration of c_lam = lam sqrt(K) ({mode} grid)",
     )
-    parser.add_argument(
-        "--quick", action="store_true", help="small subset (about a minute)"
+    (folder / "summary.md").write_text(text)
+    table = windows_table(frame, study.configs)
+    if table.empty:
+        return
+    table.drop(columns=["window_values", "sub_window_values"]).to_csv(
+        folder / "windows.csv", index=False
     )
-    parser.add_argument(
-        "--jobs", type=int, default=1, help="parallel processes (joblib); default 1"
+    coverage_table(table).to_csv(folder / "coverage.csv", index=False)
+    note = (
+        f"{mode} grid, {len(table)} noiseless regimes, "
+        f"{int(table['replicates'].max())} replicates each"
     )
-    parser.add_argument(
-        "--replicates",
-        type=int,
-        default=None,
-        help=f"replicates per (regime, c); default {FULL_GRID['replicates']} full, "
-        f"{QUICK_GRID['replicates']} quick",
-    )
-    parser.add_argument(
-        "--out", type=Path, default=OUT_DIR, help=f"output directory ({OUT_DIR})"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=BASE_SEED, help="base seed of the study"
-    )
-    parser.add_argument(
-        "--summary-only",
-        action="store_true",
-        help="only rewrite the summary from runs.csv (no solving)",
-    )
-    return parser.parse_args(argv)
+    _figures(frame, table, folder, note)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study (or its missing runs) and write the summary.
-
-    Parameters
-    ----------
-    argv : sequence of str, optional
-        Command-line arguments.
-
-    Returns
-    -------
-    int
-        Exit status.
-    """
-    args = parse_args(argv)
-    grid = QUICK_GRID if args.quick else FULL_GRID
-    replicates = args.replicates or int(grid["replicates"])
-    if args.jobs < 1 or replicates < 1:
-        raise SystemExit("--jobs and --replicates must be >= 1.")
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "runs.csv"
-    planned = tasks(grid, replicates, args.seed)
-    if not args.summary_only and path.exists():
-        _repair_tail(path)  # only here: --summary-only may run beside a writer
-    rows = read_runs(path)
-    if not args.summary_only:
-        have = {tuple(r[f] for f in KEY_FIELDS) for r in rows}
-        todo = [t for t in planned if t.key(TOL, MAX_ITER) not in have]
-        print(
-            f"{len(planned)} runs planned, {len(planned) - len(todo)} already in "
-            f"{path}, {len(todo)} to do (jobs={args.jobs}).",
-            file=sys.stderr,
-        )
-        if todo:
-            execute(todo, path, args.jobs, TOL, MAX_ITER)
-            rows = read_runs(path)
-    mode = "quick" if args.quick else "full"
-    text = summarize(
-        grid,
-        replicates,
-        rows,
-        args.seed,
-        TOL,
-        MAX_ITER,
-        title=f"Calibration of c_lam = lam sqrt(K) ({mode} grid)",
-    )
-    name = "summary_quick.md" if args.quick else "summary.md"
-    (args.out / name).write_text(text)
-    print(text)
-    print(f"Wrote {args.out / name}", file=sys.stderr)
-    return 0
+    """Run the study (its missing replicates) and write the report."""
+    return study_main(build, report, parser(), argv)
 
 
 if __name__ == "__main__":
