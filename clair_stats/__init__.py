@@ -10,11 +10,18 @@ from clair_stats.certificates import Certificate, duality_gap
 from clair_stats.decompose import DEFAULT_C_LAM, decompose, default_lam
 from clair_stats.detection import ChiSquareTest, chi_square_test
 from clair_stats.estimator import ClairResult, clair
+from clair_stats.lowrank import LowRankUpdates
 from clair_stats.model import CONTAMINATION_TYPES, FederatedModel, FederatedSample
 from clair_stats.penalties import BlockFrobenius, NuclearNorm, svt
 from clair_stats.problems import Problem
 from clair_stats.refine import refine
-from clair_stats.results import ConvergenceWarning, Decomposition, SolverInfo
+from clair_stats.results import (
+    ConvergenceWarning,
+    Decomposition,
+    FactoredDecomposition,
+    RefinedFactors,
+    SolverInfo,
+)
 from clair_stats.subspace import estimate_subspace
 
 __all__ = [
@@ -26,10 +33,13 @@ __all__ = [
     "ClairResult",
     "ConvergenceWarning",
     "Decomposition",
+    "FactoredDecomposition",
     "FederatedModel",
     "FederatedSample",
+    "LowRankUpdates",
     "NuclearNorm",
     "Problem",
+    "RefinedFactors",
     "SolverInfo",
     "chi_square_test",
     "clair",

@@ -18,11 +18,18 @@ from clair_stats._validation import (
     stack,
     unstack,
 )
+from clair_stats.lowrank import LowRankUpdates
 from clair_stats.problems import MODES, Problem
-from clair_stats.results import ConvergenceWarning, Decomposition, SolverInfo
+from clair_stats.results import (
+    ConvergenceWarning,
+    Decomposition,
+    FactoredDecomposition,
+    SolverInfo,
+)
 from clair_stats.solvers.admm import admm_p0
 from clair_stats.solvers.bcd import bcd_p1
 from clair_stats.solvers.cvx import CVXPY_SOLVERS, cvxpy_solve
+from clair_stats.solvers.factored import as_factored, reduce_updates
 
 __all__ = ["DEFAULT_C_LAM", "decompose", "default_lam"]
 
@@ -46,7 +53,7 @@ def default_lam(n_clients: int) -> float:
 
 
 def decompose(
-    updates: np.ndarray,
+    updates: np.ndarray | LowRankUpdates,
     lam: float | None = None,
     mode: str = "exact",
     mu: float | None = None,
@@ -59,7 +66,7 @@ def decompose(
     init: Decomposition | None = None,
     verbose: bool = False,
     cvxpy_solver: str = "SCS",
-) -> Decomposition:
+) -> Decomposition | FactoredDecomposition:
     """Decompose the stacked client updates into low-rank plus block-sparse parts.
 
     With M = [Theta^_1, ..., Theta^_K] in R^{p x Kq} (block k = client k):
@@ -79,8 +86,11 @@ def decompose(
 
     Parameters
     ----------
-    updates : array_like, shape (K, p, q)
-        The local estimates Theta^_k, K >= 2.
+    updates : array_like of shape (K, p, q), or LowRankUpdates
+        The local estimates Theta^_k, K >= 2. Factored updates Theta^_k =
+        s_k B_k A_k are solved on a core of size R x K max_k r_k, R <= sum_k r_k
+        (with ``center=True``: R x K n_w, n_w <= min(q, sum_k r_k)), and never
+        multiplied out (:mod:`clair_stats.solvers.factored`).
     lam : float, optional
         lam > 0. Default c_lam / sqrt(K) (:func:`default_lam`). The objective is
         positively homogeneous, so lam does not depend on the scale of M; the
@@ -116,9 +126,13 @@ def decompose(
 
     Returns
     -------
-    Decomposition
+    Decomposition or FactoredDecomposition
         ``low_rank`` and ``sparse`` (K, p, q), ``center`` (p, q) or None, the
         dual matrix, the problem and :class:`~clair_stats.results.SolverInfo`.
+        For LowRankUpdates, a
+        :class:`~clair_stats.results.FactoredDecomposition`: the same problem,
+        ``info``, ``support()``, ``rank()`` and ``block_norms``, with the blocks
+        held as Q X_k W_k^T (``dense()`` multiplies them out).
 
     Warns
     -----
@@ -146,6 +160,29 @@ def decompose(
     >>> bool((result.support() == ~sample.benign).all())
     True
     """
+    if isinstance(updates, LowRankUpdates):
+        if init is not None:
+            raise ValueError(
+                "init (warm start) is not supported for LowRankUpdates; omit it."
+            )
+        if not isinstance(center, bool | np.bool_):
+            raise TypeError(f"center must be True or False, got {center!r}.")
+        reduction = reduce_updates(updates, shared_rows=bool(center))
+        core = decompose(
+            reduction.core,
+            lam=lam,
+            mode=mode,
+            mu=mu,
+            eps=eps,
+            center=center,
+            weights=weights,
+            solver=solver,
+            tol=tol,
+            max_iter=max_iter,
+            verbose=verbose,
+            cvxpy_solver=cvxpy_solver,
+        )
+        return as_factored(reduction, core)
     data3 = check_updates(updates)
     n_clients = data3.shape[0]
     if mode not in MODES:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.stats
 
-__all__ = ["ChiSquareTest", "chi_square_test"]
+__all__ = ["ChiSquareTest", "chi_square_test", "energy_test"]
 
 CORRECTIONS = {"holm": "holm", "fdr_bh": "fdr_bh", "bonferroni": "bonferroni"}
 
@@ -57,6 +57,18 @@ class ChiSquareTest:
     estimated_noise: bool
 
 
+def _check_level(alpha: object, correction: object) -> None:
+    """Raise unless alpha is in (0, 1) and correction is a known method."""
+    if correction not in CORRECTIONS:
+        raise ValueError(
+            f"correction must be one of {tuple(CORRECTIONS)}, got {correction!r}."
+        )
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating):
+        raise TypeError(f"alpha must be a number in (0, 1), got {alpha!r}.")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
+
+
 def chi_square_test(
     updates: np.ndarray,
     subspace: np.ndarray,
@@ -87,31 +99,61 @@ def chi_square_test(
     -------
     ChiSquareTest
     """
-    # imported here: statsmodels costs about a second at import
-    from statsmodels.stats.multitest import multipletests
-
-    if correction not in CORRECTIONS:
-        raise ValueError(
-            f"correction must be one of {tuple(CORRECTIONS)}, got {correction!r}."
-        )
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating):
-        raise TypeError(f"alpha must be a number in (0, 1), got {alpha!r}.")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
+    _check_level(alpha, correction)
     n_clients, p, q = updates.shape
     r = subspace.shape[1]
     if r >= p:
         raise ValueError(
             f"the test needs r < p (an off-subspace complement); got r = {r}, p = {p}."
         )
-    df = (p - r) * q
     centred = updates if center is None else updates - center
     # ||P_A^perp X||_F^2 = ||X||_F^2 - ||A^T X||_F^2
     inside = np.einsum("pr,kpq->krq", subspace, centred)
     energy = np.einsum("kpq,kpq->k", centred, centred) - np.einsum(
         "krq,krq->k", inside, inside
     )
-    energy = np.maximum(energy, 0.0)
+    return energy_test(
+        np.maximum(energy, 0.0),
+        (p - r) * q,
+        sigma=sigma,
+        alpha=alpha,
+        correction=correction,
+    )
+
+
+def energy_test(
+    energy: np.ndarray,
+    df: int,
+    sigma: float | np.ndarray | None = None,
+    alpha: float = 0.05,
+    correction: str = "holm",
+) -> ChiSquareTest:
+    """The test of :func:`chi_square_test` from the off-subspace energies.
+
+    T_k = E_k / sigma_k^2 with E_k = ||P_A^perp (Theta^_k - c)||_F^2, compared
+    with chi^2_df, df = (p - r) q; without ``sigma``, sigma^2 = median_k E_k /
+    median(chi^2_df). Used directly by the factored path, which computes E_k on
+    a small core but must keep the degrees of freedom of the full p x q blocks.
+
+    Parameters
+    ----------
+    energy : numpy.ndarray, shape (K,)
+        E_k >= 0.
+    df : int
+        (p - r) q, with the p and q of the original updates.
+    sigma, alpha, correction
+        As in :func:`chi_square_test`.
+
+    Returns
+    -------
+    ChiSquareTest
+    """
+    # imported here: statsmodels costs about a second at import
+    from statsmodels.stats.multitest import multipletests
+
+    _check_level(alpha, correction)
+    energy = np.asarray(energy, dtype=float)
+    n_clients = energy.size
     if sigma is None:
         variance = np.full(n_clients, np.median(energy) / scipy.stats.chi2.median(df))
         estimated = True

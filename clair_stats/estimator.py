@@ -8,9 +8,11 @@ import numpy as np
 
 from clair_stats._validation import check_positive, check_updates
 from clair_stats.decompose import decompose
-from clair_stats.detection import ChiSquareTest, chi_square_test
+from clair_stats.detection import ChiSquareTest, chi_square_test, energy_test
+from clair_stats.lowrank import LowRankUpdates
 from clair_stats.refine import refine
-from clair_stats.results import Decomposition
+from clair_stats.results import Decomposition, FactoredDecomposition, RefinedFactors
+from clair_stats.solvers.factored import core_energies, refine_factored
 from clair_stats.subspace import estimate_subspace
 
 __all__ = ["ClairResult", "clair"]
@@ -28,9 +30,10 @@ class ClairResult:
         r.
     collaborative : numpy.ndarray of bool, shape (K,)
         S^; the others are flagged as contaminated.
-    refined : numpy.ndarray, shape (K, p, q)
-        Theta~_k for k in S^, Theta^_k otherwise.
-    decomposition : Decomposition
+    refined : numpy.ndarray of shape (K, p, q), or RefinedFactors
+        Theta~_k for k in S^, Theta^_k otherwise; for LowRankUpdates, factors
+        B~_k A~_k of the truncated SVD of Theta~_k with the truncation errors.
+    decomposition : Decomposition or FactoredDecomposition
         Step 1 (on the transposes when ``side="right"``).
     test : ChiSquareTest or None
         The per-client test (``detect="test"``).
@@ -41,8 +44,8 @@ class ClairResult:
     subspace: np.ndarray = field(repr=False)
     rank: int
     collaborative: np.ndarray = field(repr=False)
-    refined: np.ndarray = field(repr=False)
-    decomposition: Decomposition = field(repr=False)
+    refined: np.ndarray | RefinedFactors = field(repr=False)
+    decomposition: Decomposition | FactoredDecomposition = field(repr=False)
     test: ChiSquareTest | None = field(repr=False)
     detect: str
     side: str
@@ -109,7 +112,7 @@ class ClairResult:
 
 
 def clair(
-    updates: np.ndarray,
+    updates: np.ndarray | LowRankUpdates,
     rank: int | None = None,
     lam: float | None = None,
     mode: str = "auto",
@@ -123,6 +126,7 @@ def clair(
     solver: str = "proximal",
     mu: float | None = None,
     support_tol: float = 1e-6,
+    refined_rank: int | None = None,
     **solver_options,
 ) -> ClairResult:
     """CLAIR: shared subspace, collaborative set and refined client updates.
@@ -137,8 +141,11 @@ def clair(
 
     Parameters
     ----------
-    updates : array_like, shape (K, p, q)
-        Theta^_k.
+    updates : array_like of shape (K, p, q), or LowRankUpdates
+        Theta^_k. Factored updates (LoRA adapters) are never multiplied out:
+        step 1 runs on a small core (:mod:`clair_stats.solvers.factored`), the
+        statistics are computed there with the degrees of freedom of the full
+        p x q blocks, and the refined updates come back as factors.
     rank : int, optional
         r; default the numerical rank of L^.
     lam : float, optional
@@ -164,6 +171,9 @@ def clair(
         mu of P1 (overrides the ``sigma`` rule).
     support_tol : float
         Relative tolerance of ``detect="support"``.
+    refined_rank : int, optional
+        LowRankUpdates only: the rank t of the refined factors B~_k A~_k (the
+        truncated SVD of Theta~_k). Default: each client's own rank r_k.
     **solver_options
         ``tol``, ``max_iter``, ``verbose``, ``cvxpy_solver`` for
         :func:`clair_stats.decompose`.
@@ -178,7 +188,13 @@ def clair(
     alignment. arXiv:2605.21217.
     Xu, Caramanis, Sanghavi (2012). Robust PCA via outlier pursuit. IEEE TIT.
     """
-    data = check_updates(updates)
+    factored = isinstance(updates, LowRankUpdates)
+    data = updates if factored else check_updates(updates)
+    if refined_rank is not None and not factored:
+        raise ValueError(
+            "refined_rank applies to LowRankUpdates (factored updates) only; the "
+            "refined dense updates are not truncated."
+        )
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
     if detect not in ("support", "test"):
@@ -186,7 +202,10 @@ def clair(
     if mode not in ("auto", "exact", "penalized"):
         raise ValueError(f"mode must be 'auto', 'exact' or 'penalized', got {mode!r}.")
     support_tol = check_positive(support_tol, "support_tol")
-    work = data.transpose(0, 2, 1) if side == "right" else data
+    if side == "right":
+        work = data.transpose() if factored else data.transpose(0, 2, 1)
+    else:
+        work = data
     n_clients, p, q = work.shape
     if mode == "auto":
         mode = "penalized" if (sigma is not None or mu is not None) else "exact"
@@ -220,6 +239,22 @@ def clair(
     test = None
     if detect == "support":
         collaborative = ~decomposition.support(tol=support_tol)
+    elif factored:
+        if r >= p:
+            raise ValueError(
+                f"the test needs r < p (an off-subspace complement); got r = {r}, "
+                f"p = {p}."
+            )
+        # A^ = Q A_c: the energies from the core, the df of the p x q blocks
+        energy = core_energies(
+            decomposition.core_data,
+            decomposition.basis.T @ subspace,
+            decomposition.core.center,
+        )
+        test = energy_test(
+            energy, (p - r) * q, sigma=sigma, alpha=alpha, correction=correction
+        )
+        collaborative = ~test.rejected
     else:
         test = chi_square_test(
             work,
@@ -230,14 +265,26 @@ def clair(
             correction=correction,
         )
         collaborative = ~test.rejected
-    refined = refine(work, subspace, collaborative)
-    if side == "right":
-        refined = refined.transpose(0, 2, 1)
+    if factored:
+        refined = refine_factored(
+            work,
+            subspace,
+            collaborative,
+            rank=refined_rank,
+            basis=decomposition.basis,
+        )
+        if side == "right":
+            refined = refined.transpose()
+    else:
+        refined = refine(work, subspace, collaborative)
+        if side == "right":
+            refined = refined.transpose(0, 2, 1)
+        refined = np.ascontiguousarray(refined)
     return ClairResult(
         subspace=subspace,
         rank=r,
         collaborative=collaborative,
-        refined=np.ascontiguousarray(refined),
+        refined=refined,
         decomposition=decomposition,
         test=test,
         detect=detect,

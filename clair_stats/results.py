@@ -10,7 +10,13 @@ from clair_stats._validation import stack
 from clair_stats.penalties import block_norms
 from clair_stats.problems import Problem
 
-__all__ = ["ConvergenceWarning", "Decomposition", "SolverInfo"]
+__all__ = [
+    "ConvergenceWarning",
+    "Decomposition",
+    "FactoredDecomposition",
+    "RefinedFactors",
+    "SolverInfo",
+]
 
 
 class ConvergenceWarning(UserWarning):
@@ -171,4 +177,230 @@ class Decomposition:
             f"  primal residual = {i.primal_residual:.3e}, "
             f"dual residual = {i.dual_residual:.3e}\n"
             f"  {i.message}"
+        )
+
+
+@dataclass(frozen=True)
+class FactoredDecomposition:
+    """The split of factored updates, M = L + S (+ c 1^T), held on a small core.
+
+    Returned by :func:`clair_stats.decompose` for
+    :class:`~clair_stats.lowrank.LowRankUpdates` (SPEC §5, "LoRA scale"). With Q
+    (p x R) an orthonormal basis of span(B_1, ..., B_K) and W_k (q x m_k) one of
+    the row space of A_k (with ``center=True`` one basis W of all row spaces),
+    every block is L^_k = Q X_k W_k^T, S^_k = Q Z_k W_k^T, where (X, Z) solve the
+    same program on the core blocks C_k = Q^T Theta^_k W_k (zero-padded to a
+    common width). Q and W_k are isometries, so objective, certificate, block
+    norms and singular values are those of the core solve, and no p x Kq or
+    K x p x q array is formed.
+
+    Attributes
+    ----------
+    core : Decomposition
+        The solve on the core, blocks of shape (R, m) with m = max_k m_k.
+    core_data : numpy.ndarray, shape (K, R, m)
+        The core blocks C_k (zero-padded).
+    basis : numpy.ndarray, shape (p, R)
+        Q, orthonormal columns.
+    row_bases : tuple of numpy.ndarray
+        W_k of shape (q, m_k) per client, or a single W (q, m) shared by all
+        clients (``center=True``).
+    widths : tuple of int
+        m_k, the number of core columns of block k that carry data (the rest
+        is padding, zero in L^, S^ and the data).
+    shape : tuple of int
+        (K, p, q) of the original updates.
+    reduction_error : numpy.ndarray, shape (K,)
+        sqrt(max(||Theta^_k||_F^2 - ||C_k||_F^2, 0)): the part of Theta^_k
+        outside the core, 0 up to rounding (about 1e-8 ||Theta^_k||_F, the
+        resolution of the difference of squares) unless directions closer
+        than about sqrt(R eps) to the span of the others were merged.
+    reduction_seconds : float
+        Wall-clock time of the reduction (the core solve is in ``info``).
+    """
+
+    core: Decomposition = field(repr=False)
+    core_data: np.ndarray = field(repr=False)
+    basis: np.ndarray = field(repr=False)
+    row_bases: tuple[np.ndarray, ...] = field(repr=False)
+    widths: tuple[int, ...]
+    shape: tuple[int, int, int]
+    reduction_error: np.ndarray = field(repr=False)
+    reduction_seconds: float = 0.0
+
+    @property
+    def problem(self) -> Problem:
+        """The program solved."""
+        return self.core.problem
+
+    @property
+    def info(self) -> SolverInfo:
+        """Solver statistics and certificate of the core solve."""
+        return self.core.info
+
+    @property
+    def data_norm(self) -> float:
+        """||M||_F (= the core's)."""
+        return self.core.data_norm
+
+    @property
+    def n_clients(self) -> int:
+        """K."""
+        return self.shape[0]
+
+    @property
+    def core_shape(self) -> tuple[int, int]:
+        """(R, K m): the shape of the stacked core matrix."""
+        k, r, m = self.core.low_rank.shape
+        return (r, k * m)
+
+    @property
+    def block_norms(self) -> np.ndarray:
+        """||S^_k||_F for every client, shape (K,)."""
+        return self.core.block_norms
+
+    def support(self, tol: float = 1e-6) -> np.ndarray:
+        """Clients whose block of S^ is nonzero: ||S^_k||_F > tol ||M||_F."""
+        return self.core.support(tol)
+
+    def singular_values(self) -> np.ndarray:
+        """Singular values of the stacked L^ (those of the core), decreasing."""
+        return self.core.singular_values()
+
+    def rank(self, tol: float = 1e-6) -> int:
+        """Numerical rank of L^: singular values above tol * ||M||_F."""
+        return self.core.rank(tol)
+
+    def row_basis(self, k: int) -> np.ndarray:
+        """W_k (q, m), the row basis of block k (shared with ``center=True``)."""
+        return self.row_bases[0] if len(self.row_bases) == 1 else self.row_bases[k]
+
+    def _lift(self, blocks: np.ndarray, k: int) -> np.ndarray:
+        """Q X_k W_k^T for the core block X_k (R, m), padding dropped."""
+        w = self.row_basis(k)
+        return self.basis @ blocks[k][:, : w.shape[1]] @ w.T
+
+    @property
+    def center(self) -> np.ndarray | None:
+        """The centre c^ = Q c_core W^T as a dense (p, q) array, or None."""
+        if self.core.center is None:
+            return None
+        return self.basis @ self.core.center @ self.row_bases[0].T
+
+    def dense(self) -> Decomposition:
+        """The same decomposition with dense (K, p, q) blocks (small problems only)."""
+
+        def lift(blocks: np.ndarray | None) -> np.ndarray | None:
+            if blocks is None:
+                return None
+            return np.stack([self._lift(blocks, k) for k in range(self.n_clients)])
+
+        return Decomposition(
+            low_rank=lift(self.core.low_rank),
+            sparse=lift(self.core.sparse),
+            center=self.center,
+            dual=lift(self.core.dual),
+            problem=self.core.problem,
+            info=self.core.info,
+            data_norm=self.core.data_norm,
+            penalty=self.core.penalty,
+        )
+
+    def __repr__(self) -> str:
+        k, p, q = self.shape
+        r, n = self.core_shape
+        return (
+            f"FactoredDecomposition({self.problem.name}, K={k}, p={p}, q={q}, "
+            f"core {r} x {n}, lam={self.problem.lam:.4g}, rank={self.rank()}, "
+            f"support={int(self.support().sum())}/{k}, {self.info!r})"
+        )
+
+    def summary(self) -> str:
+        """The core decomposition's report, with the factored shapes."""
+        k, p, q = self.shape
+        r, n = self.core_shape
+        return (
+            f"factored updates: K = {k}, p = {p}, q = {q}; core {r} x {n} "
+            f"(reduction {self.reduction_seconds:.3g} s, max reduction error "
+            f"{float(np.max(self.reduction_error)):.2e}); the problem solved on the "
+            f"core (blocks {r} x {n // k}):\n" + self.core.summary()
+        )
+
+
+@dataclass(frozen=True)
+class RefinedFactors:
+    """Refined client updates in LoRA factors: Theta~_k ~ B~_k A~_k (SPEC §3, step 4).
+
+    For a collaborative client, B~_k A~_k is the best rank-t_k approximation of
+    Theta~_k (its truncated SVD, B~_k = U_t Sigma_t, A~_k = V_t^T); a flagged
+    client keeps its own factors (s_k B_k, A_k), exactly.
+
+    Attributes
+    ----------
+    B : tuple of numpy.ndarray
+        B~_k, shape (p, t_k).
+    A : tuple of numpy.ndarray
+        A~_k, shape (t_k, q).
+    truncation_error : numpy.ndarray, shape (K,)
+        ||Theta~_k - B~_k A~_k||_F, from the singular values dropped (0 for
+        flagged clients).
+    refined_norm : numpy.ndarray, shape (K,)
+        ||Theta~_k||_F, the scale of the truncation error.
+    collaborative : numpy.ndarray of bool, shape (K,)
+        S^: which clients were refined.
+    """
+
+    B: tuple[np.ndarray, ...] = field(repr=False)
+    A: tuple[np.ndarray, ...] = field(repr=False)
+    truncation_error: np.ndarray = field(repr=False)
+    refined_norm: np.ndarray = field(repr=False)
+    collaborative: np.ndarray = field(repr=False)
+
+    @property
+    def n_clients(self) -> int:
+        """K."""
+        return len(self.B)
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """(t_1, ..., t_K)."""
+        return tuple(int(b.shape[1]) for b in self.B)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(K, p, q)."""
+        return (self.n_clients, int(self.B[0].shape[0]), int(self.A[0].shape[1]))
+
+    def client(self, k: int) -> np.ndarray:
+        """B~_k A~_k as a dense (p, q) array."""
+        return self.B[k] @ self.A[k]
+
+    def dense(self) -> np.ndarray:
+        """All B~_k A~_k as a dense (K, p, q) array (small problems only)."""
+        return np.stack([self.client(k) for k in range(self.n_clients)])
+
+    def as_updates(self):
+        """The refined factors as :class:`~clair_stats.lowrank.LowRankUpdates`."""
+        from clair_stats.lowrank import LowRankUpdates
+
+        return LowRankUpdates(list(self.B), list(self.A))
+
+    def transpose(self) -> RefinedFactors:
+        """The factors of the transposes, B~_k A~_k -> A~_k^T B~_k^T."""
+        return RefinedFactors(
+            B=tuple(np.ascontiguousarray(a.T) for a in self.A),
+            A=tuple(np.ascontiguousarray(b.T) for b in self.B),
+            truncation_error=self.truncation_error,
+            refined_norm=self.refined_norm,
+            collaborative=self.collaborative,
+        )
+
+    def __repr__(self) -> str:
+        k, p, q = self.shape
+        worst = float(
+            np.max(self.truncation_error / np.maximum(self.refined_norm, 1e-300))
+        )
+        return (
+            f"RefinedFactors(K={k}, p={p}, q={q}, ranks {min(self.ranks)}.."
+            f"{max(self.ranks)}, max relative truncation error {worst:.2e})"
         )

@@ -5,20 +5,24 @@ from __future__ import annotations
 import numpy as np
 
 from clair_stats._validation import stack
-from clair_stats.results import Decomposition
+from clair_stats.results import Decomposition, FactoredDecomposition
 
 __all__ = ["estimate_subspace"]
 
 
 def estimate_subspace(
-    decomposition: Decomposition, rank: int | None = None, tol: float = 1e-6
+    decomposition: Decomposition | FactoredDecomposition,
+    rank: int | None = None,
+    tol: float = 1e-6,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A^ = the top-r left singular vectors of the stacked L^ (p x Kq).
 
     Parameters
     ----------
-    decomposition : Decomposition
-        The result of :func:`clair_stats.decompose`.
+    decomposition : Decomposition or FactoredDecomposition
+        The result of :func:`clair_stats.decompose`. For a factored one, L^ =
+        Q X W^T blockwise, so A^ = Q A_c with A_c the top-r left singular
+        vectors of the core's L (the singular values are the same).
     rank : int, optional
         r. Default: the numerical rank of L^, the number of singular values above
         ``tol * ||M||_F`` (for P1 these are the values that survived the
@@ -33,6 +37,17 @@ def estimate_subspace(
     singular_values : numpy.ndarray
         All singular values of L^, decreasing (for diagnostics).
     """
+    if isinstance(decomposition, FactoredDecomposition):
+        r_core, n_core = decomposition.core_shape
+        if rank is not None and not isinstance(rank, bool) and rank > r_core:
+            # the core has R rows: L^ has at most R nonzero singular values
+            raise ValueError(
+                f"rank must be between 1 and {min(r_core, n_core)}, the rank of the "
+                f"core of the factored updates (R = {r_core} <= sum_k r_k); got "
+                f"{rank}. L^ has no more nonzero singular values than that."
+            )
+        core_subspace, sv = estimate_subspace(decomposition.core, rank=rank, tol=tol)
+        return decomposition.basis @ core_subspace, sv
     low_rank = stack(decomposition.low_rank)
     u, sv, _ = np.linalg.svd(low_rank, full_matrices=False)
     max_rank = sv.size
