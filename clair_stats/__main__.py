@@ -1,9 +1,12 @@
-"""Command line: ``clair demo`` and ``clair solvers`` (or ``python -m clair_stats``).
+"""Command line: ``clair demo|solvers|adapters`` (or ``python -m clair_stats``).
 
 ``demo`` runs CLAIR and every baseline on a simulated federation
 (:mod:`clair_stats.demo`). ``solvers`` decomposes one instance with the fast
 solver, reports subspace and support recovery, and cross-checks the fast solver
 against the cvxpy reference on a small instance.
+``adapters`` runs CLAIR per module on K clients' PEFT LoRA adapters, flags
+clients, and writes refined adapters and a JSON report
+(:mod:`clair_stats.adapters`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import warnings
 import numpy as np
 
 from clair_stats import CONTAMINATION_TYPES, FederatedModel, decompose
+from clair_stats.adapters import add_arguments as add_adapter_arguments
+from clair_stats.adapters import run_command as run_adapters_command
 from clair_stats.demo import add_arguments, run_demo
 from clair_stats.metrics import projection_distance
 from clair_stats.subspace import estimate_subspace
@@ -77,13 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--noise", type=float, default=0.0, help="noise level tau")
     s.add_argument("--tol", type=float, default=1e-7, help="relative duality gap")
     s.add_argument("--seed", type=int, default=0)
+    a = sub.add_parser(
+        "adapters",
+        help="CLAIR per module on K clients' PEFT LoRA adapters: flag, refine, write",
+    )
+    add_adapter_arguments(a)
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             run_demo(args)
             return 0
+        if args.command == "adapters":
+            return run_adapters_command(args)
         return solvers_demo(args)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
         parser.error(str(exc))
     return 2
 

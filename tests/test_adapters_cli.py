@@ -1,0 +1,262 @@
+"""``clair adapters``: CLAIR per module on generated PEFT LoRA adapter folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.stats
+from safetensors.numpy import save_file
+
+from clair_stats.__main__ import main
+from clair_stats.adapters import energy_p_values, run_adapters
+from clair_stats.io import read_adapters
+from clair_stats.refine import refine
+
+# module path -> (out, in); every client has LoRA rank R on every module
+MODULES = {
+    "model.layers.0.mlp.down_proj": (16, 32),
+    "model.layers.0.self_attn.q_proj": (24, 16),
+    "model.layers.0.self_attn.v_proj": (24, 16),
+}
+R = 4
+ALPHA = 8
+V_PROJ = "model.layers.0.self_attn.v_proj"
+
+
+def _federation(root, seed=0, n_clients=8, contaminated=None, strength=3.0):
+    """K adapter folders. Benign client k, module m: B_km = U_m G_km + 0.1 E_km with
+    U_m (out x R) shared and orthonormal, G_km, E_km iid N(0, 1): the update
+    s B_km A_km lies in span(U_m) up to noise. A contaminated module has B_km
+    = strength E_km, off the shared subspace (strength 3: 30 times the benign
+    noise in Frobenius norm). Default: client 2 in down_proj and q_proj, client 5
+    in v_proj."""
+    if contaminated is None:
+        contaminated = {2: set(MODULES) - {V_PROJ}, 5: {V_PROJ}}
+    rng = np.random.default_rng(seed)
+    shared = {
+        m: np.linalg.qr(rng.standard_normal((out, R)))[0]
+        for m, (out, _) in MODULES.items()
+    }
+    folders = []
+    for k in range(n_clients):
+        tensors = {}
+        for m, (out, inp) in MODULES.items():
+            if m in contaminated.get(k, ()):
+                b = strength * rng.standard_normal((out, R))
+            else:
+                b = shared[m] @ rng.standard_normal((R, R))
+                b += 0.1 * rng.standard_normal((out, R))
+            a = rng.standard_normal((R, inp)) / np.sqrt(inp)
+            tensors[f"base_model.model.{m}.lora_A.weight"] = a.astype(np.float32)
+            tensors[f"base_model.model.{m}.lora_B.weight"] = b.astype(np.float32)
+        folder = root / f"client{k}"
+        folder.mkdir(parents=True)
+        save_file(tensors, str(folder / "adapter_model.safetensors"))
+        config = {
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": "tiny-llama",
+            "r": R,
+            "lora_alpha": ALPHA,
+            "target_modules": ["q_proj", "v_proj", "down_proj"],
+        }
+        (folder / "adapter_config.json").write_text(json.dumps(config))
+        folders.append(folder)
+    return folders
+
+
+def _float32_bound(*arrays) -> float:
+    """Rounding of float32 storage: 1e-5 of the largest entry (float32 eps is
+    1.2e-7; a product of two rounded factors of inner size <= 16 loses < 2e-6)."""
+    return 1e-5 * max(float(np.abs(a).max()) for a in arrays)
+
+
+def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, capsys):
+    """End to end through the command line (K = 8, 3 modules): exactly the two
+    contaminated clients are flagged, client 5 by its one contaminated module;
+    the report has the documented fields; every refined adapter reads back with
+    the inputs' modules and ranks, and flagged clients keep their local update.
+
+    The seed is fixed; the claim holds with high probability, not by luck: over
+    100 seeds of this design (strength 3) the procedure flagged a benign client
+    in 1 run (Holm bounds this at alpha = 0.05 under the null model) and found
+    the contaminated clients in 100 and 96 runs."""
+    folders = _federation(tmp_path / "in")
+    out = tmp_path / "out"
+    code = main(["adapters", *map(str, folders), "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "flagged: 2 client(s) ['client2', 'client5']" in printed
+    assert "worst modules" in printed
+    assert "rel. trunc." in printed
+
+    report = json.loads((out / "clair_report.json").read_text())
+    assert set(report) == {
+        "format",
+        "clair_stats_version",
+        "settings",
+        "base_model",
+        "n_clients",
+        "n_modules",
+        "clients",
+        "modules",
+    }
+    assert report["format"] == "clair_stats.adapters/1"
+    assert (report["n_clients"], report["n_modules"]) == (8, 3)
+    assert report["base_model"] == "tiny-llama"
+    assert {"side", "alpha", "rank", "out_rank", "lam", "draws", "dtype"} <= set(
+        report["settings"]
+    )
+    assert "Holm" in report["settings"]["combination"]
+    flagged = {c["name"] for c in report["clients"] if c["flagged"]}
+    assert flagged == {"client2", "client5"}
+    for client in report["clients"]:
+        assert set(client) == {
+            "name",
+            "path",
+            "flagged",
+            "p_value",
+            "rejected_modules",
+            "worst_modules",
+            "output",
+        }
+        assert (client["p_value"] <= 0.05) == client["flagged"]
+        assert len(client["worst_modules"]) == 3
+    by_name = {c["name"]: c for c in report["clients"]}
+    assert by_name["client5"]["rejected_modules"] == [V_PROJ]
+    assert by_name["client5"]["worst_modules"][0]["module"] == V_PROJ
+    for module in report["modules"]:
+        assert {
+            "name",
+            "shape",
+            "rank",
+            "client_ranks",
+            "rejected_clients",
+            "energies",
+            "z",
+            "p_values",
+            "adjusted_p_values",
+            "solver",
+            "truncation_error",
+            "refined_norm",
+        } == set(module)
+        assert module["rank"] == R
+        assert module["solver"]["converged"]
+        assert len(module["p_values"]) == len(module["truncation_error"]) == 8
+
+    inputs = read_adapters(folders)
+    outputs = read_adapters([c["output"] for c in report["clients"]])
+    assert outputs.module_names == inputs.module_names
+    for m in MODULES:
+        assert all(s.rank == R and s.scaling == 1.0 for s in outputs.specs(m))
+        before, after = inputs.dense(m), outputs.dense(m)
+        for k in (2, 5):  # flagged: the local update, in every module
+            np.testing.assert_allclose(
+                after[k], before[k], rtol=0, atol=_float32_bound(before[k])
+            )
+        # benign clients are refined: their updates change
+        assert not np.allclose(after[0], before[0])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_refined_adapters_are_the_spec_refinement(tmp_path, side):
+    """With out_rank >= min(out, in) nothing is truncated, so each written adapter
+    is Theta~_k = P_A^ Theta^_k + P_A^^perp Thetabar over S^ (SPEC §3 step 4, on
+    the transposes for side="right"), with A^ the module's subspace and S^ the
+    combined verdict; the energies are ||P_A^^perp Theta^_k||_F^2."""
+    folders = _federation(tmp_path / "in", seed=1)
+    result = run_adapters(
+        folders, tmp_path / "out", side=side, out_rank=16, progress=False
+    )
+    inputs = read_adapters(folders)
+    outputs = read_adapters(result.outputs)
+    if side == "left":  # the generated clients share a column space only
+        assert np.flatnonzero(result.flagged).tolist() == [2, 5]
+    for module in result.modules:
+        dense = inputs.dense(module.name)
+        work = dense.transpose(0, 2, 1) if side == "right" else dense
+        u = module.subspace
+        off = work - np.einsum("pr,rs,ksq->kpq", u, u.T, work)
+        np.testing.assert_allclose(
+            module.energies, np.sum(off**2, axis=(1, 2)), rtol=1e-10
+        )
+        expected = refine(work, u, result.collaborative)
+        if side == "right":
+            expected = expected.transpose(0, 2, 1)
+        np.testing.assert_allclose(
+            outputs.dense(module.name),
+            expected,
+            rtol=0,
+            atol=_float32_bound(expected),
+        )
+        # full rank kept: the truncation error is rounding only
+        assert np.all(module.truncation_error <= 1e-10 * module.refined_norm)
+
+
+def test_energy_p_values_are_uniform_under_the_null_model():
+    """Under iid log-normal energies, P(p_k <= a) = a for the leave-one-out robust
+    z-score's p-value (its law is pivotal). One client per replicate, so the
+    indicators are iid Bernoulli(a): with n = 3000 replicates the empirical rate
+    has sd sqrt(a (1 - a) / n) (0.0040 at a = 0.05), and 4 sd bounds a false
+    failure at 6e-5 (normal approximation). Monte Carlo error of the null law
+    (50000 draws) is < 1% relative at these levels."""
+    rng = np.random.default_rng(0)
+    n, n_clients = 3000, 10
+    p0 = np.empty(n)
+    for i in range(n):
+        energies = np.exp(0.7 * rng.standard_normal(n_clients) + 3.0)
+        p0[i] = energy_p_values(energies)[1][0]
+    for level in (0.01, 0.05, 0.2):
+        sd = np.sqrt(level * (1 - level) / n)
+        assert abs(np.mean(p0 <= level) - level) <= 4 * sd
+    # scale-free and monotone: rescaling all energies changes nothing; raising one
+    # client's energy by 1000x shifts its z by log(1000) / (its others' scale) and
+    # lowers its p-value
+    energies = np.exp(rng.standard_normal(n_clients))
+    z, p = energy_p_values(energies)
+    z2, p2 = energy_p_values(1e-8 * energies)
+    np.testing.assert_allclose(z2, z, rtol=1e-9)
+    np.testing.assert_allclose(p2, p, rtol=1e-9)
+    others = np.log(np.delete(energies, 3))
+    scale = np.median(np.abs(others - np.median(others))) / scipy.stats.norm.ppf(0.75)
+    energies[3] *= 1e3
+    z3, p3 = energy_p_values(energies)
+    assert z3[3] == pytest.approx(z[3] + np.log(1e3) / scale, rel=1e-4)
+    assert p3[3] < p[3]
+    with pytest.raises(ValueError, match="> 0"):
+        energy_p_values(np.array([1.0, 0.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="MAD 0"):
+        energy_p_values(np.array([1.0, 1.0, 1.0, 2.0]))
+
+
+def test_command_line_errors_are_usage_errors(tmp_path, capsys):
+    """Too few clients, a rank without complement, an existing output and a pickle
+    adapter stop with a usage error (exit code 2) that says what to do."""
+    folders = [str(f) for f in _federation(tmp_path / "in", n_clients=4)]
+    out = str(tmp_path / "out")
+    cases = [
+        (folders[:2], [], "needs K >= 3"),
+        (folders, ["--rank", "16"], "no off-subspace complement"),
+    ]
+    for dirs, extra, message in cases:
+        with pytest.raises(SystemExit) as info:
+            main(["adapters", *dirs, "--out", out, "--no-progress", *extra])
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
+    assert main(["adapters", *folders, "--out", out, "--no-progress"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["adapters", *folders, "--out", out, "--no-progress"])
+    assert "--overwrite" in capsys.readouterr().err
+    assert (
+        main(["adapters", *folders, "--out", out, "--no-progress", "--overwrite"]) == 0
+    )
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "adapter_model.bin").write_bytes(b"never read")
+    (pickled / "adapter_config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["adapters", *folders, str(pickled), "--out", str(tmp_path / "o2")])
+    assert "safe_serialization=True" in capsys.readouterr().err
