@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench report studies lint format clean
+.PHONY: demo test bench bench-lora report studies lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_solvers.py
+
+# CLAIR on LoRA factors at p = q = 4096 (about 10 minutes).
+bench-lora: $(STAMP)
+	$(PY) benchmarks/bench_lora_scale.py
 
 # The reports of notebooks/ as reports/*.html: each reads its study's stored full
 # results, or runs the study's quick grid when they are missing.
