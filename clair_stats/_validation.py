@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "check_int",
     "check_nonnegative",
     "check_positive",
     "check_updates",
@@ -134,6 +135,18 @@ def check_positive(value: object, name: str, *, allow_none: bool = False) -> flo
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value}.")
     return value
+
+
+def check_int(value: object, name: str, minimum: int = 0) -> int:
+    """Return ``value`` as an int if it is an integer >= ``minimum`` (not a bool)."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"{name} must be an integer, got {value!r} of type "
+            f"{type(value).__name__}; pass e.g. {name}={max(minimum, 2)}."
+        )
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    return int(value)
 
 
 def check_nonnegative(value: object, name: str) -> float:

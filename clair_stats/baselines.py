@@ -40,6 +40,7 @@ import scipy.stats
 from numpy.typing import NDArray
 
 from clair_stats._validation import (
+    check_int,
     check_mask,
     check_orthonormal,
     check_positive,
@@ -65,17 +66,6 @@ FloatArray = NDArray[np.float64]
 
 
 # --------------------------------------------------------------------------- helpers
-def _check_int(name: str, value: object, minimum: int) -> int:
-    """``value`` as an int if it is an integer >= ``minimum`` (not a bool)."""
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{name} must be an integer, got {value!r} of type {type(value).__name__}."
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
-
-
 def _broadcast(point: FloatArray, n_clients: int) -> FloatArray:
     """The (p, q) aggregate repeated for each of the K clients (a new array)."""
     return np.repeat(point[None], n_clients, axis=0)
@@ -83,7 +73,7 @@ def _broadcast(point: FloatArray, n_clients: int) -> FloatArray:
 
 def _check_byzantine(n_byzantine: object, n_clients: int) -> int:
     """f as an int with 0 <= f and 2f + 2 < K (the condition of Krum)."""
-    f = _check_int("n_byzantine", n_byzantine, 0)
+    f = check_int(n_byzantine, "n_byzantine", 0)
     if not 2 * f + 2 < n_clients:
         most = (n_clients - 3) // 2
         fix = (
@@ -276,7 +266,7 @@ def geometric_median(
     """
     updates = check_updates(updates)
     tol = check_positive(tol, "tol")
-    max_iter = _check_int("max_iter", max_iter, 1)
+    max_iter = check_int(max_iter, "max_iter", 1)
     n_clients, p, q = updates.shape
     center = updates.mean(axis=0).ravel()
     X = updates.reshape(n_clients, -1) - center  # translation equivariant
@@ -420,7 +410,7 @@ def multi_krum(updates: object, n_byzantine: int, m: int | None = None) -> Float
     f = _check_byzantine(n_byzantine, n_clients)
     if m is None:
         m = n_clients - f
-    m = _check_int("m", m, 1)
+    m = check_int(m, "m", 1)
     if m > n_clients:
         raise ValueError(f"m must be <= K = {n_clients} (clients averaged), got {m}.")
     scores = _krum_scores(updates.reshape(n_clients, -1), f)
@@ -464,7 +454,7 @@ def svd_refine(updates: object, rank: int) -> FloatArray:
     """
     updates = check_updates(updates)
     n_clients, p, q = updates.shape
-    rank = _check_int("rank", rank, 1)
+    rank = check_int(rank, "rank", 1)
     if rank > min(p, n_clients * q):
         raise ValueError(
             f"rank must be in [1, min(p, Kq)] = [1, {min(p, n_clients * q)}] for "

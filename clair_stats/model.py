@@ -29,6 +29,8 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import NDArray
 
+from clair_stats._validation import check_int
+
 __all__ = ["CONTAMINATION_TYPES", "FederatedModel", "FederatedSample"]
 
 CONTAMINATION_TYPES: tuple[str, ...] = (
@@ -68,17 +70,6 @@ def _rescale(X: FloatArray, target: float) -> FloatArray:
 def _readonly(x: FloatArray | NDArray[np.bool_]) -> np.ndarray:
     x.setflags(write=False)
     return x
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{name} must be an integer, got {value!r} of type "
-            f"{type(value).__name__}; pass e.g. {name}={max(minimum, 2)}."
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
 
 
 def _check_scale(name: str, value: object) -> float:
@@ -182,8 +173,8 @@ class FederatedModel:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise numpy scalars to Python ones
         for name in ("p", "q", "rank"):
-            set_(self, name, _check_int(name, getattr(self, name), 1))
-        set_(self, "n_clients", _check_int("n_clients", self.n_clients, 2))
+            set_(self, name, check_int(getattr(self, name), name, 1))
+        set_(self, "n_clients", check_int(self.n_clients, "n_clients", 2))
         if self.rank >= self.p:
             raise ValueError(
                 f"rank must be < p, got rank={self.rank}, p={self.p}: the orthogonal "

@@ -67,10 +67,10 @@ References
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+
+from clair_stats._validation import check_int
 
 __all__ = [
     "heterogeneity_cost",
@@ -88,21 +88,9 @@ FloatOrArray = float | NDArray[np.float64]
 
 
 # ---------------------------------------------------------------------- checks
-def _dimension(name: str, value: object, minimum: int = 1) -> int:
-    """A Python int >= minimum, or a clear error."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(
-            f"{name} must be an integer, got {value!r} of type "
-            f"{type(value).__name__}; pass e.g. {name}={max(minimum, 2)}."
-        )
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-    return int(value)
-
-
 def _shape(p: object, q: object, r: object) -> tuple[int, int, int]:
     """(p, q, r) as ints with 1 <= r < p and q >= 1."""
-    p, q, r = _dimension("p", p), _dimension("q", q), _dimension("r", r)
+    p, q, r = check_int(p, "p", 1), check_int(q, "q", 1), check_int(r, "r", 1)
     if r >= p:
         raise ValueError(
             f"r must be < p (span(A) needs a nonzero complement), got r={r}, p={p}."
@@ -165,7 +153,7 @@ def local_mse(p: int, q: int, tau: ArrayLike) -> FloatOrArray:
     -------
     float or numpy.ndarray
     """
-    p, q = _dimension("p", p), _dimension("q", q)
+    p, q = check_int(p, "p", 1), check_int(q, "q", 1)
     tau = _real("tau", tau)
     return _out(p * q * tau**2)
 
