@@ -122,3 +122,137 @@ def test_penalty_values_and_dual_norms_match_numpy():
     np.testing.assert_allclose(block_norms(x, 4), norms)
     assert BlockFrobenius(w).value(x) == pytest.approx(np.dot(w, norms))
     assert BlockFrobenius(w).dual_norm(x) == pytest.approx(max(np.divide(norms, w)))
+
+
+# ---- the partial (subspace iteration) route of svt --------------------------------
+
+
+def _spectrum_matrix(p, n, sv, seed=0):
+    """U diag(sv) V^T with Haar-random orthonormal U (p, s) and V (n, s)."""
+    rng = np.random.default_rng(seed)
+    u = np.linalg.qr(rng.standard_normal((p, sv.size)))[0]
+    v = np.linalg.qr(rng.standard_normal((n, sv.size)))[0]
+    return (u * sv) @ v.T
+
+
+def _assert_same_svt(x, t, expect_partial=True, start=None):
+    """The partial route equals the thin-SVD route (value, singular values)."""
+    ref = svt(x, t, method="svd")
+    out = svt(x, t, method="partial", start=start)
+    if expect_partial:
+        assert out.method == "partial"
+    scale = max(np.linalg.norm(x, 2), 1e-300)
+    np.testing.assert_allclose(out.value, ref.value, rtol=0, atol=1e-10 * scale)
+    assert out.rank == ref.rank
+    np.testing.assert_allclose(
+        out.singular_values, ref.singular_values, rtol=0, atol=1e-11 * scale
+    )
+    if t > 0:
+        _assert_nuclear_prox(x, out.value, t)
+    return out
+
+
+@pytest.mark.parametrize("shape", [(120, 300), (300, 120), (200, 200)])
+def test_partial_svt_equals_full_on_few_large_singular_values(shape):
+    """A few large singular values over a noise bulk: same prox as the full SVD."""
+    p, n = shape
+    rng = np.random.default_rng(1)
+    x = _spectrum_matrix(p, n, np.array([40.0, 25.0, 20.0, 12.0, 9.0]), seed=2)
+    x += rng.standard_normal((p, n)) / np.sqrt(max(p, n))
+    out = _assert_same_svt(x, 5.0)
+    assert out.rank == 5
+    # the subspace is the kept singular vectors on the small side: a warm start
+    assert out.subspace.shape == (min(p, n), 5)
+    nearby = x + 1e-3 * rng.standard_normal((p, n)) / np.sqrt(max(p, n))
+    _assert_same_svt(nearby, 5.0, start=out.subspace)
+
+
+@pytest.mark.parametrize("gap", [1e-2, 1e-4, 1e-7])
+def test_partial_svt_with_singular_values_clustered_at_the_threshold(gap):
+    """Clusters just above and just below t: every value above t is found."""
+    t = 3.0
+    sv = np.concatenate(
+        [
+            [10.0, 10.0, 10.0 * (1 + 1e-12)],  # a tight cluster far above t
+            t * (1 + gap * np.arange(1, 5)),  # four just above t
+            t * (1 - gap * np.arange(1, 5)),  # four just below t
+            np.linspace(2.0, 0.1, 60),
+        ]
+    )
+    x = _spectrum_matrix(150, 260, sv, seed=3)
+    out = _assert_same_svt(x, t, expect_partial=False)
+    assert out.rank == 7
+
+
+def test_partial_svt_with_threshold_above_every_singular_value():
+    """t >= sigma_1: the prox is zero, with no singular values."""
+    x = _spectrum_matrix(100, 180, np.linspace(5.0, 1.0, 40), seed=4)
+    out = _assert_same_svt(x, 5.5)
+    assert out.rank == 0
+    assert not np.any(out.value)
+
+
+def test_partial_svt_of_the_zero_matrix():
+    """SVT_t(0) = 0 for every t >= 0, on the partial route and through "auto"."""
+    x = np.zeros((900, 1000))
+    for t in (0.0, 1.0):
+        out = svt(x, t, method="partial")
+        assert out.rank == 0
+        assert not np.any(out.value)
+    auto = svt(x, 1.0)
+    assert auto.rank == 0
+    assert not np.any(auto.value)
+
+
+def test_partial_svt_falls_back_when_many_values_exceed_the_threshold():
+    """More than a quarter of the singular values above t: the Gram route is used."""
+    x = _spectrum_matrix(80, 120, np.linspace(10.0, 1.0, 80), seed=5)
+    out = _assert_same_svt(x, 2.0, expect_partial=False)
+    assert out.method == "gram"
+
+
+def test_auto_svt_takes_the_partial_route_only_for_large_matrices():
+    """ "auto": partial from min(p, N) = 800 on, Gram below (existing behaviour)."""
+    rng = np.random.default_rng(6)
+    small = _spectrum_matrix(300, 400, np.array([9.0, 8.0]), seed=7)
+    small += 0.1 * rng.standard_normal(small.shape) / 20
+    assert svt(small, 1.0).method == "gram"
+    large = _spectrum_matrix(800, 900, np.array([9.0, 8.0, 7.0]), seed=8)
+    large += rng.standard_normal(large.shape) / 30
+    out = svt(large, 2.0)
+    assert out.method == "partial"
+    ref = svt(large, 2.0, method="gram")
+    np.testing.assert_allclose(out.value, ref.value, rtol=0, atol=1e-10 * 9.0)
+    np.testing.assert_allclose(out.singular_values, ref.singular_values, atol=1e-10)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rank=st.integers(0, 12),
+    frac=st.floats(0.05, 1.3),
+)
+def test_partial_svt_satisfies_prox_optimality(seed, rank, frac):
+    """Property: the partial route is the prox (and equals the full SVD route)."""
+    rng = np.random.default_rng(seed)
+    sv = np.sort(rng.uniform(1.0, 20.0, size=rank))[::-1]
+    x = _spectrum_matrix(90, 140, sv, seed=seed) if rank else np.zeros((90, 140))
+    x += 0.05 * rng.standard_normal((90, 140)) / np.sqrt(140)
+    t = frac * max(np.linalg.norm(x, 2), 1e-300)
+    _assert_same_svt(x, t, expect_partial=False)
+
+
+@pytest.mark.parametrize("rank", [0, 5, 40, 300])
+def test_range_svd_of_a_large_low_rank_matrix_equals_the_full_svd(rank):
+    """The subspace step's range-basis SVD (min dimension >= 800) is the full one."""
+    from clair_stats.subspace import _left_singular
+
+    sv_true = np.logspace(1, -2, rank)
+    x = _spectrum_matrix(820, 900, sv_true, seed=rank) if rank else np.zeros((820, 900))
+    u, sv = _left_singular(x)
+    u_ref, sv_ref, _ = np.linalg.svd(x, full_matrices=False)
+    assert sv.shape == sv_ref.shape
+    np.testing.assert_allclose(sv, sv_ref, rtol=0, atol=1e-12 * max(sv_ref[0], 1.0))
+    k = min(rank, 20)
+    if k:  # the leading singular subspaces (well separated here) agree
+        proj = u[:, :k] @ u[:, :k].T - u_ref[:, :k] @ u_ref[:, :k].T
+        assert np.linalg.norm(proj) <= 1e-9

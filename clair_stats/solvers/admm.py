@@ -58,8 +58,9 @@ def admm_p0(
         ended with: a warm dual needs it to be of use.
     verbose : bool
         Print one line per iteration.
-    svd_method : {"auto", "gram", "svd"}
-        Passed to :func:`clair_stats.penalties.svt`.
+    svd_method : {"auto", "gram", "svd", "partial"}
+        Passed to :func:`clair_stats.penalties.svt`, with the singular subspace
+        of the previous iterate as a warm start.
 
     Returns
     -------
@@ -89,6 +90,7 @@ def admm_p0(
     if beta is None:
         beta = 1.25 / max(op_data, np.finfo(float).tiny)
     stack_n = sparse + repeat_center(center, n_clients)
+    start = None
 
     converged, message = False, f"stopped at max_iter={max_iter}"
     primal_res = dual_res = np.inf
@@ -97,7 +99,8 @@ def admm_p0(
     for iteration in range(1, max_iter + 1):
         shifted = data + dual / beta
         # L-step: SVT_{1/beta}(M - N + Y / beta)
-        thresholded = svt(shifted - stack_n, 1.0 / beta, method=svd_method)
+        thresholded = svt(shifted - stack_n, 1.0 / beta, method=svd_method, start=start)
+        start = thresholded.subspace  # warm start of the next partial SVT
         low_rank = thresholded.value
         # (S, c)-step: exact prox of the block penalty with an unpenalized centre
         sparse, center = sparse_center_step(

@@ -54,8 +54,9 @@ def bcd_p1(
         Warm start; only S and c are used (the first sweep starts from them).
     verbose : bool
         Print one line per sweep.
-    svd_method : {"auto", "gram", "svd"}
-        Passed to :func:`clair_stats.penalties.svt`.
+    svd_method : {"auto", "gram", "svd", "partial"}
+        Passed to :func:`clair_stats.penalties.svt`, with the singular subspace
+        of the previous iterate as a warm start.
 
     Returns
     -------
@@ -71,24 +72,26 @@ def bcd_p1(
         center = None
     stack_n = sparse + repeat_center(center, n_clients) if problem.center else sparse
     low_rank = np.zeros_like(data)
+    start = None
 
     converged, message = False, f"stopped at max_iter={max_iter}"
     change = dual_res = np.inf
     cert = None
     iteration = 0
     for iteration in range(1, max_iter + 1):
-        thresholded = svt(data - stack_n, mu, method=svd_method)
+        thresholded = svt(data - stack_n, mu, method=svd_method, start=start)
+        start = thresholded.subspace  # warm start of the next partial SVT
         change = float(np.linalg.norm(thresholded.value - low_rank)) / max(
             norm_data, 1e-300
         )
         low_rank = thresholded.value
+        residual = data - low_rank  # M - L, then the residual M - L - N below
         sparse, center = sparse_center_step(
-            data - low_rank, thresholds, problem.center, center
+            residual, thresholds, problem.center, center
         )
         new_n = sparse + repeat_center(center, n_clients) if problem.center else sparse
         dual_res = float(np.linalg.norm(new_n - stack_n)) / mu
         stack_n = new_n
-        residual = data - low_rank
         residual -= stack_n
         cert = duality_gap(
             problem,
