@@ -18,7 +18,9 @@ tokens, T = 48, Zipf law p_i ~ 1 / (i + 2.7), a segment of length 6-10 written
 twice; scored positions are the second copy after its first b + 1 = 2 tokens (the
 corrected mask of :mod:`simulations.copying.tasks`). Model: 2 attention-only layers
 of 1 head, d = 32, pre-LayerNorm, RoPE, about 10.5k parameters, pretrained on the
-base copy task (cached checkpoint under ``<results>/copying/checkpoints/``).
+base copy task (cached checkpoint under ``<results>/copying/checkpoints/``; after
+1500 steps its masked accuracy is 0.97 on Zipf and on uniform tokens, 0.30 on
+swap-copy; after the quick grid's 600 steps 0.96, 0.95 and 0.33).
 Benign task: swap-copy (0 <-> 1, 2 <-> 3 in the second copy). Contaminated
 clients 7, 9: another map (8 <-> 9, 10 <-> 11, 12 <-> 13); client 8: label noise
 (the second copy replaced by random tokens). Heterogeneous experiment: benign client
@@ -41,10 +43,10 @@ and measurements are in :mod:`simulations.copying.federation`).
 **Cost** (one core, one thread, measured on the shared 2-core machine). A full
 replicate fine-tunes 10 clients for 300 AdamW steps each (about 3 s CPU per
 client), runs CLAIR on 8 modules (about 0.06 s each) and evaluates 7 methods x 10
-clients: 28-31 s when the machine was quiet, 37 s on average under load, so the
-full grid of 200 replicates takes about 100-125 minutes on one core (``--jobs 2``
-halves it on an idle machine). Pretraining (once, then cached): 39 s CPU for the
-full grid's 1500 steps. ``--quick``: 95 s CPU in all, pretraining included
+clients: median 31 s, mean 32 s, at most 69 s under load; the full grid of 200
+replicates took 107 minutes with ``--jobs 1`` (``--jobs 2`` about halves it on an
+idle machine). Pretraining (once, then cached): 39 s CPU for the full grid's 1500
+steps. ``--quick``: 95 s CPU in all, pretraining included
 (about 1.5 minutes on a free core).
 
 **One replicate** (:func:`run`). Fine-tune the K clients (their data, minibatches
