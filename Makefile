@@ -30,7 +30,7 @@ bench-lora: $(STAMP)
 # The reports of notebooks/ as reports/*.html: each reads its study's stored full
 # results, or runs the study's quick grid when they are missing.
 report: $(STAMP)
-	$(PY) -m clair_stats.reports
+	$(PY) -m clair_stats.experiments.reports
 
 # Every study's full grid (resumable: rerun after an interruption). JOBS=2 for two
 # local processes.

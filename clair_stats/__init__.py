@@ -6,23 +6,27 @@ shared subspace) plus a block-sparse part (the contaminated clients), and refine
 the benign clients. The notation follows ``SPEC.md``.
 """
 
-from clair_stats.certificates import Certificate, duality_gap
-from clair_stats.decompose import DEFAULT_C_LAM, decompose, default_lam
-from clair_stats.detection import ChiSquareTest, chi_square_test
-from clair_stats.estimator import ClairResult, clair
-from clair_stats.lowrank import LowRankUpdates
-from clair_stats.model import CONTAMINATION_TYPES, FederatedModel, FederatedSample
-from clair_stats.penalties import BlockFrobenius, NuclearNorm, svt
-from clair_stats.problems import Problem
-from clair_stats.refine import refine
-from clair_stats.results import (
+from clair_stats.core.certificates import Certificate, duality_gap
+from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.penalties import BlockFrobenius, NuclearNorm, svt
+from clair_stats.core.problems import Problem
+from clair_stats.core.results import (
     ConvergenceWarning,
     Decomposition,
     FactoredDecomposition,
     RefinedFactors,
     SolverInfo,
 )
-from clair_stats.subspace import estimate_subspace
+from clair_stats.pipeline.decompose import DEFAULT_C_LAM, decompose, default_lam
+from clair_stats.pipeline.detection import ChiSquareTest, chi_square_test
+from clair_stats.pipeline.estimator import ClairResult, clair
+from clair_stats.pipeline.refine import refine
+from clair_stats.pipeline.subspace import estimate_subspace
+from clair_stats.simulate.model import (
+    CONTAMINATION_TYPES,
+    FederatedModel,
+    FederatedSample,
+)
 
 __all__ = [
     "CONTAMINATION_TYPES",

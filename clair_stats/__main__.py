@@ -1,12 +1,12 @@
 """Command line: ``clair demo|solvers|adapters`` (or ``python -m clair_stats``).
 
 ``demo`` runs CLAIR and every baseline on a simulated federation
-(:mod:`clair_stats.demo`). ``solvers`` decomposes one instance with the fast
+(:mod:`clair_stats.experiments.demo`). ``solvers`` decomposes one instance with the fast
 solver, reports subspace and support recovery, and cross-checks the fast solver
 against the cvxpy reference on a small instance.
 ``adapters`` runs CLAIR per module on K clients' PEFT LoRA adapters, flags
 clients, and writes refined adapters and a JSON report
-(:mod:`clair_stats.adapters`).
+(:mod:`clair_stats.lora.adapters`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import warnings
 import numpy as np
 
 from clair_stats import CONTAMINATION_TYPES, FederatedModel, decompose
-from clair_stats.adapters import add_arguments as add_adapter_arguments
-from clair_stats.adapters import run_command as run_adapters_command
-from clair_stats.demo import add_arguments, run_demo
-from clair_stats.metrics import projection_distance
-from clair_stats.subspace import estimate_subspace
+from clair_stats.evaluation.metrics import projection_distance
+from clair_stats.experiments.demo import add_arguments, run_demo
+from clair_stats.lora.adapters import add_arguments as add_adapter_arguments
+from clair_stats.lora.adapters import run_command as run_adapters_command
+from clair_stats.pipeline.subspace import estimate_subspace
 
 
 def solvers_demo(args: argparse.Namespace) -> int:

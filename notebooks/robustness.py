@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path.cwd() if (Path.cwd() / "simulations").is_dir() else Path.cwd().parent
 sys.path.insert(0, str(ROOT))
 import simulations.robustness as script  # noqa: E402
-from clair_stats.study import load_or_run  # noqa: E402
+from clair_stats.experiments.study import load_or_run  # noqa: E402
 
 frame, folder, args = load_or_run(script)  # full results if all stored, else --quick
 

@@ -84,8 +84,8 @@ import pandas as pd
 import statsmodels.stats.multitest  # noqa: F401  (imported before gc.freeze, see below)
 
 from clair_stats import ConvergenceWarning, FederatedModel, chi_square_test, clair
-from clair_stats.metrics import projection_distance
-from clair_stats.study import Study, study_main, study_parser
+from clair_stats.evaluation.metrics import projection_distance
+from clair_stats.experiments.study import Study, study_main, study_parser
 from clair_stats.theory.t3 import margin_for_ratio, predicted_power
 
 #: Fixed parts of the model: q, r, K, contaminated clients, noise sd, level.
@@ -437,7 +437,7 @@ def calibration_table(frame: pd.DataFrame) -> pd.DataFrame:
         ``successes``, ``replicates``, ``fwer``, ``lo``, ``hi`` (Wilson 95%) and
         ``calibrated``: the Wilson interval reaches down to 0.05 or below.
     """
-    from clair_stats.plotting import proportion_summary
+    from clair_stats.experiments.plotting import proportion_summary
 
     table = proportion_summary(frame, ["p", "n_over_p", "subspace"], "fwer_event")
     table = table.rename(columns={"n": "replicates", "rate": "fwer"})
@@ -485,7 +485,7 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from clair_stats.plotting import proportion_summary, save_figure
+    from clair_stats.experiments.plotting import proportion_summary, save_figure
 
     ps = sorted(frame["p"].unique())
     ratios = sorted(frame["ratio"].unique())
@@ -718,7 +718,7 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
     Parameters
     ----------
     frame : pandas.DataFrame
-        The study's frame (:meth:`clair_stats.study.ResultStore.frame`).
+        The study's frame (:meth:`clair_stats.experiments.study.ResultStore.frame`).
     folder : pathlib.Path
         Where to write.
     args : argparse.Namespace

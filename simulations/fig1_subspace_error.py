@@ -27,7 +27,7 @@ core). The largest point, p = 50, n = 800, K = 320, dominates: drawing and fitti
 contamination_type=("random", "subspace")).sample_regression(n, sigma=1, seed)``:
 each client fits OLS on n observations (regression generator, SPEC §2 (b); s = 1).
 Three subspace estimates of rank r, each scored by ||P_A^ - P_A||_F and
-||P_A^ - P_A||_op (:func:`clair_stats.metrics.projection_distance`):
+||P_A^ - P_A||_op (:func:`clair_stats.evaluation.metrics.projection_distance`):
 
 * ``clair``: ``clair(updates, rank=r, detect="test", sigma=local_sd)`` with every
   other option at its default: ``mode="auto"`` (= P1, mu = max_k sigma_k (sqrt(p) +
@@ -35,7 +35,7 @@ Three subspace estimates of rank r, each scored by ||P_A^ - P_A||_F and
   proximal (block-coordinate descent) solver, Holm at alpha = 0.05;
   A^ = top-r left singular vectors of L^;
 * ``svd``: top-r left singular vectors of M = [Theta^_1, ..., Theta^_K] (the
-  subspace of :func:`clair_stats.baselines.svd_refine`, no robustness);
+  subspace of :func:`clair_stats.evaluation.baselines.svd_refine`, no robustness);
 * ``oracle``: top-r left singular vectors of [Theta^_k, k in S] (S known, the
   benign clients' own noisy estimates): the best a method that finds S exactly
   can do, not the true A.
@@ -70,8 +70,8 @@ import numpy as np
 import pandas as pd
 
 from clair_stats import ConvergenceWarning, FederatedModel, clair
-from clair_stats.metrics import projection_distance
-from clair_stats.study import Study, study_main, study_parser
+from clair_stats.evaluation.metrics import projection_distance
+from clair_stats.experiments.study import Study, study_main, study_parser
 from clair_stats.theory.t4 import refined_prediction, spec_prediction
 
 #: Regression noise sigma and the scale s of the entries of B_k.
@@ -329,7 +329,7 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from clair_stats.plotting import mc_summary, save_figure
+    from clair_stats.experiments.plotting import mc_summary, save_figure
 
     regimes = sorted({tuple(int(v) for v in t) for t in frame[list(REGIME)].values})
     ncols = min(3, len(regimes))

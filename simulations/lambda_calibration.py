@@ -103,8 +103,8 @@ import numpy as np
 import pandas as pd
 
 from clair_stats import DEFAULT_C_LAM, ConvergenceWarning, FederatedModel, decompose
-from clair_stats._validation import stack
-from clair_stats.study import Study, grid, study_main, study_parser
+from clair_stats.core.validation import stack
+from clair_stats.experiments.study import Study, grid, study_main, study_parser
 from clair_stats.theory.t1 import t1_c_lam
 
 #: Threshold of ||P_A^ - P_A||_F for exact (and subspace-only) recovery.
@@ -190,7 +190,7 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     ----------
     config : dict
         A regime: ``p``, ``q``, ``K``, ``r`` (ints), ``gamma`` (float in (0, 1))
-        and ``type`` (a contamination type of :mod:`clair_stats.model`).
+        and ``type`` (a contamination type of :mod:`clair_stats.simulate.model`).
     seed : int
         Seed of the instance (the same for every c: common random numbers).
 
@@ -648,7 +648,7 @@ def _figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Path, note: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from clair_stats.plotting import proportion_summary, save_figure
+    from clair_stats.experiments.plotting import proportion_summary, save_figure
 
     qs = sorted(table["q"].unique())
     colors = dict(

@@ -68,9 +68,9 @@ import numpy as np
 import pandas as pd
 
 from clair_stats import ConvergenceWarning, FederatedModel, clair
-from clair_stats.baselines import oracle_clair
-from clair_stats.refine import refine
-from clair_stats.study import Study, grid, study_main, study_parser
+from clair_stats.evaluation.baselines import oracle_clair
+from clair_stats.experiments.study import Study, grid, study_main, study_parser
+from clair_stats.pipeline.refine import refine
 from clair_stats.theory.t4 import (
     heterogeneity_cost,
     local_mse,
@@ -258,7 +258,7 @@ def cell_table(frame: pd.DataFrame) -> pd.DataFrame:
         ``"inconclusive"`` otherwise, and ``"band"`` when
         |predicted| < 0.25 G (not scored).
     """
-    from clair_stats.plotting import mc_summary
+    from clair_stats.experiments.plotting import mc_summary
 
     keys = ["p", "r", "tau", "gamma", "q", "K", "eta_ratio", "method"]
     stats = mc_summary(frame, keys, "gain")
@@ -399,7 +399,7 @@ def _gain_map(cells: pd.DataFrame, folder: Path, note: str) -> None:
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.patches import Patch
 
-    from clair_stats.plotting import save_figure
+    from clair_stats.experiments.plotting import save_figure
 
     qs = sorted(cells["q"].unique())
     low = min(float(cells["mean"].min()), -0.05)
@@ -485,7 +485,7 @@ def _gain_lines(frame: pd.DataFrame, folder: Path, note: str) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from clair_stats.plotting import mc_summary, save_figure
+    from clair_stats.experiments.plotting import mc_summary, save_figure
 
     qs = sorted(frame["q"].unique())
     ks = sorted(frame["K"].unique())
@@ -540,7 +540,7 @@ def _gain_lines(frame: pd.DataFrame, folder: Path, note: str) -> None:
 def _flagged(frame: pd.DataFrame, folder: Path, note: str) -> None:
     import matplotlib.pyplot as plt
 
-    from clair_stats.plotting import mc_summary, save_figure
+    from clair_stats.experiments.plotting import mc_summary, save_figure
 
     data = frame[frame["method"] == "clair"].assign(
         frac=lambda d: d["benign_flagged"] / d["m"]

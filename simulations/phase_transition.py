@@ -85,9 +85,9 @@ import numpy as np
 import pandas as pd
 
 from clair_stats import DEFAULT_C_LAM, ConvergenceWarning, FederatedModel, decompose
-from clair_stats._validation import stack
-from clair_stats.metrics import projection_distance
-from clair_stats.study import Study, study_main, study_parser
+from clair_stats.core.validation import stack
+from clair_stats.evaluation.metrics import projection_distance
+from clair_stats.experiments.study import Study, study_main, study_parser
 from clair_stats.theory.t1 import (
     T1_CONSTANT,
     incoherence,
@@ -519,7 +519,7 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> list[Path]:
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from clair_stats.plotting import proportion_summary, save_figure
+    from clair_stats.experiments.plotting import proportion_summary, save_figure
 
     kinds = [t for t in TYPES if t in set(frame["contamination"])]
     star = boundary(frame)
@@ -662,7 +662,7 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
     Parameters
     ----------
     frame : pandas.DataFrame
-        The study's frame (:meth:`clair_stats.study.ResultStore.frame`).
+        The study's frame (:meth:`clair_stats.experiments.study.ResultStore.frame`).
     folder : pathlib.Path
         Where to write.
     args : argparse.Namespace

@@ -7,8 +7,8 @@ Robustness: benign-client error of every method under each contamination type
 K clients is contaminated, for CLAIR, oracle CLAIR and every baseline of SPEC §6
 (local, FedAvg, coordinate median, trimmed mean, geometric median, Krum,
 multi-Krum, plain SVD + refinement), under each contamination type of SPEC §2
-(:data:`clair_stats.model.CONTAMINATION_TYPES`)? And which type is the worst case
-of each method?
+(:data:`clair_stats.CONTAMINATION_TYPES`)? And which type is the worst case of each
+method?
 
 **Scenario** (fixed; the demo's, ``clair demo``). p = 30, q = 5, r = 3, K = 40
 clients; benign Theta_k = A B_k^T with B_k iid N(0, 1) entries (no heterogeneity
@@ -28,7 +28,8 @@ averages the part of the updates off span(A).
 **Methods** (one row each per replicate):
 
 * ``local``, ``fedavg``, ``coordinate_median``, ``trimmed_mean`` (trim 0.2, the
-  default), ``geometric_median``: :mod:`clair_stats.baselines` with default options;
+  default), ``geometric_median``: :mod:`clair_stats.evaluation.baselines` with default
+  options;
 * ``krum``, ``multi_krum``: told the true number of contaminated clients f = |S^c|
   (an oracle advantage; multi-Krum averages the K - f best-scored clients);
 * ``svd_refine``: plain SVD subspace of rank r + the CLAIR refinement, no
@@ -93,10 +94,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clair_stats import CONTAMINATION_TYPES, FederatedModel, baselines, clair
-from clair_stats.metrics import client_errors, detection_scores, projection_distance
-from clair_stats.results import ConvergenceWarning
-from clair_stats.study import Study, grid, study_main, study_parser
+from clair_stats import CONTAMINATION_TYPES, FederatedModel, clair
+from clair_stats.core.results import ConvergenceWarning
+from clair_stats.evaluation import baselines
+from clair_stats.evaluation.metrics import (
+    client_errors,
+    detection_scores,
+    projection_distance,
+)
+from clair_stats.experiments.study import Study, grid, study_main, study_parser
 
 #: The methods, in the order of the tables and legends.
 METHODS: tuple[str, ...] = (
@@ -295,7 +301,7 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         of ``benign_error`` and ``change``, ``change_lo``, ``change_hi`` of
         ``relative_change``.
     """
-    from clair_stats.plotting import mc_summary
+    from clair_stats.experiments.plotting import mc_summary
 
     keys = ["type", "gamma", "method"]
     err = mc_summary(frame, keys, "benign_error")[[*keys, "mean", "lo", "hi", "n"]]
@@ -425,7 +431,7 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import PercentFormatter
 
-    from clair_stats.plotting import save_figure
+    from clair_stats.experiments.plotting import save_figure
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

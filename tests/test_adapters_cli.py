@@ -10,9 +10,9 @@ import scipy.stats
 from safetensors.numpy import save_file
 
 from clair_stats.__main__ import main
-from clair_stats.adapters import energy_p_values, run_adapters
-from clair_stats.io import read_adapters
-from clair_stats.refine import refine
+from clair_stats.lora.adapters import energy_p_values, run_adapters
+from clair_stats.lora.peft import read_adapters
+from clair_stats.pipeline.refine import refine
 
 # module path -> (out, in); every client has LoRA rank R on every module
 MODULES = {
@@ -103,7 +103,7 @@ def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, cap
         "clients",
         "modules",
     }
-    assert report["format"] == "clair_stats.adapters/1"
+    assert report["format"] == "clair_stats.lora.adapters/1"
     assert (report["n_clients"], report["n_modules"]) == (8, 3)
     assert report["base_model"] == "tiny-llama"
     assert {"side", "alpha", "rank", "out_rank", "lam", "draws", "dtype"} <= set(

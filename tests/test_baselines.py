@@ -1,4 +1,4 @@
-"""Tests of the SPEC §6 baselines, clair_stats.baselines.
+"""Tests of the SPEC §6 baselines, clair_stats.evaluation.baselines.
 
 Closed forms on hand-made arrays, the defining property of the geometric median,
 Krum's choice under far outliers, the noiseless fixed point of ``svd_refine`` and
@@ -13,7 +13,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from clair_stats.baselines import (
+from clair_stats.core.results import ConvergenceWarning
+from clair_stats.evaluation.baselines import (
     coordinate_median,
     fedavg,
     geometric_median,
@@ -24,8 +25,7 @@ from clair_stats.baselines import (
     svd_refine,
     trimmed_mean,
 )
-from clair_stats.model import FederatedModel
-from clair_stats.results import ConvergenceWarning
+from clair_stats.simulate.model import FederatedModel
 
 
 def scalars(values: list[float]) -> np.ndarray:

@@ -438,7 +438,7 @@ def test_bad_settings_are_rejected(torch):
 
 
 def test_study_report_writes_figures_and_table(torch, results):
-    from clair_stats.study import Study, run_study
+    from clair_stats.experiments.study import Study, run_study
     from simulations.copying import study
 
     configs = [{"experiment": e, **TINY} for e in study.EXPERIMENTS]

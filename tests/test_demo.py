@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clair_stats import FederatedModel, clair
-from clair_stats.demo import add_arguments, run_demo
+from clair_stats.experiments.demo import add_arguments, run_demo
 
 
 def _args(tmp_path, *extra: str) -> argparse.Namespace:

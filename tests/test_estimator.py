@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from clair_stats import FederatedModel
-from clair_stats.estimator import clair
-from clair_stats.refine import refine
+from clair_stats.pipeline.estimator import clair
+from clair_stats.pipeline.refine import refine
 
 
 def _benign_mse(estimates, sample):

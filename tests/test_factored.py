@@ -42,10 +42,10 @@ from clair_stats import (
     clair,
     decompose,
 )
-from clair_stats.refine import refine
-from clair_stats.results import FactoredDecomposition, RefinedFactors
+from clair_stats.core.results import FactoredDecomposition, RefinedFactors
+from clair_stats.pipeline.refine import refine
+from clair_stats.pipeline.subspace import estimate_subspace
 from clair_stats.solvers.factored import reduce_updates, span_basis
-from clair_stats.subspace import estimate_subspace
 
 REL = 1e-8
 SUPPORT_TOL = 1e-6

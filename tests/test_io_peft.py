@@ -1,4 +1,4 @@
-"""PEFT LoRA adapters in and out (clair_stats.io.peft).
+"""PEFT LoRA adapters in and out (clair_stats.lora.peft).
 
 The adapters are made here: numpy + safetensors folders written by the test, and,
 when peft and transformers are installed, tiny randomly initialised GPT-2 and
@@ -15,9 +15,14 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from clair_stats.io import read_adapter, read_adapters, write_adapter
-from clair_stats.io.peft import CONFIG_NAME, WEIGHTS_NAME
-from clair_stats.lowrank import LowRankUpdates
+from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.lora.peft import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    read_adapter,
+    read_adapters,
+    write_adapter,
+)
 
 PREFIX = "base_model.model."
 # module path -> (out, in)

@@ -1,4 +1,4 @@
-"""Tests of the SPEC §7 metrics, clair_stats.metrics, against hand-computed values."""
+"""Tests of the metrics of SPEC §7 (clair_stats.evaluation.metrics) by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from clair_stats.metrics import (
+from clair_stats.evaluation.metrics import (
     DetectionScores,
     client_errors,
     detection_scores,

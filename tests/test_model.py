@@ -1,4 +1,4 @@
-"""Tests of the SPEC section 2 generator, clair_stats.model."""
+"""Tests of the SPEC section 2 generator, clair_stats.simulate.model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from clair_stats.model import CONTAMINATION_TYPES, FederatedModel, FederatedSample
+from clair_stats.simulate.model import (
+    CONTAMINATION_TYPES,
+    FederatedModel,
+    FederatedSample,
+)
 
 P, Q, R, K = 24, 4, 3, 15
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from clair_stats.reports import execute_notebook, notebook_paths
+from clair_stats.experiments.reports import execute_notebook, notebook_paths
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = notebook_paths(ROOT / "notebooks")

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clair_stats.penalties import BlockFrobenius, NuclearNorm, block_norms, svt
+from clair_stats.core.penalties import BlockFrobenius, NuclearNorm, block_norms, svt
 
 TOL = 1e-9  # relative; both conditions hold exactly in exact arithmetic
 
@@ -244,7 +244,7 @@ def test_partial_svt_satisfies_prox_optimality(seed, rank, frac):
 @pytest.mark.parametrize("rank", [0, 5, 40, 300])
 def test_range_svd_of_a_large_low_rank_matrix_equals_the_full_svd(rank):
     """The subspace step's range-basis SVD (min dimension >= 800) is the full one."""
-    from clair_stats.subspace import _left_singular
+    from clair_stats.pipeline.subspace import _left_singular
 
     sv_true = np.logspace(1, -2, rank)
     x = _spectrum_matrix(820, 900, sv_true, seed=rank) if rank else np.zeros((820, 900))

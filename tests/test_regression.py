@@ -1,4 +1,4 @@
-"""Tests of the SPEC 2 (b) regression generator, clair_stats.regression."""
+"""Tests of the SPEC 2 (b) regression generator, clair_stats.simulate.regression."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ import pytest
 from scipy import stats
 from statsmodels.regression.linear_model import OLS
 
-from clair_stats.model import FederatedModel, FederatedSample
-from clair_stats.regression import RegressionSample, fit_local, sample_regression
+from clair_stats.simulate.model import FederatedModel, FederatedSample
+from clair_stats.simulate.regression import (
+    RegressionSample,
+    fit_local,
+    sample_regression,
+)
 
 P, Q, R, K = 10, 3, 2, 20
 

@@ -16,8 +16,8 @@ import pytest
 
 import simulations.fig1_subspace_error as fig1
 from clair_stats import FederatedModel
-from clair_stats.metrics import projection_distance
-from clair_stats.study import Study, run_study
+from clair_stats.evaluation.metrics import projection_distance
+from clair_stats.experiments.study import Study, run_study
 from clair_stats.theory.t4 import refined_prediction, spec_prediction
 
 CONFIG = {"p": 12, "q": 2, "r": 2, "n": 40, "K": 12, "gamma": 0.2}

@@ -14,7 +14,7 @@ import pytest
 
 import simulations.lambda_calibration as study
 from clair_stats import DEFAULT_C_LAM, FederatedModel
-from clair_stats.study import derive_seed
+from clair_stats.experiments.study import derive_seed
 from clair_stats.theory.t1 import t1_c_lam
 
 KEYS = {

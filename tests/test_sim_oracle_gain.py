@@ -18,7 +18,7 @@ import pytest
 
 import simulations.oracle_gain as study_script
 from clair_stats import FederatedModel
-from clair_stats.study import Study, run_study
+from clair_stats.experiments.study import Study, run_study
 from clair_stats.theory.t4 import (
     heterogeneity_cost,
     local_mse,

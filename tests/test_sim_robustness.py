@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 import simulations.robustness as study
-from clair_stats.model import CONTAMINATION_TYPES
-from clair_stats.study import derive_seed
+from clair_stats.experiments.study import derive_seed
+from clair_stats.simulate.model import CONTAMINATION_TYPES
 from clair_stats.theory.t4 import local_mse, oracle_mse
 
 #: A small scenario: K = 12 clients, 3 of them contaminated (Krum needs K > 2f + 2).

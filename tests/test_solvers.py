@@ -35,8 +35,8 @@ from clair_stats import (
     decompose,
     duality_gap,
 )
-from clair_stats._validation import stack
-from clair_stats.certificates import operator_norm
+from clair_stats.core.certificates import operator_norm
+from clair_stats.core.validation import stack
 
 
 @st.composite

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clair_stats.study import (
+from clair_stats.experiments.study import (
     ResultStore,
     Study,
     derive_seed,
@@ -221,7 +221,7 @@ def test_dask_local_cluster_gives_the_same_results(tmp_path):
 SLOW_SCRIPT = textwrap.dedent(
     """
     import os, sys, time
-    from clair_stats.study import Study, grid, run_study
+    from clair_stats.experiments.study import Study, grid, run_study
 
     LOG = sys.argv[2]
 

@@ -1,4 +1,4 @@
-"""Edge cases and bad input for clair_stats.decompose and clair_stats._validation.
+"""Edge cases and bad input for decompose and clair_stats.core.validation.
 
 The standard (STYLE.md, ``_validation``): bad input gets an error that says what is
 wrong and how to fix it, nothing is silently coerced, and the documented special
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from clair_stats import ConvergenceWarning, FederatedModel, decompose
-from clair_stats._validation import (
+from clair_stats.core.validation import (
     check_nonnegative,
     check_positive,
     check_updates,

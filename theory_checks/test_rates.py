@@ -26,7 +26,7 @@ import pytest
 import statsmodels.api as sm
 
 from clair_stats import FederatedModel, clair
-from clair_stats.metrics import projection_distance
+from clair_stats.evaluation.metrics import projection_distance
 from clair_stats.theory.t4 import refined_prediction, spec_prediction
 from theory_checks._mode import FULL
 from theory_checks.strategies_t34 import monte_carlo_runtime

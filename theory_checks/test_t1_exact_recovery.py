@@ -34,9 +34,9 @@ import pytest
 from hypothesis import assume, given, settings
 
 from clair_stats import decompose
-from clair_stats._validation import stack
-from clair_stats.certificates import duality_gap, operator_norm
-from clair_stats.metrics import projection_distance
+from clair_stats.core.certificates import duality_gap, operator_norm
+from clair_stats.core.validation import stack
+from clair_stats.evaluation.metrics import projection_distance
 from theory_checks._mode import FULL
 from theory_checks.regressions.t1_cases import BOUNDARY, COUNTEREXAMPLES
 from theory_checks.strategies import (

@@ -58,9 +58,9 @@ import statsmodels.api as sm
 from hypothesis import given, settings
 
 from clair_stats import FederatedModel, decompose, estimate_subspace
-from clair_stats._validation import stack
-from clair_stats.metrics import projection_distance
-from clair_stats.results import ConvergenceWarning
+from clair_stats.core.results import ConvergenceWarning
+from clair_stats.core.validation import stack
+from clair_stats.evaluation.metrics import projection_distance
 from theory_checks._mode import FULL
 from theory_checks.strategies_t2 import (
     C_LOW_RANK,

@@ -38,8 +38,8 @@ import pytest
 import scipy.stats
 
 from clair_stats import FederatedModel, clair
-from clair_stats.baselines import oracle_clair
-from clair_stats.refine import refine
+from clair_stats.evaluation.baselines import oracle_clair
+from clair_stats.pipeline.refine import refine
 from clair_stats.theory.t4 import local_mse, oracle_gain, oracle_mse, predicted_gain
 from theory_checks._mode import FULL
 from theory_checks.strategies_t34 import monte_carlo_runtime

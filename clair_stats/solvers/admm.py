@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clair_stats.certificates import duality_gap, operator_norm
-from clair_stats.penalties import block_norms, svt
-from clair_stats.problems import Problem, remove_block_mean, repeat_center
+from clair_stats.core.certificates import duality_gap, operator_norm
+from clair_stats.core.penalties import block_norms, svt
+from clair_stats.core.problems import Problem, remove_block_mean, repeat_center
 from clair_stats.solvers.base import SolverOutput, sparse_center_step
 
 __all__ = ["admm_p0"]
@@ -59,7 +59,7 @@ def admm_p0(
     verbose : bool
         Print one line per iteration.
     svd_method : {"auto", "gram", "svd", "partial"}
-        Passed to :func:`clair_stats.penalties.svt`, with the singular subspace
+        Passed to :func:`clair_stats.core.penalties.svt`, with the singular subspace
         of the previous iterate as a warm start.
 
     Returns

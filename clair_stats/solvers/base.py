@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clair_stats.penalties import block_soft_threshold
+from clair_stats.core.penalties import block_soft_threshold
 
 __all__ = ["SolverOutput", "sparse_center_step"]
 

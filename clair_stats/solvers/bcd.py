@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from clair_stats.certificates import duality_gap
-from clair_stats.penalties import svt
-from clair_stats.problems import Problem, repeat_center
+from clair_stats.core.certificates import duality_gap
+from clair_stats.core.penalties import svt
+from clair_stats.core.problems import Problem, repeat_center
 from clair_stats.solvers.base import SolverOutput, sparse_center_step
 
 __all__ = ["bcd_p1"]
@@ -55,7 +55,7 @@ def bcd_p1(
     verbose : bool
         Print one line per sweep.
     svd_method : {"auto", "gram", "svd", "partial"}
-        Passed to :func:`clair_stats.penalties.svt`, with the singular subspace
+        Passed to :func:`clair_stats.core.penalties.svt`, with the singular subspace
         of the previous iterate as a warm start.
 
     Returns

@@ -9,15 +9,15 @@ memory) is used with ``cvxpy_solver="CLARABEL"``.
 The returned dual matrix is the multiplier of the equality constraint (P0), the
 residual (P1), or the multiplier of the norm constraint times the normalised
 residual (P1c); the certificate is then computed by
-:func:`clair_stats.certificates.duality_gap`, exactly as for the fast solvers.
+:func:`clair_stats.core.certificates.duality_gap`, exactly as for the fast solvers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from clair_stats.certificates import duality_gap
-from clair_stats.problems import Problem
+from clair_stats.core.certificates import duality_gap
+from clair_stats.core.problems import Problem
 from clair_stats.solvers.base import SolverOutput
 
 __all__ = ["CVXPY_SOLVERS", "cvxpy_solve"]

@@ -48,8 +48,12 @@ import scipy.linalg
 from scipy.linalg import lapack
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-from clair_stats.lowrank import LowRankUpdates
-from clair_stats.results import Decomposition, FactoredDecomposition, RefinedFactors
+from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.results import (
+    Decomposition,
+    FactoredDecomposition,
+    RefinedFactors,
+)
 
 __all__ = [
     "ITERATIVE_SVD_MIN",

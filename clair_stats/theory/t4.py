@@ -70,7 +70,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from clair_stats._validation import check_int
+from clair_stats.core.validation import check_int
 
 __all__ = [
     "heterogeneity_cost",

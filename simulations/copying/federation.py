@@ -31,7 +31,7 @@ into W_0 for evaluation):
 * ``fedavg_benign``: the mean over the true benign set S for k in S; the
   contaminated clients keep their local update;
 * ``svd_refine``: plain SVD subspace of all K updates + the CLAIR refinement,
-  every client collaborative (:func:`clair_stats.baselines.svd_refine`);
+  every client collaborative (:func:`clair_stats.evaluation.baselines.svd_refine`);
 * ``clair``: CLAIR per module, one verdict per client (below), then the refinement
   of every module with the module's A^ and the common S^;
 * ``oracle_clair``: the refinement with the true S and, per module, A = the top-r
@@ -90,8 +90,8 @@ import numpy as np
 import torch
 
 from clair_stats import ConvergenceWarning, clair, refine
-from clair_stats.baselines import fedavg, svd_refine
-from clair_stats.metrics import detection_scores
+from clair_stats.evaluation.baselines import fedavg, svd_refine
+from clair_stats.evaluation.metrics import detection_scores
 from simulations.copying.tasks import CopyBatch, CopyTask
 from simulations.copying.training import (
     FineTuneConfig,

@@ -83,12 +83,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from clair_stats.plotting import (  # noqa: E402
+from clair_stats.experiments.plotting import (  # noqa: E402
     mc_summary,
     proportion_summary,
     save_figure,
 )
-from clair_stats.study import (  # noqa: E402
+from clair_stats.experiments.study import (  # noqa: E402
     Study,
     results_dir,
     study_main,
@@ -190,7 +190,7 @@ def client_frame(frame: pd.DataFrame) -> pd.DataFrame:
     Parameters
     ----------
     frame : pandas.DataFrame
-        :meth:`clair_stats.study.ResultStore.frame` of the study.
+        :meth:`clair_stats.experiments.study.ResultStore.frame` of the study.
 
     Returns
     -------

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from clair_stats._validation import check_int
+from clair_stats.core.validation import check_int
 
 __all__ = [
     "ZIPF_SHIFT",

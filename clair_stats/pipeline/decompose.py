@@ -10,21 +10,21 @@ import warnings
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from clair_stats._validation import (
+from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.problems import MODES, Problem
+from clair_stats.core.results import (
+    ConvergenceWarning,
+    Decomposition,
+    FactoredDecomposition,
+    SolverInfo,
+)
+from clair_stats.core.validation import (
     check_nonnegative,
     check_positive,
     check_updates,
     check_weights,
     stack,
     unstack,
-)
-from clair_stats.lowrank import LowRankUpdates
-from clair_stats.problems import MODES, Problem
-from clair_stats.results import (
-    ConvergenceWarning,
-    Decomposition,
-    FactoredDecomposition,
-    SolverInfo,
 )
 from clair_stats.solvers.admm import admm_p0
 from clair_stats.solvers.bcd import bcd_p1
@@ -128,9 +128,9 @@ def decompose(
     -------
     Decomposition or FactoredDecomposition
         ``low_rank`` and ``sparse`` (K, p, q), ``center`` (p, q) or None, the
-        dual matrix, the problem and :class:`~clair_stats.results.SolverInfo`.
+        dual matrix, the problem and :class:`~clair_stats.core.results.SolverInfo`.
         For LowRankUpdates, a
-        :class:`~clair_stats.results.FactoredDecomposition`: the same problem,
+        :class:`~clair_stats.core.results.FactoredDecomposition`: the same problem,
         ``info``, ``support()``, ``rank()`` and ``block_norms``, with the blocks
         held as Q X_k W_k^T (``dense()`` multiplies them out).
 

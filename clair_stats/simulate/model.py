@@ -29,7 +29,7 @@ from functools import cached_property
 import numpy as np
 from numpy.typing import NDArray
 
-from clair_stats._validation import check_int
+from clair_stats.core.validation import check_int
 
 __all__ = ["CONTAMINATION_TYPES", "FederatedModel", "FederatedSample"]
 
@@ -349,15 +349,15 @@ class FederatedModel:
         :math:`X_k` rows iid :math:`N(0, \Sigma)`, :math:`\varepsilon_k` rows iid
         :math:`N(0, \sigma^2 I_q)`, :math:`\alpha = 0` (OLS) unless ``ridge``. The
         truth equals ``self.sample(seed=seed).truth`` for the same int seed. See
-        :func:`clair_stats.regression.sample_regression` for the parameters.
+        :func:`clair_stats.simulate.regression.sample_regression` for the parameters.
 
         Returns
         -------
-        clair_stats.regression.RegressionSample
+        clair_stats.simulate.regression.RegressionSample
             A :class:`FederatedSample` subclass with the fits' ``n``, ``sigma``,
             ``sigma2_hat``, ``gram_inverse_trace``, ``estimator`` and ``ridge``.
         """
-        from clair_stats.regression import sample_regression
+        from clair_stats.simulate.regression import sample_regression
 
         return sample_regression(
             self,

@@ -300,12 +300,12 @@ class AdapterSet:
         return self.specs(module)[0].shape
 
     def updates(self, module: str):
-        """The K updates of one module as :class:`~clair_stats.lowrank.LowRankUpdates`.
+        """The K updates of one module as :class:`~clair_stats.LowRankUpdates`.
 
         B_k = ``lora_B`` (out, r_k), A_k = ``lora_A`` (r_k, in), s_k the module's
         scaling: Theta^_k = s_k B_k A_k, p = out, q = in.
         """
-        from clair_stats.lowrank import LowRankUpdates
+        from clair_stats.core.lowrank import LowRankUpdates
 
         self._check_module(module)
         mods = [a.module(module) for a in self.adapters]

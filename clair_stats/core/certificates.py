@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
-from clair_stats.penalties import NuclearNorm, block_norms
-from clair_stats.problems import Problem, remove_block_mean
+from clair_stats.core.penalties import NuclearNorm, block_norms
+from clair_stats.core.problems import Problem, remove_block_mean
 
 __all__ = ["Certificate", "duality_gap", "operator_norm"]
 

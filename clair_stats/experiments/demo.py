@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from clair_stats import baselines
-from clair_stats._validation import stack
-from clair_stats.estimator import clair
-from clair_stats.metrics import (
+from clair_stats.core.validation import stack
+from clair_stats.evaluation import baselines
+from clair_stats.evaluation.metrics import (
     client_errors,
     detection_scores,
     projection_distance,
 )
-from clair_stats.model import FederatedModel
+from clair_stats.pipeline.estimator import clair
+from clair_stats.simulate.model import FederatedModel
 
 __all__ = ["MethodReport", "add_arguments", "run_demo"]
 

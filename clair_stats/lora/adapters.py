@@ -99,11 +99,11 @@ import numpy as np
 import scipy.stats
 from scipy.special import logsumexp
 
-from clair_stats.decompose import decompose
-from clair_stats.io.peft import AdapterSet, read_adapters, write_adapter
-from clair_stats.lowrank import LowRankUpdates
-from clair_stats.results import ConvergenceWarning, SolverInfo
-from clair_stats.subspace import estimate_subspace
+from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.results import ConvergenceWarning, SolverInfo
+from clair_stats.lora.peft import AdapterSet, read_adapters, write_adapter
+from clair_stats.pipeline.decompose import decompose
+from clair_stats.pipeline.subspace import estimate_subspace
 
 __all__ = [
     "AdaptersResult",
@@ -117,7 +117,7 @@ __all__ = [
 ]
 
 REPORT_NAME = "clair_report.json"
-REPORT_FORMAT = "clair_stats.adapters/1"
+REPORT_FORMAT = "clair_stats.lora.adapters/1"
 COMBINATION = (
     "Holm over the K x M (client, module) p-values at level alpha; a client is "
     "flagged iff any of its modules is rejected; its p-value is the smallest "
@@ -435,7 +435,7 @@ def analyse_adapters(
     Parameters
     ----------
     adapters : AdapterSet
-        K >= 3 clients' adapters (:func:`clair_stats.io.read_adapters`).
+        K >= 3 clients' adapters (:func:`clair_stats.lora.peft.read_adapters`).
     rank : int, optional
         r_m for every module; default the median LoRA rank of the clients in
         each module. Must be below p (out for ``side="left"``, in for right).
@@ -461,7 +461,8 @@ def analyse_adapters(
 
     if not isinstance(adapters, AdapterSet):
         raise TypeError(
-            "adapters must be an AdapterSet (clair_stats.io.read_adapters(folders)), "
+            "adapters must be an AdapterSet "
+            "(clair_stats.lora.peft.read_adapters(folders)), "
             f"got {type(adapters).__name__}."
         )
     if side not in ("left", "right"):
@@ -573,7 +574,7 @@ def write_refined(
     local factors (s_k B_km, A_km). Each module's refined factors go to a
     temporary safetensors file in ``out`` (so memory holds one module at a
     time), then each client's adapter is assembled from them and written to
-    ``out/<client name>`` (:func:`clair_stats.io.write_adapter`, scaling 1).
+    ``out/<client name>`` (:func:`clair_stats.lora.peft.write_adapter`, scaling 1).
 
     Parameters
     ----------

@@ -6,8 +6,8 @@ lora_alpha / sqrt(r_k) with rsLoRA). :class:`LowRankUpdates` holds the K clients
 factors without ever forming the p x q products, so that CLAIR can run where the
 stacked matrix M = [Theta^_1, ..., Theta^_K] (p x Kq) would not fit in memory
 (4096 x 409600 in float64 is 13 GB for K = 100 clients of a 4096 x 4096 module).
-:func:`clair_stats.decompose` and :func:`clair_stats.clair` accept it in place of
-a (K, p, q) array and solve on a (sum_k r_k)-sized core (SPEC §5, "LoRA scale").
+:func:`clair_stats.decompose` and :func:`clair_stats.clair` accept it in place of a
+(K, p, q) array and solve on a (sum_k r_k)-sized core (SPEC §5, "LoRA scale").
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from clair_stats._validation import stack
-from clair_stats.results import Decomposition, FactoredDecomposition
+from clair_stats.core.results import Decomposition, FactoredDecomposition
+from clair_stats.core.validation import stack
 
 __all__ = ["estimate_subspace"]
 

@@ -39,7 +39,8 @@ import numpy as np
 import scipy.stats
 from numpy.typing import NDArray
 
-from clair_stats._validation import (
+from clair_stats.core.results import ConvergenceWarning
+from clair_stats.core.validation import (
     check_int,
     check_mask,
     check_orthonormal,
@@ -47,8 +48,7 @@ from clair_stats._validation import (
     check_updates,
     stack,
 )
-from clair_stats.refine import refine
-from clair_stats.results import ConvergenceWarning
+from clair_stats.pipeline.refine import refine
 
 __all__ = [
     "coordinate_median",

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clair_stats._validation import stack
-from clair_stats.penalties import block_norms
-from clair_stats.problems import Problem
+from clair_stats.core.penalties import block_norms
+from clair_stats.core.problems import Problem
+from clair_stats.core.validation import stack
 
 __all__ = [
     "ConvergenceWarning",
@@ -48,7 +48,8 @@ class SolverInfo:
         far the dual iterate is from ||Y||_op <= 1. P1: ||N_{t+1} - N_t||_F / mu,
         the same bound for the residual as a dual point. cvxpy: NaN.
     duality_gap : float
-        Absolute gap of the certificate (:func:`clair_stats.certificates.duality_gap`).
+        Absolute gap of the certificate
+        (:func:`clair_stats.core.certificates.duality_gap`).
     relative_gap : float
         The scale-free certificate the fast solvers stop on.
     seconds : float
@@ -185,7 +186,7 @@ class FactoredDecomposition:
     """The split of factored updates, M = L + S (+ c 1^T), held on a small core.
 
     Returned by :func:`clair_stats.decompose` for
-    :class:`~clair_stats.lowrank.LowRankUpdates` (SPEC §5, "LoRA scale"). With Q
+    :class:`~clair_stats.core.lowrank.LowRankUpdates` (SPEC §5, "LoRA scale"). With Q
     (p x R) an orthonormal basis of span(B_1, ..., B_K) and W_k (q x m_k) one of
     the row space of A_k (with ``center=True`` one basis W of all row spaces),
     every block is L^_k = Q X_k W_k^T, S^_k = Q Z_k W_k^T, where (X, Z) solve the
@@ -380,8 +381,8 @@ class RefinedFactors:
         return np.stack([self.client(k) for k in range(self.n_clients)])
 
     def as_updates(self):
-        """The refined factors as :class:`~clair_stats.lowrank.LowRankUpdates`."""
-        from clair_stats.lowrank import LowRankUpdates
+        """The refined factors as :class:`~clair_stats.core.lowrank.LowRankUpdates`."""
+        from clair_stats.core.lowrank import LowRankUpdates
 
         return LowRankUpdates(list(self.B), list(self.A))
 

@@ -1,7 +1,7 @@
 r"""Multi-response regression generator of the local estimates (SPEC 2 (b)).
 
 The truth :math:`\Theta_k` is drawn exactly as by
-:meth:`clair_stats.model.FederatedModel.sample`; each client k then observes
+:meth:`clair_stats.simulate.model.FederatedModel.sample`; each client k then observes
 
 .. math::
 
@@ -37,11 +37,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from clair_stats._validation import check_nonnegative, check_positive
-from clair_stats.model import FederatedSample
+from clair_stats.core.validation import check_nonnegative, check_positive
+from clair_stats.simulate.model import FederatedSample
 
 if TYPE_CHECKING:
-    from clair_stats.model import FederatedModel
+    from clair_stats.simulate.model import FederatedModel
 
 __all__ = ["LocalFit", "RegressionSample", "fit_local", "sample_regression"]
 
@@ -173,7 +173,7 @@ def fit_local(X: ArrayLike, Y: ArrayLike, ridge: float | None = None) -> LocalFi
 class RegressionSample(FederatedSample):
     r"""One draw of the regression generator: a :class:`FederatedSample` plus the fits.
 
-    Every attribute of :class:`~clair_stats.model.FederatedSample` keeps its meaning
+    Every attribute of :class:`~clair_stats.FederatedSample` keeps its meaning
     (``updates`` holds :math:`\hat\Theta_k` from the local fits), except ``noise``,
     which is NaN: the errors :math:`E_k` have no single per-entry standard deviation
     tau (their covariance is :math:`\sigma^2 I_q \otimes (X_k^T X_k)^{-1}`).
@@ -378,7 +378,7 @@ def sample_regression(
 
     Examples
     --------
-    >>> from clair_stats.model import FederatedModel
+    >>> from clair_stats.simulate.model import FederatedModel
     >>> model = FederatedModel(p=10, q=2, rank=2, n_clients=5, contamination=1)
     >>> s = sample_regression(model, n=50, sigma=0.5, seed=0)
     >>> s.updates.shape, s.sigma2_hat.shape, s.estimator

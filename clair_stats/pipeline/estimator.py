@@ -6,14 +6,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clair_stats._validation import check_positive, check_updates
-from clair_stats.decompose import decompose
-from clair_stats.detection import ChiSquareTest, chi_square_test, energy_test
-from clair_stats.lowrank import LowRankUpdates
-from clair_stats.refine import refine
-from clair_stats.results import Decomposition, FactoredDecomposition, RefinedFactors
+from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.results import (
+    Decomposition,
+    FactoredDecomposition,
+    RefinedFactors,
+)
+from clair_stats.core.validation import check_positive, check_updates
+from clair_stats.pipeline.decompose import decompose
+from clair_stats.pipeline.detection import ChiSquareTest, chi_square_test, energy_test
+from clair_stats.pipeline.refine import refine
+from clair_stats.pipeline.subspace import estimate_subspace
 from clair_stats.solvers.factored import core_energies, refine_factored
-from clair_stats.subspace import estimate_subspace
 
 __all__ = ["ClairResult", "clair"]
 

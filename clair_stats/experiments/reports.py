@@ -1,12 +1,12 @@
 """Execute the jupytext reports of ``notebooks/`` into ``reports/*.html``.
 
-``make report`` runs ``python -m clair_stats.reports``: every ``notebooks/*.py``
-(jupytext percent format) is converted to a notebook, executed with nbclient in a
-fresh kernel whose working directory is the repository root, and exported to HTML
-with nbconvert. Each report reads its study's stored results, or runs the study's
-quick grid when the full grid is not stored (see
-:func:`clair_stats.study.load_or_run`); ``--mode quick`` forces the quick grid, as CI
-does.
+``make report`` runs ``python -m clair_stats.experiments.reports``: every
+``notebooks/*.py`` (jupytext percent format) is converted to a notebook, executed
+with nbclient in a fresh kernel whose working directory is the repository root,
+and exported to HTML with nbconvert. Each report reads its study's stored
+results, or runs the study's quick grid when the full grid is not stored (see
+:func:`clair_stats.experiments.study.load_or_run`); ``--mode quick`` forces the
+quick grid, as CI does.
 
 Needs the ``notebooks`` extra (jupytext, nbclient, nbconvert, ipykernel).
 """
@@ -52,7 +52,7 @@ def execute_notebook(
         The kernel's working directory (the repository root).
     mode : {"auto", "quick", "full"}, optional
         Sets ``CLAIR_REPORT_MODE`` for the kernel (see
-        :func:`clair_stats.study.load_or_run`); default: inherited.
+        :func:`clair_stats.experiments.study.load_or_run`); default: inherited.
     results : path-like, optional
         Sets ``CLAIR_RESULTS`` for the kernel (where studies are stored).
     timeout : int

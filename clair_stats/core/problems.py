@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from clair_stats.penalties import BlockFrobenius, NuclearNorm
+from clair_stats.core.penalties import BlockFrobenius, NuclearNorm
 
 __all__ = ["MODES", "Problem", "block_mean", "remove_block_mean", "repeat_center"]
 

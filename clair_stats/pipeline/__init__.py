@@ -1,0 +1,12 @@
+"""The CLAIR estimator, step by step (docs/pipeline.md).
+
+:mod:`~clair_stats.pipeline.decompose` (step 1: P0 / P1 / P1c by a solver of
+:mod:`clair_stats.solvers`), :mod:`~clair_stats.pipeline.subspace` (step 2: A^),
+:mod:`~clair_stats.pipeline.multitest` and :mod:`~clair_stats.pipeline.detection`
+(step 3: the per-client tests and their multiple-testing correction),
+:mod:`~clair_stats.pipeline.refine` (step 4) and
+:mod:`~clair_stats.pipeline.estimator` (:func:`~clair_stats.clair`, the four steps
+end to end, on dense or factored updates alike). Modules here import
+:mod:`clair_stats.solvers` and :mod:`clair_stats.core`, never the simulation,
+evaluation, LoRA or experiment subpackages.
+"""
