@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 import clair_stats
 from clair_stats import ConvergenceWarning, Decomposition, FederatedModel, decompose
-from clair_stats.core.validation import stack
+from clair_stats.core.linalg import stack
 
 #: (p, q, K) per size p x Kq; rank, contamination and seeds are fixed below.
 SIZES: dict[str, tuple[int, int, int]] = {

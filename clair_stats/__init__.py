@@ -7,11 +7,11 @@ the benign clients. The notation follows ``SPEC.md``.
 """
 
 from clair_stats.core.certificates import Certificate, duality_gap
+from clair_stats.core.exceptions import ClairWarning, ConvergenceWarning
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.penalties import BlockFrobenius, NuclearNorm, svt
 from clair_stats.core.problems import Problem
 from clair_stats.core.results import (
-    ConvergenceWarning,
     Decomposition,
     FactoredDecomposition,
     RefinedFactors,
@@ -35,6 +35,7 @@ __all__ = [
     "Certificate",
     "ChiSquareTest",
     "ClairResult",
+    "ClairWarning",
     "ConvergenceWarning",
     "Decomposition",
     "FactoredDecomposition",

@@ -70,6 +70,7 @@ import numpy as np
 import pandas as pd
 
 from clair_stats import ConvergenceWarning, FederatedModel, clair
+from clair_stats.core.linalg import top_subspace
 from clair_stats.evaluation.metrics import projection_distance
 from clair_stats.experiments.study import Study, study_main, study_parser
 from clair_stats.theory.t4 import refined_prediction, spec_prediction
@@ -105,9 +106,7 @@ REGIME = ("p", "q", "r", "n")
 # ------------------------------------------------------------------ one replicate
 def _top_left(updates: np.ndarray, rank: int) -> np.ndarray:
     """Top-r left singular vectors of the stacked [Theta_1, ..., Theta_K] (p x Kq)."""
-    n_clients, p, q = updates.shape
-    stacked = np.ascontiguousarray(updates.transpose(1, 0, 2)).reshape(p, -1)
-    return np.linalg.svd(stacked, full_matrices=False)[0][:, :rank]
+    return top_subspace(updates, rank)
 
 
 def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:

@@ -103,7 +103,7 @@ import numpy as np
 import pandas as pd
 
 from clair_stats import DEFAULT_C_LAM, ConvergenceWarning, FederatedModel, decompose
-from clair_stats.core.validation import stack
+from clair_stats.core.linalg import top_subspace
 from clair_stats.experiments.study import Study, grid, study_main, study_parser
 from clair_stats.theory.t1 import t1_c_lam
 
@@ -160,7 +160,7 @@ def _solve(sample: Any, r: int, lam: float) -> dict[str, Any]:
             "error": f"{type(exc).__name__}: {exc}".replace("\n", " "),
         }
     seconds = time.perf_counter() - start
-    U = np.linalg.svd(stack(res.low_rank), full_matrices=False)[0][:, :r]
+    U = top_subspace(res.low_rank, r)
     A = sample.subspace
     error = float(np.linalg.norm(U @ U.T - A @ A.T))
     flagged, bad = res.support(), sample.contaminated

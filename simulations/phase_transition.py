@@ -85,7 +85,7 @@ import numpy as np
 import pandas as pd
 
 from clair_stats import DEFAULT_C_LAM, ConvergenceWarning, FederatedModel, decompose
-from clair_stats.core.validation import stack
+from clair_stats.core.linalg import top_subspace
 from clair_stats.evaluation.metrics import projection_distance
 from clair_stats.experiments.study import Study, study_main, study_parser
 from clair_stats.theory.t1 import (
@@ -166,7 +166,7 @@ def recovery(sample: Any, lam: float) -> dict[str, Any]:
             "false_neg": -1,
             "iterations": -1,
         }
-    A_hat = np.linalg.svd(stack(res.low_rank), full_matrices=False)[0][:, :r]
+    A_hat = top_subspace(res.low_rank, r)
     error = projection_distance(A_hat, sample.subspace)
     flagged, bad = res.support(), sample.contaminated
     converged = bool(res.info.converged)

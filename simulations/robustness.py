@@ -95,7 +95,7 @@ import numpy as np
 import pandas as pd
 
 from clair_stats import CONTAMINATION_TYPES, FederatedModel, clair
-from clair_stats.core.results import ConvergenceWarning
+from clair_stats.core.exceptions import ConvergenceWarning
 from clair_stats.evaluation import baselines
 from clair_stats.evaluation.metrics import (
     client_errors,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from clair_stats.core.results import ConvergenceWarning
+from clair_stats.core.exceptions import ConvergenceWarning
 from clair_stats.evaluation.baselines import (
     coordinate_median,
     fedavg,

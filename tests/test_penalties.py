@@ -244,11 +244,11 @@ def test_partial_svt_satisfies_prox_optimality(seed, rank, frac):
 @pytest.mark.parametrize("rank", [0, 5, 40, 300])
 def test_range_svd_of_a_large_low_rank_matrix_equals_the_full_svd(rank):
     """The subspace step's range-basis SVD (min dimension >= 800) is the full one."""
-    from clair_stats.pipeline.subspace import _left_singular
+    from clair_stats.core.linalg import left_singular
 
     sv_true = np.logspace(1, -2, rank)
     x = _spectrum_matrix(820, 900, sv_true, seed=rank) if rank else np.zeros((820, 900))
-    u, sv = _left_singular(x)
+    u, sv = left_singular(x)
     u_ref, sv_ref, _ = np.linalg.svd(x, full_matrices=False)
     assert sv.shape == sv_ref.shape
     np.testing.assert_allclose(sv, sv_ref, rtol=0, atol=1e-12 * max(sv_ref[0], 1.0))

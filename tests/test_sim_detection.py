@@ -70,29 +70,6 @@ def test_t3_formulas_reject_bad_input():
         predicted_power(1.0, 20, 2, 2, 80, 20, 1.5)
 
 
-# ------------------------------------------------------------ multiple testing
-def test_adjusted_p_values_match_statsmodels():
-    rng = np.random.default_rng(0)
-    with study.frozen_gc():  # multipletests runs gc.collect() on every call
-        _compare_adjustments(rng)
-    batch = rng.uniform(size=(4, 7))
-    rows = np.array([study.holm_adjusted(b) for b in batch])
-    np.testing.assert_allclose(study.holm_adjusted(batch), rows)
-
-
-def _compare_adjustments(rng: np.random.Generator) -> None:
-    for _ in range(30):
-        K = int(rng.integers(1, 25))
-        p = rng.uniform(size=K) ** rng.uniform(1, 6)
-        p[rng.integers(K)] = p[0]  # a tie
-        for method, ours in (
-            ("holm", study.holm_adjusted),
-            ("fdr_bh", study.bh_adjusted),
-        ):
-            expected = multipletests(p, method=method)[1]
-            np.testing.assert_allclose(ours(p), expected, rtol=1e-12, atol=1e-15)
-
-
 # ------------------------------------------------------------------ one replicate
 CONFIG = {"p": 10, "n_over_p": 4.0, "ratio": 2.0}
 
@@ -224,9 +201,8 @@ def test_error_rates_match_a_direct_count(small_frame):
         events, fdps = [], []
         for row in rows.itertuples():
             benign = ~np.asarray(row.contaminated, dtype=bool)
-            with study.frozen_gc():
-                holm = multipletests(row.p_values, alpha=alpha, method="holm")[0]
-                bh = multipletests(row.p_values, alpha=alpha, method="fdr_bh")[0]
+            holm = multipletests(row.p_values, alpha=alpha, method="holm")[0]
+            bh = multipletests(row.p_values, alpha=alpha, method="fdr_bh")[0]
             events.append(np.any(holm & benign))
             fdps.append(np.sum(bh & benign) / max(1, np.sum(bh)))
         assert fwer == pytest.approx(np.mean(events))

@@ -36,7 +36,7 @@ from clair_stats import (
     duality_gap,
 )
 from clair_stats.core.certificates import operator_norm
-from clair_stats.core.validation import stack
+from clair_stats.core.linalg import stack
 
 
 @st.composite

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 
 from clair_stats import ConvergenceWarning, FederatedModel, decompose
+from clair_stats.core.linalg import stack, unstack
 from clair_stats.core.validation import (
     check_nonnegative,
     check_positive,
     check_updates,
     check_weights,
-    stack,
-    unstack,
 )
 
 K, P, Q = 5, 6, 2

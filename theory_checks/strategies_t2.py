@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from hypothesis import strategies as st
 
-from clair_stats.core.validation import stack, unstack
+from clair_stats.core.linalg import stack, unstack
 from theory_checks.strategies import T1_CONSTANT, incoherence, t1_lam
 
 __all__ = [

@@ -8,7 +8,6 @@ threshold) live in :mod:`clair_stats.theory.t3`, shared with the studies.
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,12 +17,12 @@ from statsmodels.stats.proportion import proportion_confint
 from threadpoolctl import threadpool_limits
 
 from clair_stats import FederatedModel, clair
+from clair_stats.pipeline.multitest import reject
 from clair_stats.theory.t3 import predicted_power, ratio_threshold, separation_ratio
 
 __all__ = [
     "DetectionRun",
     "monte_carlo_runtime",
-    "holm_rejections",
     "predicted_power",
     "ratio_threshold",
     "run_detection",
@@ -34,21 +33,13 @@ __all__ = [
 
 @contextmanager
 def monte_carlo_runtime() -> Iterator[None]:
-    """Run many small fits fast on a shared machine; restores the state on exit.
+    """Run many small fits fast on a shared machine: one BLAS thread.
 
-    - one BLAS thread: the fits are small, and threads oversubscribe 2 shared cores
-      (measured: 4-10x slower without the limit);
-    - ``gc.freeze()``: statsmodels' Holm (``multipletests``, called by every
-      ``clair(..., detect="test")``) runs ``gc.collect()``, which costs about 50 ms
-      in a pytest process with a large heap; frozen objects are not traversed.
-      ``gc.unfreeze()`` on exit puts them back under the collector.
+    The fits are small, and threads oversubscribe 2 shared cores (measured: 4-10x
+    slower without the limit). The limit is lifted on exit.
     """
-    gc.freeze()
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
-    finally:
-        gc.unfreeze()
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
@@ -58,24 +49,6 @@ def wilson(successes: int, trials: int, level: float = 0.95) -> tuple[float, flo
 
 
 # ------------------------------------------------------------------------ T3
-def holm_rejections(p_values: np.ndarray, alpha: float) -> np.ndarray:
-    """Holm's step-down rejections at FWER level alpha.
-
-    Sorted p-values p_(1) <= ... <= p_(K): reject H_(1..j) for the largest j with
-    p_(i) <= alpha / (K - i + 1) for all i <= j. Same decisions as statsmodels'
-    ``multipletests(method="holm")`` (checked in test_t3_detection.py), without
-    its ``gc.collect()`` per call.
-    """
-    p_values = np.asarray(p_values, dtype=float)
-    K = p_values.size
-    order = np.argsort(p_values, kind="stable")
-    ok = p_values[order] <= alpha / (K - np.arange(K))
-    n_reject = K if ok.all() else int(np.argmin(ok))
-    rejected = np.zeros(K, dtype=bool)
-    rejected[order[:n_reject]] = True
-    return rejected
-
-
 @dataclass(frozen=True)
 class DetectionRun:
     """Replicates of CLAIR's chi-square test on the regression generator.
@@ -93,7 +66,7 @@ class DetectionRun:
 
     def flagged(self, alpha: float) -> np.ndarray:
         """(R, K) Holm rejections at level alpha (the S^c-hat of each replicate)."""
-        return np.array([holm_rejections(pv, alpha) for pv in self.p_values])
+        return reject(self.p_values, alpha, "holm")[0]
 
     def exact(self, alpha: float) -> np.ndarray:
         """(R,) indicator of S^ = S."""

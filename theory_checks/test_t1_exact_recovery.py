@@ -35,7 +35,7 @@ from hypothesis import assume, given, settings
 
 from clair_stats import decompose
 from clair_stats.core.certificates import duality_gap, operator_norm
-from clair_stats.core.validation import stack
+from clair_stats.core.linalg import stack, top_subspace
 from clair_stats.evaluation.metrics import projection_distance
 from theory_checks._mode import FULL
 from theory_checks.regressions.t1_cases import BOUNDARY, COUNTEREXAMPLES
@@ -65,7 +65,7 @@ CVXPY_MAX_COLUMNS = 64 if FULL else 48
 def _assert_recovered(inst, result) -> dict:
     """Assert T1's conclusion on ``result``; return the measured quantities."""
     r = inst.rank
-    U_hat = np.linalg.svd(stack(result.low_rank), full_matrices=False)[0][:, :r]
+    U_hat = top_subspace(result.low_rank, r)
     err = projection_distance(U_hat, inst.subspace, norm="fro")
     support = result.support(SUPPORT_TOL)
     found = {

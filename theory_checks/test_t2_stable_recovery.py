@@ -58,8 +58,8 @@ import statsmodels.api as sm
 from hypothesis import given, settings
 
 from clair_stats import FederatedModel, decompose, estimate_subspace
-from clair_stats.core.results import ConvergenceWarning
-from clair_stats.core.validation import stack
+from clair_stats.core.exceptions import ConvergenceWarning
+from clair_stats.core.linalg import stack, top_subspace
 from clair_stats.evaluation.metrics import projection_distance
 from theory_checks._mode import FULL
 from theory_checks.strategies_t2 import (
@@ -283,7 +283,7 @@ def _linearity_data(family: tuple, robust: bool) -> tuple[np.ndarray, np.ndarray
                     )
                 A_hat, _ = estimate_subspace(result, rank=r)
             else:
-                A_hat = np.linalg.svd(stack(updates), full_matrices=False)[0][:, :r]
+                A_hat = top_subspace(updates, r)
             log_eps.append(math.log(eps))
             log_err.append(math.log(projection_distance(A_hat, sample.subspace, "op")))
     return np.array(log_eps), np.array(log_err)

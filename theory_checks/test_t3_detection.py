@@ -22,30 +22,12 @@ import pytest
 
 from theory_checks._mode import FULL
 from theory_checks.strategies_t34 import (
-    holm_rejections,
-    monte_carlo_runtime,
     predicted_power,
     ratio_threshold,
     run_detection,
     separation_ratio,
     wilson,
 )
-
-
-def test_holm_helper_matches_statsmodels():
-    """Property: the numpy Holm used on the stored p-values makes the decisions of
-    statsmodels' ``multipletests(method="holm")`` (which ``clair`` uses)."""
-    from statsmodels.stats.multitest import multipletests
-
-    rng = np.random.default_rng(0)
-    with monte_carlo_runtime():
-        for _ in range(20):
-            K = int(rng.integers(1, 30))
-            pv = rng.uniform(size=K) ** rng.uniform(1, 6)
-            for alpha in (0.05, 0.01, 0.2):
-                expected = multipletests(pv, alpha=alpha, method="holm")[0]
-                np.testing.assert_array_equal(holm_rejections(pv, alpha), expected)
-
 
 # (a) fixed model, n grows ------------------------------------------------------
 P, Q, R_RANK, K, N_BAD, DELTA, SIGMA = 20, 2, 2, 20, 4, 0.5, 1.0

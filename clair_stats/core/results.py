@@ -6,21 +6,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from clair_stats.core.linalg import stack
 from clair_stats.core.penalties import block_norms
 from clair_stats.core.problems import Problem
-from clair_stats.core.validation import stack
 
 __all__ = [
-    "ConvergenceWarning",
     "Decomposition",
     "FactoredDecomposition",
     "RefinedFactors",
     "SolverInfo",
 ]
-
-
-class ConvergenceWarning(UserWarning):
-    """A solver stopped at ``max_iter`` before its certificate met ``tol``."""
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,21 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "check_alpha",
+    "check_bool",
+    "check_choice",
+    "check_dims",
+    "check_fraction",
     "check_int",
+    "check_mask",
+    "check_noise_levels",
     "check_nonnegative",
+    "check_orthonormal",
     "check_positive",
+    "check_rank",
+    "check_real_array",
     "check_updates",
     "check_weights",
-    "stack",
-    "unstack",
 ]
 
 
@@ -208,26 +216,6 @@ def check_weights(weights: object, n_clients: int) -> np.ndarray:
     return w
 
 
-def stack(updates: np.ndarray) -> np.ndarray:
-    """Stack client updates (K, p, q) into M = [Theta_1, ..., Theta_K] (p, Kq).
-
-    Block k of M is columns kq .. (k+1)q - 1.
-    """
-    n_clients, p, q = updates.shape
-    return np.ascontiguousarray(updates.transpose(1, 0, 2)).reshape(p, n_clients * q)
-
-
-def unstack(matrix: np.ndarray, n_clients: int) -> np.ndarray:
-    """Inverse of :func:`stack`: (p, Kq) -> (K, p, q)."""
-    p, n_cols = matrix.shape
-    if n_clients < 1 or n_cols % n_clients:
-        raise ValueError(
-            f"cannot split {n_cols} columns into {n_clients} blocks of equal width q."
-        )
-    q = n_cols // n_clients
-    return np.ascontiguousarray(matrix.reshape(p, n_clients, q).transpose(1, 0, 2))
-
-
 #: Largest max |A^T A - I_r| accepted for an orthonormal basis.
 ORTHONORMAL_TOL = 1e-8
 
@@ -289,3 +277,132 @@ def check_mask(mask: object, name: str, n_clients: int | None = None) -> np.ndar
         expected = "(K,)" if n_clients is None else f"(K,) = ({n_clients},)"
         raise ValueError(f"{name} must have shape {expected}, got {arr.shape}.")
     return arr
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` as a bool if it is True or False (numpy's too), or raise."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, or raise naming them."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}; got {value!r}.")
+    return value
+
+
+def check_fraction(
+    value: object, name: str, *, zero_ok: bool = False, why: str = ""
+) -> float:
+    """Return ``value`` as a float in (0, 1) (``zero_ok``: [0, 1)), or raise.
+
+    ``why`` is appended to the error message (the reason for the range).
+    """
+    value = _real_scalar(value, name, "a real number in (0, 1)")
+    low_ok = value >= 0 if zero_ok else value > 0
+    if not (np.isfinite(value) and low_ok and value < 1):
+        interval = "[0, 1)" if zero_ok else "(0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {value}.{why}")
+    return value
+
+
+def check_alpha(alpha: object, name: str = "alpha") -> float:
+    """Return the level of a test as a float in (0, 1), or raise."""
+    return check_fraction(
+        alpha, name, why=" It is the level of the test, e.g. alpha=0.05."
+    )
+
+
+def check_dims(p: object, q: object, r: object) -> tuple[int, int, int]:
+    """(p, q, r) as ints with q >= 1 and 1 <= r < p (span(A) has a complement)."""
+    p, q, r = check_int(p, "p", 1), check_int(q, "q", 1), check_int(r, "r", 1)
+    if r >= p:
+        raise ValueError(
+            f"r must be < p (span(A) needs a nonzero complement), got r={r}, p={p}."
+        )
+    return p, q, r
+
+
+def check_rank(rank: object, largest: int, name: str = "rank") -> int:
+    """Return ``rank`` as an int in [1, largest], or raise saying why ``largest``."""
+    rank = check_int(rank, name, 1)
+    if rank > largest:
+        raise ValueError(f"{name} must be between 1 and {largest}, got {rank}.")
+    return rank
+
+
+def check_real_array(
+    value: object,
+    name: str,
+    *,
+    minimum: float = 0.0,
+    strict: bool = False,
+    whole: bool = False,
+) -> np.ndarray:
+    """``value`` as a float64 array (any shape): finite, >= (``strict``: >) minimum.
+
+    ``whole``: the values must also be whole numbers (counts of clients or
+    observations).
+    """
+    if isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be a number or an array of numbers, not a bool.")
+    arr = np.asarray(value)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        raise TypeError(
+            f"{name} must be real numbers, got {value!r} (dtype {arr.dtype})."
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    bad = arr <= minimum if strict else arr < minimum
+    if np.any(bad):
+        relation = ">" if strict else ">="
+        raise ValueError(
+            f"{name} must be {relation} {minimum:g}, got {value!r}; pass "
+            f"{name} {relation} {minimum:g}."
+        )
+    if whole and np.any(arr != np.floor(arr)):
+        raise ValueError(
+            f"{name} is a number of clients or observations and must be a whole "
+            f"number, got {value!r}."
+        )
+    return arr
+
+
+def check_noise_levels(
+    sigma: object, n_clients: int, name: str = "sigma"
+) -> np.ndarray:
+    """Per-client noise standard deviations sigma_k as a float64 array of shape (K,).
+
+    ``sigma`` is one number for every client or K numbers; each must be finite
+    and > 0.
+    """
+    if isinstance(sigma, bool | np.bool_):
+        raise TypeError(f"{name} must be a positive number or K numbers, not a bool.")
+    arr = np.asarray(sigma)
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        kind = "complex" if np.iscomplexobj(arr) else f"dtype {arr.dtype}"
+        raise TypeError(
+            f"{name} must be real numbers, got {kind}; pass one positive float or "
+            f"one per client."
+        )
+    if arr.shape not in ((), (n_clients,)):
+        raise ValueError(
+            f"{name} must be a number or have shape (K,) = ({n_clients},), one "
+            f"noise level per client; got shape {arr.shape}."
+        )
+    arr = np.broadcast_to(arr.astype(np.float64), (n_clients,))
+    bad = np.flatnonzero(~np.isfinite(arr) | (arr <= 0))
+    if bad.size:
+        raise ValueError(
+            f"{name} must be finite and > 0 for every client; client(s) "
+            f"{bad.tolist()} have {arr[bad].tolist()}."
+        )
+    return arr.copy()

@@ -39,14 +39,14 @@ import numpy as np
 import scipy.stats
 from numpy.typing import NDArray
 
-from clair_stats.core.results import ConvergenceWarning
+from clair_stats.core.exceptions import ConvergenceWarning
+from clair_stats.core.linalg import top_subspace
 from clair_stats.core.validation import (
     check_int,
     check_mask,
     check_orthonormal,
     check_positive,
     check_updates,
-    stack,
 )
 from clair_stats.pipeline.refine import refine
 
@@ -460,8 +460,7 @@ def svd_refine(updates: object, rank: int) -> FloatArray:
             f"rank must be in [1, min(p, Kq)] = [1, {min(p, n_clients * q)}] for "
             f"updates of shape (K, p, q) = {updates.shape}, got {rank}."
         )
-    U = np.linalg.svd(stack(updates), full_matrices=False)[0]
-    return refine(updates, U[:, :rank], np.ones(n_clients, dtype=bool))
+    return refine(updates, top_subspace(updates, rank), np.ones(n_clients, dtype=bool))
 
 
 def oracle_clair(updates: object, subspace: object, benign: object) -> FloatArray:

@@ -22,11 +22,7 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
 
-from clair_stats.core.validation import (
-    check_mask,
-    check_orthonormal,
-    check_updates,
-)
+from clair_stats.core.validation import check_mask, check_orthonormal, check_updates
 
 __all__ = [
     "DetectionScores",

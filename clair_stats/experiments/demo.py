@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clair_stats.core.validation import stack
+from clair_stats.core.linalg import top_subspace
 from clair_stats.evaluation import baselines
 from clair_stats.evaluation.metrics import (
     client_errors,
@@ -109,13 +109,12 @@ def run_demo(args: argparse.Namespace) -> list[MethodReport]:
         ]
     start = time.perf_counter()
     svd_est = baselines.svd_refine(updates, model.rank)
-    u = np.linalg.svd(stack(updates), full_matrices=False)[0]
     reports.append(
         MethodReport(
             "plain SVD + refine",
             svd_est,
             time.perf_counter() - start,
-            subspace_error=projection_distance(u[:, : model.rank], a),
+            subspace_error=projection_distance(top_subspace(updates, model.rank), a),
         )
     )
     start = time.perf_counter()

@@ -99,10 +99,12 @@ import numpy as np
 import scipy.stats
 from scipy.special import logsumexp
 
-from clair_stats.core.lowrank import LowRankUpdates
-from clair_stats.core.results import ConvergenceWarning, SolverInfo
+from clair_stats.core.exceptions import ConvergenceWarning
+from clair_stats.core.linalg import off_subspace_energy
+from clair_stats.core.results import SolverInfo
 from clair_stats.lora.peft import AdapterSet, read_adapters, write_adapter
 from clair_stats.pipeline.decompose import decompose
+from clair_stats.pipeline.multitest import reject
 from clair_stats.pipeline.subspace import estimate_subspace
 
 __all__ = [
@@ -456,7 +458,6 @@ def analyse_adapters(
     -------
     AdaptersResult
     """
-    from statsmodels.stats.multitest import multipletests
     from tqdm.auto import tqdm
 
     if not isinstance(adapters, AdapterSet):
@@ -502,7 +503,7 @@ def analyse_adapters(
             if not issubclass(w.category, ConvergenceWarning):
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         subspace, _ = estimate_subspace(decomposition, rank=r)
-        energies = _energies(work, subspace)
+        energies = off_subspace_energy(work, subspace)
         try:
             z, p = energy_p_values(energies, draws=draws)
         except ValueError as exc:
@@ -512,9 +513,8 @@ def analyse_adapters(
         infos.append(decomposition.info)
     bar.close()
     p_all = np.stack([item[-1] for item in partial])  # (M, K)
-    rejected, adjusted, _, _ = multipletests(p_all.ravel(), alpha=alpha, method="holm")
-    rejected = np.asarray(rejected, dtype=bool).reshape(p_all.shape)
-    adjusted = np.asarray(adjusted).reshape(p_all.shape)
+    rejected, adjusted = reject(p_all.ravel(), alpha, "holm")
+    rejected, adjusted = rejected.reshape(p_all.shape), adjusted.reshape(p_all.shape)
     modules = tuple(
         ModuleReport(
             name=name,
@@ -817,19 +817,6 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 # -- helpers ----------------------------------------------------------------------
-
-
-def _energies(updates: LowRankUpdates, subspace: np.ndarray) -> np.ndarray:
-    """E_k = ||P_A^perp s_k B_k A_k||_F^2 from the factors, never forming B_k A_k."""
-    out = np.empty(updates.n_clients)
-    for k in range(updates.n_clients):
-        b = updates.B[k]
-        g = updates.scaling[k] * (b - subspace @ (subspace.T @ b))
-        # ||G A||_F = ||R_G R_A^T||_F with the r x r triangular factors of G and A^T
-        rg = np.linalg.qr(g, mode="r")
-        ra = np.linalg.qr(updates.A[k].T, mode="r")
-        out[k] = float(np.sum((rg @ ra.T) ** 2))
-    return out
 
 
 def _float(x: float) -> float | None:

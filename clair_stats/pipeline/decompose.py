@@ -10,10 +10,11 @@ import warnings
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from clair_stats.core.exceptions import ConvergenceWarning
+from clair_stats.core.linalg import stack, unstack
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.problems import MODES, Problem
 from clair_stats.core.results import (
-    ConvergenceWarning,
     Decomposition,
     FactoredDecomposition,
     SolverInfo,
@@ -23,8 +24,6 @@ from clair_stats.core.validation import (
     check_positive,
     check_updates,
     check_weights,
-    stack,
-    unstack,
 )
 from clair_stats.solvers.admm import admm_p0
 from clair_stats.solvers.bcd import bcd_p1

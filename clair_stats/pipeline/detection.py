@@ -21,9 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.stats
 
-__all__ = ["ChiSquareTest", "chi_square_test", "energy_test"]
+from clair_stats.core.linalg import off_subspace_energy
+from clair_stats.core.validation import check_alpha, check_choice, check_noise_levels
+from clair_stats.pipeline.multitest import METHODS, reject
 
-CORRECTIONS = {"holm": "holm", "fdr_bh": "fdr_bh", "bonferroni": "bonferroni"}
+__all__ = ["ChiSquareTest", "chi_square_test", "energy_test"]
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,8 @@ class ChiSquareTest:
 
 def _check_level(alpha: object, correction: object) -> None:
     """Raise unless alpha is in (0, 1) and correction is a known method."""
-    if correction not in CORRECTIONS:
-        raise ValueError(
-            f"correction must be one of {tuple(CORRECTIONS)}, got {correction!r}."
-        )
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float | np.floating):
-        raise TypeError(f"alpha must be a number in (0, 1), got {alpha!r}.")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
+    check_choice(correction, "correction", METHODS)
+    check_alpha(alpha)
 
 
 def chi_square_test(
@@ -93,7 +89,7 @@ def chi_square_test(
     alpha : float
         Level of the corrected test, in (0, 1).
     correction : {"holm", "fdr_bh", "bonferroni"}
-        Multiple-testing correction (statsmodels ``multipletests``).
+        Multiple-testing correction (:mod:`clair_stats.pipeline.multitest`).
 
     Returns
     -------
@@ -106,14 +102,9 @@ def chi_square_test(
         raise ValueError(
             f"the test needs r < p (an off-subspace complement); got r = {r}, p = {p}."
         )
-    centred = updates if center is None else updates - center
-    # ||P_A^perp X||_F^2 = ||X||_F^2 - ||A^T X||_F^2
-    inside = np.einsum("pr,kpq->krq", subspace, centred)
-    energy = np.einsum("kpq,kpq->k", centred, centred) - np.einsum(
-        "krq,krq->k", inside, inside
-    )
+    energy = off_subspace_energy(updates, subspace, center)
     return energy_test(
-        np.maximum(energy, 0.0),
+        energy,
         (p - r) * q,
         sigma=sigma,
         alpha=alpha,
@@ -148,9 +139,6 @@ def energy_test(
     -------
     ChiSquareTest
     """
-    # imported here: statsmodels costs about a second at import
-    from statsmodels.stats.multitest import multipletests
-
     _check_level(alpha, correction)
     energy = np.asarray(energy, dtype=float)
     n_clients = energy.size
@@ -158,24 +146,7 @@ def energy_test(
         variance = np.full(n_clients, np.median(energy) / scipy.stats.chi2.median(df))
         estimated = True
     else:
-        sigma = np.asarray(sigma)
-        if sigma.dtype == object or not np.issubdtype(sigma.dtype, np.number):
-            raise TypeError(f"sigma must be real numbers, got dtype {sigma.dtype}.")
-        if np.iscomplexobj(sigma):
-            raise TypeError("sigma must be real, got complex values.")
-        if sigma.shape not in ((), (n_clients,)):
-            raise ValueError(
-                f"sigma must be a number or have shape (K,) = ({n_clients},), one "
-                f"noise level per client; got shape {sigma.shape}."
-            )
-        sigma = np.broadcast_to(sigma.astype(float), (n_clients,))
-        if not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
-            bad = np.flatnonzero(~np.isfinite(sigma) | (sigma <= 0))
-            raise ValueError(
-                f"sigma must be finite and > 0 for every client; client(s) "
-                f"{bad.tolist()} have {sigma[bad].tolist()}."
-            )
-        variance = sigma**2
+        variance = check_noise_levels(sigma, n_clients) ** 2
         estimated = False
     if np.any(variance <= 0):
         raise ValueError(
@@ -184,9 +155,7 @@ def energy_test(
         )
     statistics = energy / variance
     p_values = scipy.stats.chi2.sf(statistics, df)
-    rejected, adjusted, _, _ = multipletests(
-        p_values, alpha=alpha, method=CORRECTIONS[correction]
-    )
+    rejected, adjusted = reject(p_values, alpha, correction)
     return ChiSquareTest(
         statistics=statistics,
         p_values=p_values,

@@ -48,6 +48,7 @@ import scipy.linalg
 from scipy.linalg import lapack
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
+from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.results import (
     Decomposition,
@@ -287,7 +288,8 @@ def core_energies(
     """||P_A^perp (Theta^_k - c)||_F^2 from the core, for A^ = Q A_c, c = Q c_c W^T.
 
     Q and W_k are isometries and A^ lies in span(Q), so the energy of client k
-    is ||(I - A_c A_c^T)(C_k - c_c)||_F^2 (padding columns are zero).
+    is ||(I - A_c A_c^T)(C_k - c_c)||_F^2 (padding columns are zero): the dense
+    :func:`~clair_stats.core.linalg.off_subspace_energy` of the core.
 
     Parameters
     ----------
@@ -302,10 +304,7 @@ def core_energies(
     -------
     numpy.ndarray, shape (K,)
     """
-    centred = core if core_center is None else core - core_center
-    inside = np.einsum("ir,kij->krj", core_subspace, centred)
-    outside = centred - np.einsum("ir,krj->kij", core_subspace, inside)
-    return np.einsum("kij,kij->k", outside, outside)
+    return off_subspace_energy(core, core_subspace, core_center)
 
 
 def refine_factored(

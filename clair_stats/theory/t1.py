@@ -38,7 +38,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from clair_stats.core.validation import stack
+from clair_stats.core.linalg import stack
 
 __all__ = [
     "T1_CONSTANT",

@@ -90,6 +90,7 @@ import numpy as np
 import torch
 
 from clair_stats import ConvergenceWarning, clair, refine
+from clair_stats.core.linalg import top_subspace
 from clair_stats.evaluation.baselines import fedavg, svd_refine
 from clair_stats.evaluation.metrics import detection_scores
 from simulations.copying.tasks import CopyBatch, CopyTask
@@ -453,9 +454,7 @@ def clair_per_module(
 
 def _oracle(updates: np.ndarray, benign: np.ndarray, rank: int) -> np.ndarray:
     """Refinement with the true S and A = top-r left singular vectors on S."""
-    stacked = np.concatenate(list(updates[benign]), axis=1)  # p x |S| q
-    subspace = np.linalg.svd(stacked, full_matrices=False)[0][:, :rank]
-    return refine(updates, subspace, benign)
+    return refine(updates, top_subspace(updates, rank, clients=benign), benign)
 
 
 def federate(

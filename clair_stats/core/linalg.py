@@ -1,0 +1,209 @@
+"""Linear algebra shared by every step: stacking, the top-r subspace, the energies.
+
+One home for three ideas that the pipeline, the baselines, the LoRA code and the
+studies all need (docs/model.md §1):
+
+- :func:`stack` / :func:`unstack`: client updates (K, p, q) <-> the stacked matrix
+  M = [Theta_1, ..., Theta_K] (p x Kq), block k = columns kq .. (k+1)q - 1;
+- :func:`left_singular` and :func:`top_subspace`: the top-r left singular vectors
+  of a matrix or of a stack of updates (dense or factored), e.g. A^ of step 2, the
+  plain SVD baseline and the oracle subspace of the benign clients;
+- :func:`off_subspace_energy`: E_k = ||P_A^perp (Theta_k - c)||_F^2 for every
+  client, the statistic of step 3, from dense or factored updates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clair_stats.core.lowrank import LowRankUpdates
+
+__all__ = [
+    "PARTIAL_SVD_MIN",
+    "RANGE_TOL",
+    "left_singular",
+    "off_subspace_energy",
+    "stack",
+    "top_subspace",
+    "unstack",
+]
+
+
+def stack(updates: np.ndarray) -> np.ndarray:
+    """Stack client updates (K, p, q) into M = [Theta_1, ..., Theta_K] (p, Kq).
+
+    Block k of M is columns kq .. (k+1)q - 1.
+    """
+    n_clients, p, q = updates.shape
+    return np.ascontiguousarray(updates.transpose(1, 0, 2)).reshape(p, n_clients * q)
+
+
+def unstack(matrix: np.ndarray, n_clients: int) -> np.ndarray:
+    """Inverse of :func:`stack`: (p, Kq) -> (K, p, q)."""
+    p, n_cols = matrix.shape
+    if n_clients < 1 or n_cols % n_clients:
+        raise ValueError(
+            f"cannot split {n_cols} columns into {n_clients} blocks of equal width q."
+        )
+    q = n_cols // n_clients
+    return np.ascontiguousarray(matrix.reshape(p, n_clients, q).transpose(1, 0, 2))
+
+
+#: From this smaller dimension on, a low-rank matrix is decomposed on its range only.
+PARTIAL_SVD_MIN = 800
+#: The range basis is accepted when ||L - Q Q^T L||_F <= this * ||L||_F.
+RANGE_TOL = 1e-13
+
+
+def left_singular(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left singular vectors and all singular values of ``matrix``, decreasing.
+
+    For a large matrix of low numerical rank (min dimension at least
+    :data:`PARTIAL_SVD_MIN`), an orthonormal basis Q of its range is found from
+    L Omega (Gaussian Omega, the width doubling from 32) and accepted when the
+    exactly computed remainder ||L - Q Q^T L||_F is at most :data:`RANGE_TOL`
+    ||L||_F; then L = Q (Q^T L) and the SVD of the small Q^T L gives the
+    singular triplets. The singular values beyond the width of Q are returned
+    as zeros (they are at most the remainder). Otherwise, or when the width
+    would exceed a quarter of the dimension, a full thin SVD.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray, shape (m, n)
+
+    Returns
+    -------
+    u : numpy.ndarray, shape (m, k)
+        Left singular vectors, k = min(m, n) (or the width of Q).
+    singular_values : numpy.ndarray, shape (min(m, n),)
+    """
+    m, n = matrix.shape
+    small = min(m, n)
+    if small >= PARTIAL_SVD_MIN:
+        norm = float(np.linalg.norm(matrix))
+        rng = np.random.default_rng(small)
+        width = 32
+        while width <= small // 4:
+            basis = np.linalg.qr(matrix @ rng.standard_normal((n, width)))[0]
+            coeffs = basis.T @ matrix
+            remainder = matrix - basis @ coeffs
+            if float(np.linalg.norm(remainder)) <= RANGE_TOL * max(norm, 1e-300):
+                u_small, sv_small, _ = np.linalg.svd(coeffs, full_matrices=False)
+                sv = np.zeros(small)
+                sv[: sv_small.size] = sv_small
+                return basis @ u_small, sv
+            width *= 2
+    u, sv, _ = np.linalg.svd(matrix, full_matrices=False)
+    return u, sv
+
+
+def top_subspace(
+    updates: np.ndarray | LowRankUpdates,
+    rank: int,
+    clients: np.ndarray | None = None,
+) -> np.ndarray:
+    """The top-r left singular vectors of the stack of (some) client updates.
+
+    .. math:: \\hat A = \\text{top-}r \\text{ left singular vectors of }
+              [\\Theta_k]_{k \\in C} \\in R^{p \\times |C| q}.
+
+    Plain SVD + refinement uses all clients; the oracle subspace uses the benign
+    set S. When sigma_r = sigma_{r+1} the subspace is not unique and the one
+    LAPACK returns is used.
+
+    Parameters
+    ----------
+    updates : numpy.ndarray of shape (K, p, q), or LowRankUpdates
+        Theta_k. For factored updates Theta_k = s_k B_k A_k, with A_k^T = Q_k R_k
+        (thin QR), M M^T = G G^T for G = [s_k B_k R_k^T] (p x sum_k r_k), so the
+        SVD of G gives A^ without forming any p x q product.
+    rank : int
+        r, 0 <= r <= the number of singular vectors (min(p, |C| q)).
+    clients : numpy.ndarray of bool, shape (K,), optional
+        C, the clients stacked (default all).
+
+    Returns
+    -------
+    numpy.ndarray, shape (p, r)
+        Orthonormal columns.
+    """
+    n_clients = updates.shape[0]
+    if clients is None:
+        members = np.arange(n_clients)
+    else:
+        clients = np.asarray(clients, dtype=bool)
+        if clients.shape != (n_clients,):
+            raise ValueError(
+                f"clients must be a boolean mask of shape (K,) = ({n_clients},), "
+                f"got shape {clients.shape}."
+            )
+        members = np.flatnonzero(clients)
+        if members.size == 0:
+            raise ValueError("clients selects no client; the stack would be empty.")
+    if isinstance(updates, LowRankUpdates):
+        matrix = np.hstack(
+            [
+                updates.scaling[k]
+                * (updates.B[k] @ np.linalg.qr(updates.A[k].T, mode="r").T)
+                for k in members
+            ]
+        )
+    else:
+        matrix = stack(np.asarray(updates)[members])
+    u, _ = left_singular(matrix)
+    if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
+        raise TypeError(f"rank must be an int, got {rank!r}.")
+    if not 0 <= rank <= u.shape[1]:
+        raise ValueError(
+            f"rank must be in [0, {u.shape[1]}] (the number of singular vectors of "
+            f"a {matrix.shape[0]} x {matrix.shape[1]} stack), got {rank}."
+        )
+    return np.ascontiguousarray(u[:, :rank])
+
+
+def off_subspace_energy(
+    updates: np.ndarray | LowRankUpdates,
+    subspace: np.ndarray,
+    center: np.ndarray | None = None,
+) -> np.ndarray:
+    """E_k = ||P_A^perp (Theta_k - c)||_F^2 for every client.
+
+    The projection is applied explicitly, R_k = X_k - A (A^T X_k) with X_k =
+    Theta_k - c, rather than as ||X_k||_F^2 - ||A^T X_k||_F^2, so that an energy
+    far below ||X_k||_F^2 keeps its relative accuracy (no cancellation).
+
+    Parameters
+    ----------
+    updates : numpy.ndarray of shape (K, p, q), or LowRankUpdates
+        Theta_k. For factored updates Theta_k = s_k B_k A_k, E_k = ||G_k A_k||_F^2
+        with G_k = s_k P_A^perp B_k (p x r_k), computed as ||R_G R_A^T||_F^2 from
+        the r_k x r_k triangular factors of G_k and A_k^T: no p x q product.
+    subspace : numpy.ndarray, shape (p, r)
+        A, orthonormal columns (r = 0 allowed: E_k = ||Theta_k - c||_F^2).
+    center : numpy.ndarray, shape (p, q), optional
+        c, subtracted first (dense updates only).
+
+    Returns
+    -------
+    numpy.ndarray, shape (K,)
+        E_k >= 0.
+    """
+    if isinstance(updates, LowRankUpdates):
+        if center is not None:
+            raise ValueError(
+                "off_subspace_energy of LowRankUpdates takes no center; subtract it "
+                "on the core of the factored decomposition instead."
+            )
+        out = np.empty(updates.n_clients)
+        for k in range(updates.n_clients):
+            b = updates.B[k]
+            g = updates.scaling[k] * (b - subspace @ (subspace.T @ b))
+            # ||G A||_F = ||R_G R_A^T||_F with the triangular factors of G and A^T
+            rg = np.linalg.qr(g, mode="r")
+            ra = np.linalg.qr(updates.A[k].T, mode="r")
+            out[k] = float(np.sum((rg @ ra.T) ** 2))
+        return out
+    centred = updates if center is None else updates - center
+    inside = np.einsum("pr,kpq->krq", subspace, centred)
+    outside = centred - np.einsum("pr,krq->kpq", subspace, inside)
+    return np.einsum("kpq,kpq->k", outside, outside)
