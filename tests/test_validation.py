@@ -154,8 +154,8 @@ BAD_SCALARS = [  # (name, value, error, match)
     ("tol", True, TypeError, r"tol must be a positive real number"),
     ("max_iter", 0, ValueError, r"max_iter must be >= 1, got 0"),
     ("max_iter", -5, ValueError, r"max_iter must be >= 1, got -5"),
-    ("max_iter", 10.0, TypeError, r"max_iter must be an int, got 10\.0"),
-    ("max_iter", True, TypeError, r"max_iter must be an int, got True"),
+    ("max_iter", 10.0, TypeError, r"max_iter must be an integer, got 10\.0"),
+    ("max_iter", True, TypeError, r"max_iter must be an integer, got True"),
     ("max_iter", "5", TypeError, r"max_iter must be an int"),
 ]
 

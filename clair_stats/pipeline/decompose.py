@@ -6,6 +6,7 @@ import contextlib
 import functools
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -20,12 +21,16 @@ from clair_stats.core.results import (
     SolverInfo,
 )
 from clair_stats.core.validation import (
+    check_bool,
+    check_choice,
+    check_int,
     check_nonnegative,
     check_positive,
     check_updates,
     check_weights,
 )
 from clair_stats.solvers.admm import admm_p0
+from clair_stats.solvers.base import SolverOutput
 from clair_stats.solvers.bcd import bcd_p1
 from clair_stats.solvers.cvx import CVXPY_SOLVERS, cvxpy_solve
 from clair_stats.solvers.factored import as_factored, reduce_updates
@@ -36,10 +41,10 @@ __all__ = ["DEFAULT_C_LAM", "decompose", "default_lam"]
 #: ``simulations/lambda_calibration.py`` maps, over 288 regimes (p 30/80, q 1-10,
 #: K 20-100, r 2/5, gamma 0.1-0.4, random and orthogonal contamination, 8 noiseless
 #: replicates each), the values of c at which P0 recovers exactly on every replicate.
-#: c = 4 lies in 206 of the 288 windows, c = 4.5 in 224; but the good c rises with K
-#: (at K = 20, 71 of 96 windows contain 4 and 59 contain 4.5), and at q = 1, K = 20,
-#: c = 4.5 passes sqrt(qK) = 4.47, above which no block can be flagged at all. No
-#: single c works everywhere (30 regimes, 26 of them with q = 1, have no window).
+#: In its last full run c = 4 lies in 203 of the 288 windows and c = 4.5 and c = 5
+#: in 217; but the good c rises with K, and at q = 1, K = 20, c = 4.5 passes
+#: sqrt(qK) = 4.47, above which no block can be flagged at all. No single c works
+#: everywhere (29 regimes, 26 of them with q = 1, have no window).
 DEFAULT_C_LAM = 4.0
 
 _SOLVERS = ("proximal", "cvxpy")
@@ -160,15 +165,9 @@ def decompose(
     True
     """
     if isinstance(updates, LowRankUpdates):
-        if init is not None:
-            raise ValueError(
-                "init (warm start) is not supported for LowRankUpdates; omit it."
-            )
-        if not isinstance(center, bool | np.bool_):
-            raise TypeError(f"center must be True or False, got {center!r}.")
-        reduction = reduce_updates(updates, shared_rows=bool(center))
-        core = decompose(
-            reduction.core,
+        return _decompose_factored(
+            updates,
+            init,
             lam=lam,
             mode=mode,
             mu=mu,
@@ -181,105 +180,264 @@ def decompose(
             verbose=verbose,
             cvxpy_solver=cvxpy_solver,
         )
-        return as_factored(reduction, core)
-    data3 = check_updates(updates)
-    n_clients = data3.shape[0]
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-    if solver not in _SOLVERS:
-        raise ValueError(f"solver must be one of {_SOLVERS}, got {solver!r}.")
-    if not isinstance(cvxpy_solver, str) or cvxpy_solver.upper() not in CVXPY_SOLVERS:
-        raise ValueError(
-            f"cvxpy_solver must be one of {CVXPY_SOLVERS}, got {cvxpy_solver!r}."
-        )
-    if not isinstance(center, bool | np.bool_):
-        raise TypeError(f"center must be True or False, got {center!r}.")
-    lam = default_lam(n_clients) if lam is None else check_positive(lam, "lam")
-    w = check_weights(weights, n_clients)
-    if mode == "penalized":
-        if mu is None:
-            raise ValueError(
-                "mode='penalized' (P1) needs mu > 0: of the order of the noise "
-                "operator norm, tau (sqrt(p) + sqrt(Kq)) for iid N(0, tau^2) noise."
-            )
-        mu = check_positive(mu, "mu")
-    elif mu is not None:
-        raise ValueError(f"mu is a parameter of mode='penalized', not {mode!r}.")
-    if mode == "constrained":
-        if eps is None:
-            raise ValueError(
-                "mode='constrained' (P1c) needs eps >= 0, a bound on the "
-                "Frobenius norm of the noise ||M - (L0 + S0)||_F."
-            )
-        eps = check_nonnegative(eps, "eps")
-        if solver != "cvxpy":
-            raise ValueError(
-                "mode='constrained' (P1c) is solved by cvxpy only: use "
-                "solver='cvxpy', or mode='penalized' for the fast solver."
-            )
-    elif eps is not None:
-        raise ValueError(f"eps is a parameter of mode='constrained', not {mode!r}.")
-    tol = (1e-7 if solver == "proximal" else 1e-8) if tol is None else tol
-    tol = check_positive(tol, "tol")
-    max_iter = _DEFAULT_MAX_ITER[solver] if max_iter is None else max_iter
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer):
-        raise TypeError(f"max_iter must be an int, got {max_iter!r}.")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}.")
-
-    # Solve on M / s with s a power of two near max |M_ij|: exact in floating
-    # point, and it keeps squares and Gram matrices clear of under- and overflow.
-    # P0 is positively homogeneous; mu and eps scale with M, so the solution of
-    # every program scales back by s.
-    data = stack(data3)
-    peak = float(np.max(np.abs(data))) if data.size else 0.0
-    scale = 2.0 ** np.round(np.log2(peak)) if peak > 0 else 1.0
-    data = data / scale
-    problem = Problem(
-        mode=mode,
-        lam=lam,
-        weights=w,
-        center=center,
-        mu=None if mu is None else mu / scale,
-        eps=None if eps is None else eps / scale,
+    data = check_updates(updates)
+    settings = _Settings.checked(
+        data.shape[0],
+        lam,
+        mode,
+        mu,
+        eps,
+        center,
+        weights,
+        solver,
+        tol,
+        max_iter,
+        cvxpy_solver,
     )
-    # the dual of P0 and P1c lives in a unit ball; that of P1 is a residual
-    dual_scale = scale if mode == "penalized" else 1.0
-    warm = None
+    scaled = _Scaled.of(data)
+    warm = _warm_start(init, data.shape, scaled.scale, settings)
+    out, seconds = _run_solver(settings, scaled, warm, verbose)
+    info = _solver_info(out, settings, scaled.scale, seconds)
+    return Decomposition(
+        low_rank=unstack(out.low_rank * scaled.scale, settings.n_clients),
+        sparse=unstack(out.sparse * scaled.scale, settings.n_clients),
+        center=None if out.center is None else out.center * scaled.scale,
+        dual=None
+        if out.dual is None
+        else unstack(out.dual * settings.dual_scale(scaled.scale), settings.n_clients),
+        problem=settings.problem(),
+        info=info,
+        data_norm=float(np.linalg.norm(scaled.matrix)) * scaled.scale,
+        penalty=out.penalty,
+    )
+
+
+def _decompose_factored(
+    updates: LowRankUpdates, init: Decomposition | None, **options
+) -> FactoredDecomposition:
+    """P0/P1/P1c of factored updates: solved on the core, wrapped with its bases."""
     if init is not None:
-        if not isinstance(init, Decomposition):
-            raise TypeError(
-                "init must be the Decomposition returned by an earlier decompose() "
-                f"call, got {type(init).__name__}."
-            )
-        if solver != "proximal":
-            raise ValueError("init (warm start) is used by solver='proximal' only.")
-        if init.low_rank.shape != data3.shape:
+        raise ValueError(
+            "init (warm start) is not supported for LowRankUpdates; omit it."
+        )
+    center = check_bool(options["center"], "center")
+    reduction = reduce_updates(updates, shared_rows=center)
+    return as_factored(reduction, decompose(reduction.core, **options))
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The checked options of one decomposition."""
+
+    n_clients: int
+    mode: str
+    lam: float
+    weights: np.ndarray
+    center: bool
+    mu: float | None
+    eps: float | None
+    solver: str
+    tol: float
+    max_iter: int
+    cvxpy_solver: str
+
+    @classmethod
+    def checked(
+        cls,
+        n_clients,
+        lam,
+        mode,
+        mu,
+        eps,
+        center,
+        weights,
+        solver,
+        tol,
+        max_iter,
+        cvxpy_solver,
+    ) -> _Settings:
+        """Validate every option; fill the defaults (lam, tol, max_iter)."""
+        check_choice(mode, "mode", MODES)
+        check_choice(solver, "solver", _SOLVERS)
+        if (
+            not isinstance(cvxpy_solver, str)
+            or cvxpy_solver.upper() not in CVXPY_SOLVERS
+        ):
             raise ValueError(
-                f"init has blocks of shape {init.low_rank.shape}, the data "
-                f"{data3.shape}; warm starts need the same (K, p, q)."
+                f"cvxpy_solver must be one of {CVXPY_SOLVERS}, got {cvxpy_solver!r}."
             )
-        warm = (
-            stack(init.low_rank) / scale,
-            stack(init.sparse) / scale,
-            None if init.center is None else init.center / scale,
-            None if init.dual is None else stack(init.dual) / dual_scale,
-            init.penalty if init.problem.mode == mode else None,
+        center = check_bool(center, "center")
+        lam = default_lam(n_clients) if lam is None else check_positive(lam, "lam")
+        mu = _check_mu(mode, mu)
+        eps = _check_eps(mode, eps, solver)
+        tol = (1e-7 if solver == "proximal" else 1e-8) if tol is None else tol
+        max_iter = _DEFAULT_MAX_ITER[solver] if max_iter is None else max_iter
+        return cls(
+            n_clients=n_clients,
+            mode=mode,
+            lam=lam,
+            weights=check_weights(weights, n_clients),
+            center=center,
+            mu=mu,
+            eps=eps,
+            solver=solver,
+            tol=check_positive(tol, "tol"),
+            max_iter=check_int(max_iter, "max_iter", 1),
+            cvxpy_solver=cvxpy_solver,
         )
 
-    start = time.perf_counter()
-    with _blas_threads(data.size if solver == "proximal" else None):
-        out = _solve(problem, data, solver, tol, max_iter, warm, verbose, cvxpy_solver)
-    seconds = time.perf_counter() - start
-    name = {"cvxpy": f"cvxpy/{cvxpy_solver.upper()}"}.get(
-        solver, "admm" if mode == "exact" else "bcd"
+    def problem(self, scale: float = 1.0) -> Problem:
+        """The program for M / scale (mu and eps scale with M)."""
+        return Problem(
+            mode=self.mode,
+            lam=self.lam,
+            weights=self.weights,
+            center=self.center,
+            mu=None if self.mu is None else self.mu / scale,
+            eps=None if self.eps is None else self.eps / scale,
+        )
+
+    def dual_scale(self, scale: float) -> float:
+        """The dual of P0 and P1c lives in a unit ball; that of P1 is a residual."""
+        return scale if self.mode == "penalized" else 1.0
+
+    def value_scale(self, scale: float) -> float:
+        """Objective and gap are of degree 1 in M for P0 and P1c, 2 for P1."""
+        return scale**2 if self.mode == "penalized" else scale
+
+    @property
+    def solver_name(self) -> str:
+        if self.solver == "cvxpy":
+            return f"cvxpy/{self.cvxpy_solver.upper()}"
+        return "admm" if self.mode == "exact" else "bcd"
+
+
+def _check_mu(mode: str, mu: object) -> float | None:
+    if mode != "penalized":
+        if mu is not None:
+            raise ValueError(f"mu is a parameter of mode='penalized', not {mode!r}.")
+        return None
+    if mu is None:
+        raise ValueError(
+            "mode='penalized' (P1) needs mu > 0: of the order of the noise "
+            "operator norm, tau (sqrt(p) + sqrt(Kq)) for iid N(0, tau^2) noise."
+        )
+    return check_positive(mu, "mu")
+
+
+def _check_eps(mode: str, eps: object, solver: str) -> float | None:
+    if mode != "constrained":
+        if eps is not None:
+            raise ValueError(f"eps is a parameter of mode='constrained', not {mode!r}.")
+        return None
+    if eps is None:
+        raise ValueError(
+            "mode='constrained' (P1c) needs eps >= 0, a bound on the "
+            "Frobenius norm of the noise ||M - (L0 + S0)||_F."
+        )
+    if solver != "cvxpy":
+        raise ValueError(
+            "mode='constrained' (P1c) is solved by cvxpy only: use "
+            "solver='cvxpy', or mode='penalized' for the fast solver."
+        )
+    return check_nonnegative(eps, "eps")
+
+
+@dataclass(frozen=True)
+class _Scaled:
+    """M / s with s a power of two near max |M_ij|, and s.
+
+    Dividing by a power of two is exact in floating point, and it keeps squares
+    and Gram matrices clear of under- and overflow. P0 is positively
+    homogeneous; mu and eps scale with M, so the solution of every program
+    scales back by s.
+    """
+
+    matrix: np.ndarray
+    scale: float
+
+    @classmethod
+    def of(cls, data: np.ndarray) -> _Scaled:
+        matrix = stack(data)
+        peak = float(np.max(np.abs(matrix))) if matrix.size else 0.0
+        scale = 2.0 ** np.round(np.log2(peak)) if peak > 0 else 1.0
+        return cls(matrix=matrix / scale, scale=float(scale))
+
+
+def _warm_start(
+    init: object, shape: tuple[int, int, int], scale: float, settings: _Settings
+) -> tuple | None:
+    """The iterate of an earlier Decomposition, scaled like the data, or None."""
+    if init is None:
+        return None
+    if not isinstance(init, Decomposition):
+        raise TypeError(
+            "init must be the Decomposition returned by an earlier decompose() "
+            f"call, got {type(init).__name__}."
+        )
+    if settings.solver != "proximal":
+        raise ValueError("init (warm start) is used by solver='proximal' only.")
+    if init.low_rank.shape != shape:
+        raise ValueError(
+            f"init has blocks of shape {init.low_rank.shape}, the data "
+            f"{shape}; warm starts need the same (K, p, q)."
+        )
+    dual_scale = settings.dual_scale(scale)
+    return (
+        stack(init.low_rank) / scale,
+        stack(init.sparse) / scale,
+        None if init.center is None else init.center / scale,
+        None if init.dual is None else stack(init.dual) / dual_scale,
+        init.penalty if init.problem.mode == settings.mode else None,
     )
 
-    # objective and gap: degree 1 in M for P0 and P1c, degree 2 for P1
-    value_scale = scale**2 if mode == "penalized" else scale
+
+def _run_solver(
+    settings: _Settings, scaled: _Scaled, warm: tuple | None, verbose: bool
+) -> tuple[SolverOutput, float]:
+    """Solve the scaled program with the chosen solver; its output and seconds."""
+    problem = settings.problem(scaled.scale)
+    data = scaled.matrix
+    start = time.perf_counter()
+    with _blas_threads(data.size if settings.solver == "proximal" else None):
+        if settings.solver == "cvxpy":
+            out = cvxpy_solve(
+                problem,
+                data,
+                tol=settings.tol,
+                max_iter=settings.max_iter,
+                verbose=verbose,
+                cvxpy_solver=settings.cvxpy_solver,
+            )
+        elif settings.mode == "exact":
+            out = admm_p0(
+                problem,
+                data,
+                tol=settings.tol,
+                max_iter=settings.max_iter,
+                init=warm,
+                verbose=verbose,
+            )
+        else:
+            out = bcd_p1(
+                problem,
+                data,
+                tol=settings.tol,
+                max_iter=settings.max_iter,
+                init=warm,
+                verbose=verbose,
+            )
+    return out, time.perf_counter() - start
+
+
+def _solver_info(
+    out: SolverOutput, settings: _Settings, scale: float, seconds: float
+) -> SolverInfo:
+    """The solver statistics in the units of the data; warns if not converged."""
+    value_scale = settings.value_scale(scale)
     info = SolverInfo(
-        solver=name,
-        problem=problem.name,
+        solver=settings.solver_name,
+        problem=settings.problem().name,
         converged=bool(out.converged),
         iterations=int(out.iterations),
         objective=float(out.objective) * value_scale,
@@ -292,22 +450,13 @@ def decompose(
     )
     if not info.converged:
         warnings.warn(
-            f"{name} did not converge on {problem.name}: {out.message} "
-            f"(relative gap {info.relative_gap:.2e}, tol {tol:.1e}). Increase "
-            "max_iter, loosen tol, or check the data scale.",
+            f"{info.solver} did not converge on {info.problem}: {out.message} "
+            f"(relative gap {info.relative_gap:.2e}, tol {settings.tol:.1e}). "
+            "Increase max_iter, loosen tol, or check the data scale.",
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return Decomposition(
-        low_rank=unstack(out.low_rank * scale, n_clients),
-        sparse=unstack(out.sparse * scale, n_clients),
-        center=None if out.center is None else out.center * scale,
-        dual=None if out.dual is None else unstack(out.dual * dual_scale, n_clients),
-        problem=Problem(mode=mode, lam=lam, weights=w, center=center, mu=mu, eps=eps),
-        info=info,
-        data_norm=float(np.linalg.norm(data)) * scale,
-        penalty=out.penalty,
-    )
+    return info
 
 
 #: Below this many entries of M the fast solvers run BLAS on one thread. Their
@@ -331,20 +480,3 @@ def _blas_threads(size: int | None):
     if size is None or size > SINGLE_THREAD_MAX_SIZE:
         return contextlib.nullcontext()
     return _threadpools().limit(limits=1, user_api="blas")
-
-
-def _solve(problem, data, solver, tol, max_iter, warm, verbose, cvxpy_solver):
-    if solver == "cvxpy":
-        return cvxpy_solve(
-            problem,
-            data,
-            tol=tol,
-            max_iter=max_iter,
-            verbose=verbose,
-            cvxpy_solver=cvxpy_solver,
-        )
-    if problem.mode == "exact":
-        return admm_p0(
-            problem, data, tol=tol, max_iter=max_iter, init=warm, verbose=verbose
-        )
-    return bcd_p1(problem, data, tol=tol, max_iter=max_iter, init=warm, verbose=verbose)

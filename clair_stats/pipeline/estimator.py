@@ -12,14 +12,20 @@ from clair_stats.core.results import (
     FactoredDecomposition,
     RefinedFactors,
 )
-from clair_stats.core.validation import check_positive, check_updates
-from clair_stats.pipeline.decompose import decompose
-from clair_stats.pipeline.detection import ChiSquareTest, chi_square_test, energy_test
-from clair_stats.pipeline.refine import refine
+from clair_stats.core.validation import (
+    check_choice,
+    check_noise_levels,
+    check_positive,
+)
+from clair_stats.pipeline.detection import ChiSquareTest, energy_test
+from clair_stats.pipeline.paths import Updates, as_updates
 from clair_stats.pipeline.subspace import estimate_subspace
-from clair_stats.solvers.factored import core_energies, refine_factored
 
 __all__ = ["ClairResult", "clair"]
+
+SIDES: tuple[str, ...] = ("left", "right")
+DETECT_RULES: tuple[str, ...] = ("support", "test")
+PROGRAM_MODES: tuple[str, ...] = ("auto", "exact", "penalized")
 
 
 @dataclass(frozen=True)
@@ -192,105 +198,100 @@ def clair(
     alignment. arXiv:2605.21217.
     Xu, Caramanis, Sanghavi (2012). Robust PCA via outlier pursuit. IEEE TIT.
     """
-    factored = isinstance(updates, LowRankUpdates)
-    data = updates if factored else check_updates(updates)
-    if refined_rank is not None and not factored:
-        raise ValueError(
-            "refined_rank applies to LowRankUpdates (factored updates) only; the "
-            "refined dense updates are not truncated."
-        )
-    if side not in ("left", "right"):
-        raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
-    if detect not in ("support", "test"):
-        raise ValueError(f"detect must be 'support' or 'test', got {detect!r}.")
-    if mode not in ("auto", "exact", "penalized"):
-        raise ValueError(f"mode must be 'auto', 'exact' or 'penalized', got {mode!r}.")
+    data = as_updates(updates)
+    _check_options(data, detect, mode, side, refined_rank)
     support_tol = check_positive(support_tol, "support_tol")
-    if side == "right":
-        work = data.transpose() if factored else data.transpose(0, 2, 1)
-    else:
-        work = data
-    n_clients, p, q = work.shape
-    if mode == "auto":
-        mode = "penalized" if (sigma is not None or mu is not None) else "exact"
-    if mode == "penalized" and mu is None:
-        if sigma is None:
-            raise ValueError(
-                "mode='penalized' needs mu or sigma (mu = sigma (sqrt(p) + "
-                "sqrt(Kq)) is used when sigma is given)."
-            )
-        tau = np.asarray(sigma, dtype=float)
-        if tau.shape not in ((), (n_clients,)) or not np.all(
-            np.isfinite(tau) & (tau > 0)
-        ):
-            raise ValueError(
-                f"sigma must be a positive number or {n_clients} positive numbers "
-                f"(one per client), got {sigma!r}."
-            )
-        mu = float(np.max(tau)) * (np.sqrt(p) + np.sqrt(n_clients * q))
-    decomposition = decompose(
-        work,
+    work = data.oriented(side)
+    mode, mu = _program(mode, sigma, mu, work.shape)
+    decomposition = work.decompose(
         lam=lam,
         mode=mode,
-        mu=mu if mode == "penalized" else None,
+        mu=mu,
         center=center,
         weights=weights,
         solver=solver,
         **solver_options,
     )
     subspace, _ = estimate_subspace(decomposition, rank=rank)
-    r = subspace.shape[1]
-    test = None
-    if detect == "support":
-        collaborative = ~decomposition.support(tol=support_tol)
-    elif factored:
-        if r >= p:
-            raise ValueError(
-                f"the test needs r < p (an off-subspace complement); got r = {r}, "
-                f"p = {p}."
-            )
-        # A^ = Q A_c: the energies from the core, the df of the p x q blocks
-        energy = core_energies(
-            decomposition.core_data,
-            decomposition.basis.T @ subspace,
-            decomposition.core.center,
-        )
-        test = energy_test(
-            energy, (p - r) * q, sigma=sigma, alpha=alpha, correction=correction
-        )
-        collaborative = ~test.rejected
-    else:
-        test = chi_square_test(
-            work,
-            subspace,
-            center=decomposition.center,
-            sigma=sigma,
-            alpha=alpha,
-            correction=correction,
-        )
-        collaborative = ~test.rejected
-    if factored:
-        refined = refine_factored(
-            work,
-            subspace,
-            collaborative,
-            rank=refined_rank,
-            basis=decomposition.basis,
-        )
-        if side == "right":
-            refined = refined.transpose()
-    else:
-        refined = refine(work, subspace, collaborative)
-        if side == "right":
-            refined = refined.transpose(0, 2, 1)
-        refined = np.ascontiguousarray(refined)
+    collaborative, test = _collaborative_set(
+        work, decomposition, subspace, detect, support_tol, sigma, alpha, correction
+    )
+    refined = work.refine(decomposition, subspace, collaborative, refined_rank)
     return ClairResult(
         subspace=subspace,
-        rank=r,
+        rank=subspace.shape[1],
         collaborative=collaborative,
-        refined=refined,
+        refined=work.restore(refined, side),
         decomposition=decomposition,
         test=test,
         detect=detect,
         side=side,
     )
+
+
+def _check_options(
+    data: Updates, detect: str, mode: str, side: str, refined_rank: int | None
+) -> None:
+    """Raise on an unknown option or one that does not apply to ``data``."""
+    check_choice(side, "side", SIDES)
+    check_choice(detect, "detect", DETECT_RULES)
+    check_choice(mode, "mode", PROGRAM_MODES)
+    if refined_rank is not None and not data.factored:
+        raise ValueError(
+            "refined_rank applies to LowRankUpdates (factored updates) only; the "
+            "refined dense updates are not truncated."
+        )
+
+
+def _program(
+    mode: str,
+    sigma: float | np.ndarray | None,
+    mu: float | None,
+    shape: tuple[int, int, int],
+) -> tuple[str, float | None]:
+    """The program of step 1 and its mu (SPEC §3): the rule of ``mode="auto"``.
+
+    ``"auto"`` is P1 when ``sigma`` or ``mu`` is given, else P0. P1 without mu
+    takes mu = max_k sigma_k (sqrt(p) + sqrt(Kq)), the operator norm of iid
+    N(0, sigma^2) noise on the p x Kq matrix M.
+    """
+    n_clients, p, q = shape
+    if mode == "auto":
+        mode = "penalized" if (sigma is not None or mu is not None) else "exact"
+    if mode != "penalized":
+        return mode, None
+    if mu is None:
+        if sigma is None:
+            raise ValueError(
+                "mode='penalized' needs mu or sigma (mu = sigma (sqrt(p) + "
+                "sqrt(Kq)) is used when sigma is given)."
+            )
+        tau = check_noise_levels(sigma, n_clients)
+        mu = float(np.max(tau)) * (np.sqrt(p) + np.sqrt(n_clients * q))
+    return mode, mu
+
+
+def _collaborative_set(
+    work: Updates,
+    decomposition: Decomposition | FactoredDecomposition,
+    subspace: np.ndarray,
+    detect: str,
+    support_tol: float,
+    sigma: float | np.ndarray | None,
+    alpha: float,
+    correction: str,
+) -> tuple[np.ndarray, ChiSquareTest | None]:
+    """Step 3: S^ from the support of S^, or by the test on the energies E_k."""
+    if detect == "support":
+        return ~decomposition.support(tol=support_tol), None
+    _, p, q = work.shape
+    r = subspace.shape[1]
+    if r >= p:
+        raise ValueError(
+            f"the test needs r < p (an off-subspace complement); got r = {r}, p = {p}."
+        )
+    energy = work.energies(decomposition, subspace)
+    test = energy_test(
+        energy, (p - r) * q, sigma=sigma, alpha=alpha, correction=correction
+    )
+    return ~test.rejected, test
