@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clair_stats.core.optional import require
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -370,8 +372,7 @@ class ResultStore:
             ``seed``, ``seconds`` (of the whole replicate), ``item`` (the row's
             index within its replicate) and the result's columns.
         """
-        import pandas as pd
-
+        pd = require("pandas", "studies", "the results frame of a study")
         wanted = None
         if study is not None:
             wanted = {(key, rep) for key, rep, _ in study.tasks()}
@@ -422,8 +423,8 @@ def _sequential(run, todo, blas_threads):
 
 
 def _joblib(run, todo, n_jobs, blas_threads):
-    from joblib import Parallel, delayed
-
+    joblib = require("joblib", "studies", "running a study with --jobs")
+    Parallel, delayed = joblib.Parallel, joblib.delayed
     # One replicate per batch, at most 2 n_jobs dispatched ahead: what a kill can
     # lose is bounded by 2 n_jobs replicates (joblib's automatic batching would
     # group fast replicates, and a batch comes back only when all of it is done).
@@ -439,7 +440,9 @@ def _joblib(run, todo, n_jobs, blas_threads):
 
 
 def _dask(run, todo, address, n_jobs, blas_threads):
-    from dask.distributed import Client, LocalCluster, as_completed
+    distributed = require("dask.distributed", "dask", "running a study with --dask")
+    Client, LocalCluster = distributed.Client, distributed.LocalCluster
+    as_completed = distributed.as_completed
 
     cluster = None
     if address == "local":
@@ -531,8 +534,7 @@ def run_study(
     else:
         results = _sequential(study.run, todo, blas_threads)
 
-    from tqdm import tqdm
-
+    tqdm = require("tqdm", "studies", "the study runner's progress bar").tqdm
     bar = tqdm(
         total=len(tasks),
         initial=len(tasks) - len(todo),

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.stats
 
 from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.validation import check_alpha, check_choice, check_noise_levels
@@ -139,6 +138,9 @@ def energy_test(
     -------
     ChiSquareTest
     """
+    # imported here: scipy.stats is most of the import time of clair_stats
+    import scipy.stats
+
     _check_level(alpha, correction)
     energy = np.asarray(energy, dtype=float)
     n_clients = energy.size

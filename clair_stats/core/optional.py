@@ -1,0 +1,81 @@
+"""Optional dependencies: imported when used, with an error that says what to install.
+
+``pip install clair_stats`` brings the core (numpy, scipy, cvxpy, statsmodels,
+matplotlib). The rest comes with extras, and ``import clair_stats`` loads none of
+them:
+
+- ``lora``: safetensors (PEFT adapter files) and tqdm (progress bars of
+  ``clair adapters``);
+- ``studies``: pandas, joblib and tqdm (the study runner of
+  :mod:`clair_stats.experiments`); ``dask``: dask.distributed for ``--dask``;
+- ``notebooks``: jupytext, nbclient, nbconvert, ipykernel (``make report``);
+- ``torch``, ``peft``: the Transformer experiment and the PEFT round-trip tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterable, Iterator
+from types import ModuleType
+from typing import Any, TypeVar
+
+__all__ = ["progress", "require"]
+
+T = TypeVar("T")
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import ``module``, or raise ImportError naming the extra that provides it.
+
+    Parameters
+    ----------
+    module : str
+        The module to import, e.g. ``"safetensors.numpy"``.
+    extra : str
+        The clair_stats extra that installs it, e.g. ``"lora"``.
+    purpose : str
+        What it is needed for, completing "... is needed for <purpose>".
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        raise ImportError(
+            f"{top} is needed for {purpose} but is not installed; install it with "
+            f"pip install 'clair_stats[{extra}]'."
+        ) from exc
+
+
+def progress(
+    iterable: Iterable[T],
+    *,
+    desc: str,
+    total: int | None = None,
+    disable: bool = False,
+    **options: Any,
+) -> Iterator[T]:
+    """Iterate with a progress bar: tqdm when installed, else one line per step.
+
+    Without tqdm (it comes with the ``lora`` and ``studies`` extras) the fallback
+    writes ``desc: i/total`` to stderr after each item, so that long work still
+    shows where it is.
+    """
+    if disable:
+        yield from iterable
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        of = f"/{total}" if total is not None else ""
+        for i, item in enumerate(iterable, start=1):
+            yield item
+            print(f"{desc}: {i}{of}", file=sys.stderr, flush=True)
+        return
+    bar = tqdm(iterable, desc=desc, total=total, **options)
+    try:
+        yield from bar
+    finally:
+        bar.close()
