@@ -44,8 +44,8 @@ machine two OpenBLAS threads were 10 to 20 times slower than one whenever other
 jobs ran (measured at 1-min load 3: generic K = 100 took 545 s with two threads,
 31 s with one; the reduction alone 42 s against 1.5 s).
 
-Target (issue #7): K = 100 at p = q = 4096, r = 16 in under 10 s and 2 GB on 2
-cores.
+Target (set when the factored path was written): K = 100 at p = q = 4096, r = 16
+in under 10 s and 2 GB on 2 cores.
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def dense_rows(factored: dict, dense: dict) -> list[str]:
 
 
 def targets(results: dict) -> list[str]:
-    """The issue's target per scenario, MET / NOT MET with the figures."""
+    """The target per scenario, MET / NOT MET with the figures."""
     out = []
     for scenario in SCENARIOS:
         r = results.get((scenario, 100))

@@ -11,7 +11,7 @@
 # %% [markdown]
 # # Robustness: benign-client error under each contamination type
 #
-# Study `simulations/robustness.py` (issue #5). A fraction gamma of K = 40 clients
+# Study `simulations/robustness.py`. A fraction gamma of K = 40 clients
 # is contaminated by one of the contamination types of SPEC §2; every method of
 # SPEC §6 and three variants of CLAIR estimate each client's Theta_k from OLS
 # fits, and we measure the error a *benign* client ends up with,

@@ -1,4 +1,4 @@
-"""The main job (``clair demo``) and the standard scenario of issue #3."""
+"""The main job (``clair demo``) on its standard scenario (K = 40, 20% contaminated)."""
 
 from __future__ import annotations
 

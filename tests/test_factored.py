@@ -10,7 +10,7 @@ rounding. Tolerances:
 
 - Objective: the certified bound |P_1 - P_2| <= gap_1 + gap_2 (each certified
   point is within its gap of the optimum, as in tests/test_solvers.py), and
-  relative 1e-8, the issue's target (measured: ~1e-15).
+  relative 1e-8, the agreement required of the factored path (measured: ~1e-15).
 - Column space, L^ and S^, statistics: relative 1e-8. Rounding of order eps
   ||M||_F per iteration, carried over at most a few thousand iterations of a
   non-expansive map, stays below 1e4 eps ~ 2e-12; 1e-8 leaves four orders of

@@ -4,7 +4,7 @@ Tolerances and why they are what they are:
 
 - Objective. Any certified pair brackets the optimum p*: P_i - gap_i <= p* <= P_i,
   so two certified solutions satisfy |P_1 - P_2| <= max(gap_1, gap_2). This bound is
-  asserted as is (it needs no tuning) together with the issue's target, relative
+  asserted as is (it needs no tuning) together with the required relative
   agreement 1e-6, which both solvers reach at tol 1e-10 (proximal) and 1e-8
   (Clarabel).
 - Solutions. P1 is 1/2-strongly convex in the fitted value F = L + S + c 1^T, so
@@ -200,8 +200,8 @@ class TestP0SCS(CheckAgainstCvxpy):
 
 # Regimes of SPEC §3 (random model; p 30-80, q 1-10, K 20-100, r 2-5, gamma
 # 0.1-0.4) where the default lam = 4 / sqrt(K) recovers exactly. At q = 1 the
-# default is outside the working window for K = 20 and for gamma = 0.4 (see the
-# closing note of issue #2); the q = 1 regime below uses lam sqrt(K) = 5.
+# default is outside the working window for K = 20 and for gamma = 0.4 (measured by
+# simulations/lambda_calibration.py); the q = 1 regime below uses lam sqrt(K) = 5.
 RECOVERY_REGIMES = [
     # p, q, K, r, gamma, type, center, lam * sqrt(K)
     (30, 2, 20, 2, 0.1, "random", False, None),

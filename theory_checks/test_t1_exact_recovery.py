@@ -237,7 +237,8 @@ def test_outside_condition_certificate_predicts_recovery():
     contamination, theory lam) recovery holds whenever the explicit certificate
     Y = U V^T + lam H is strict; the success rate is measured and printed.
 
-    SPEC §4 T1 (beyond its condition; the phase transition is issue #5). The
+    SPEC §4 T1 (beyond its condition; the empirical phase transition is mapped by
+    simulations/phase_transition.py). The
     certificate's margins do not depend on the solver: a failure here with a
     strict certificate would be a solver or certificate error. The grid mixes
     certified and uncertified instances (tight frames certify up to
