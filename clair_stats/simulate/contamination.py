@@ -68,6 +68,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from clair_stats.core.validation import check_bool
 from clair_stats.simulate._draws import FloatArray, orthonormal, project_out, rescale
 
 __all__ = [
@@ -221,9 +222,7 @@ def register_contamination(
             f"contamination type {name!r}: generate (and shared, if given) must be "
             "functions of a ContaminationContext."
         )
-    if not isinstance(matched, bool):
-        raise TypeError(f"matched must be True or False, got {matched!r}.")
-    kind = ContaminationType(name, generate, matched, shared)
+    kind = ContaminationType(name, generate, check_bool(matched, "matched"), shared)
     _REGISTRY[name] = kind
     return kind
 
