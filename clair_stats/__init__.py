@@ -22,11 +22,9 @@ from clair_stats.pipeline.detection import ChiSquareTest, chi_square_test
 from clair_stats.pipeline.estimator import ClairResult, clair
 from clair_stats.pipeline.refine import refine
 from clair_stats.pipeline.subspace import estimate_subspace
-from clair_stats.simulate.model import (
-    CONTAMINATION_TYPES,
-    FederatedModel,
-    FederatedSample,
-)
+from clair_stats.simulate.contamination import CONTAMINATION_TYPES
+from clair_stats.simulate.model import FederatedModel
+from clair_stats.simulate.sample import FederatedSample
 
 __all__ = [
     "CONTAMINATION_TYPES",

@@ -323,7 +323,7 @@ def test_trim_out_of_range(trim: float) -> None:
 
 
 def test_trim_must_be_a_number() -> None:
-    with pytest.raises(TypeError, match="trim must be a fraction"):
+    with pytest.raises(TypeError, match=r"trim must be a real number in \[0, 0.5\)"):
         trimmed_mean(np.ones((4, 2, 2)), trim="0.2")  # type: ignore[arg-type]
 
 

@@ -7,11 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from clair_stats.simulate.model import (
-    CONTAMINATION_TYPES,
-    FederatedModel,
-    FederatedSample,
-)
+from clair_stats.simulate.contamination import CONTAMINATION_TYPES
+from clair_stats.simulate.model import FederatedModel
+from clair_stats.simulate.sample import FederatedSample
 
 P, Q, R, K = 24, 4, 3, 15
 
@@ -297,12 +295,24 @@ def test_decomposition(kind: str) -> None:
         ({"contamination": True}, TypeError, "not a bool"),
         ({"contamination": "0.2"}, TypeError, "float fraction"),
         ({"contamination_type": "bogus"}, ValueError, "valid types are random"),
-        ({"heterogeneity": -1.0}, ValueError, "heterogeneity must be a finite"),
-        ({"signal_scale": float("inf")}, ValueError, "signal_scale must be a finite"),
-        ({"backbone_scale": -1.0}, ValueError, "backbone_scale must be a finite"),
-        ({"scale_factor": float("nan")}, ValueError, "scale_factor must be a finite"),
-        ({"margin": -0.5}, ValueError, "margin must be a finite"),
-        ({"center": 1}, TypeError, "center must be a bool"),
+        ({"heterogeneity": -1.0}, ValueError, "heterogeneity must be finite and >= 0"),
+        (
+            {"signal_scale": float("inf")},
+            ValueError,
+            "signal_scale must be finite and >= 0",
+        ),
+        (
+            {"backbone_scale": -1.0},
+            ValueError,
+            "backbone_scale must be finite and >= 0",
+        ),
+        (
+            {"scale_factor": float("nan")},
+            ValueError,
+            "scale_factor must be finite and >= 0",
+        ),
+        ({"margin": -0.5}, ValueError, "margin must be finite and >= 0"),
+        ({"center": 1}, TypeError, "center must be True or False"),
     ],
 )
 def test_invalid_model(kwargs: dict[str, object], exc: type, match: str) -> None:
@@ -313,9 +323,9 @@ def test_invalid_model(kwargs: dict[str, object], exc: type, match: str) -> None
 @pytest.mark.parametrize(
     ("noise", "exc", "match"),
     [
-        (-0.1, ValueError, "noise must be a finite number >= 0"),
-        (float("nan"), ValueError, "noise must be a finite number >= 0"),
-        (float("inf"), ValueError, "noise must be a finite number >= 0"),
+        (-0.1, ValueError, "noise must be finite and >= 0"),
+        (float("nan"), ValueError, "noise must be finite and >= 0"),
+        (float("inf"), ValueError, "noise must be finite and >= 0"),
         ("0.1", TypeError, "noise must be a real number"),
     ],
 )

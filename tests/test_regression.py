@@ -9,12 +9,13 @@ import pytest
 from scipy import stats
 from statsmodels.regression.linear_model import OLS
 
-from clair_stats.simulate.model import FederatedModel, FederatedSample
+from clair_stats.simulate.model import FederatedModel
 from clair_stats.simulate.regression import (
     RegressionSample,
     fit_local,
     sample_regression,
 )
+from clair_stats.simulate.sample import FederatedSample
 
 P, Q, R, K = 10, 3, 2, 20
 
@@ -355,7 +356,7 @@ def test_fit_local_validates() -> None:
             ValueError,
             "design_cov must be finite",
         ),
-        ({"n": 30, "keep_data": 1}, TypeError, "keep_data must be a bool"),
+        ({"n": 30, "keep_data": 1}, TypeError, "keep_data must be True or False"),
     ],
 )
 def test_invalid_input(kwargs: dict[str, object], exc: type, match: str) -> None:

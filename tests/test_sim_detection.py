@@ -62,7 +62,7 @@ def test_predicted_power_limits():
 def test_t3_formulas_reject_bad_input():
     with pytest.raises(ValueError, match="n > p \\+ 1"):
         predicted_power(1.0, 20, 2, 2, 21, 20, 0.05)
-    with pytest.raises(ValueError, match="r < p"):
+    with pytest.raises(ValueError, match="r must be < p"):
         separation_ratio(1.0, 1.0, 2, 2, 2, 10)
     with pytest.raises(ValueError, match="sigma"):
         margin_for_ratio(1.0, 0.0, 20, 2, 2, 40)

@@ -16,6 +16,7 @@ import pytest
 from clair_stats import ConvergenceWarning, FederatedModel, decompose
 from clair_stats.core.linalg import stack, unstack
 from clair_stats.core.validation import (
+    check_interval,
     check_nonnegative,
     check_positive,
     check_updates,
@@ -423,3 +424,35 @@ def test_non_convergence_warns(kwargs: dict) -> None:
         result = decompose(sample.updates, max_iter=1, **kwargs)
     assert result.info.converged is False
     assert result.info.iterations == 1
+
+
+@pytest.mark.parametrize(
+    ("closed", "inside", "outside"),
+    [
+        ("left", [0.0, 0.25, 0.4999], [0.5, -1e-12]),
+        ("right", [1e-12, 0.5], [0.0, 0.5000001]),
+        ("both", [0.0, 0.5], [-0.1, 0.6]),
+        ("neither", [0.1], [0.0, 0.5]),
+    ],
+)
+def test_check_interval_ends(closed: str, inside: list, outside: list) -> None:
+    """Each end belongs to the interval exactly when ``closed`` says so."""
+    for value in inside:
+        assert check_interval(value, "t", 0.0, 0.5, closed=closed) == value
+    for value in outside:
+        with pytest.raises(ValueError, match=r"t must be in [\[(]0, 0\.5[\])], got"):
+            check_interval(value, "t", 0.0, 0.5, closed=closed)
+
+
+def test_check_interval_messages() -> None:
+    with pytest.raises(
+        ValueError, match=r"trim must be in \[0, 0\.5\), got 0\.5\. Why\."
+    ):
+        check_interval(0.5, "trim", 0.0, 0.5, why=" Why.")
+    with pytest.raises(ValueError, match=r"must be in \[0, 0\.5\), got nan"):
+        check_interval(np.nan, "trim", 0.0, 0.5)
+    with pytest.raises(TypeError, match=r"trim must be a real number in \[0, 0\.5\)"):
+        check_interval(True, "trim", 0.0, 0.5)
+    with pytest.raises(ValueError, match=r"closed must be one of"):
+        check_interval(0.1, "trim", 0.0, 0.5, closed="open")
+    assert isinstance(check_interval(np.float32(0.25), "t", 0, 1), float)

@@ -17,6 +17,7 @@ __all__ = [
     "check_dims",
     "check_fraction",
     "check_int",
+    "check_interval",
     "check_mask",
     "check_noise_levels",
     "check_nonnegative",
@@ -406,3 +407,42 @@ def check_noise_levels(
             f"{bad.tolist()} have {arr[bad].tolist()}."
         )
     return arr.copy()
+
+
+def check_interval(
+    value: object,
+    name: str,
+    low: float,
+    high: float,
+    *,
+    closed: str = "left",
+    why: str = "",
+) -> float:
+    """Return ``value`` as a float in the interval from ``low`` to ``high``, or raise.
+
+    Parameters
+    ----------
+    value : object
+        A real number (not a bool).
+    name : str
+        The argument name used in error messages.
+    low, high : float
+        The ends of the interval.
+    closed : {"left", "right", "both", "neither"}
+        Which ends belong to it: "left" is [low, high), "both" is [low, high].
+    why : str
+        Appended to the error message (the reason for the range, or a hint).
+
+    Returns
+    -------
+    float
+    """
+    check_choice(closed, "closed", ("left", "right", "both", "neither"))
+    left, right = closed in ("left", "both"), closed in ("right", "both")
+    interval = f"{'[' if left else '('}{low:g}, {high:g}{']' if right else ')'}"
+    value = _real_scalar(value, name, f"a real number in {interval}")
+    above = value >= low if left else value > low
+    below = value <= high if right else value < high
+    if not (np.isfinite(value) and above and below):
+        raise ValueError(f"{name} must be in {interval}, got {value}.{why}")
+    return value

@@ -32,7 +32,6 @@ References
 
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import numpy as np
@@ -43,6 +42,7 @@ from clair_stats.core.exceptions import ConvergenceWarning
 from clair_stats.core.linalg import top_subspace
 from clair_stats.core.validation import (
     check_int,
+    check_interval,
     check_mask,
     check_orthonormal,
     check_positive,
@@ -192,17 +192,15 @@ def trimmed_mean(updates: object, trim: float = 0.2) -> FloatArray:
     towards optimal statistical rates. ICML.
     """
     updates = check_updates(updates)
-    if isinstance(trim, bool | np.bool_) or not isinstance(trim, numbers.Real):
-        raise TypeError(
-            f"trim must be a fraction in [0, 0.5), got {trim!r} of type "
-            f"{type(trim).__name__}."
-        )
-    if not 0 <= trim < 0.5:
-        raise ValueError(
-            f"trim must be in [0, 0.5) (the fraction cut from each end), got {trim}; "
-            "for the median use coordinate_median."
-        )
-    point = scipy.stats.trim_mean(updates, float(trim), axis=0)
+    trim = check_interval(
+        trim,
+        "trim",
+        0.0,
+        0.5,
+        why=" It is the fraction cut from each end; for the median use "
+        "coordinate_median.",
+    )
+    point = scipy.stats.trim_mean(updates, trim, axis=0)
     return _broadcast(np.asarray(point, dtype=np.float64), updates.shape[0])
 
 

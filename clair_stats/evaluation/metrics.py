@@ -22,7 +22,12 @@ import numpy as np
 import scipy.linalg
 from numpy.typing import NDArray
 
-from clair_stats.core.validation import check_mask, check_orthonormal, check_updates
+from clair_stats.core.validation import (
+    check_choice,
+    check_mask,
+    check_orthonormal,
+    check_updates,
+)
 
 __all__ = [
     "DetectionScores",
@@ -80,8 +85,7 @@ def projection_distance(A_hat: object, A: object, norm: str = "fro") -> float:
     ValueError
         On shapes that do not match, non-orthonormal columns or an unknown norm.
     """
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
+    check_choice(norm, "norm", _NORMS)
     A_hat = check_orthonormal(A_hat, "A_hat")
     A = check_orthonormal(A, "A", p=A_hat.shape[0])
     res_hat = A_hat - A @ (A.T @ A_hat)  # P_A^perp A^

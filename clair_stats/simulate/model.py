@@ -7,9 +7,11 @@ Benign clients k in S share an r-dimensional column space span(A):
     \Theta_k = \Theta_0 + A B_k^T + H_k, \qquad P_A H_k = 0,\;
     \|H_k\|_F = \eta,
 
-contaminated clients k in S^c follow one of :data:`CONTAMINATION_TYPES`, and the
-preliminary local estimates are :math:`\hat\Theta_k = \Theta_k + E_k` with
-:math:`E_k` entries iid :math:`N(0, \tau^2)` (SPEC 2 (a), direct noise).
+contaminated clients k in S^c follow one of the registered contamination types
+(:mod:`~clair_stats.simulate.contamination`), and the preliminary local estimates
+are :math:`\hat\Theta_k = \Theta_k + E_k` with :math:`E_k` entries iid
+:math:`N(0, \tau^2)` (SPEC 2 (a), direct noise). Local estimates from
+regressions (SPEC 2 (b)) are in :mod:`~clair_stats.simulate.regression`.
 
 References
 ----------
@@ -24,66 +26,33 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
 
-from clair_stats.core.validation import check_int
+from clair_stats.core.validation import (
+    check_bool,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+)
+from clair_stats.simulate._draws import (
+    FloatArray,
+    orthonormal,
+    project_out,
+    readonly,
+    rescale,
+)
+from clair_stats.simulate.contamination import (
+    CONTAMINATION_TYPES,
+    ContaminationContext,
+    draw_contaminated,
+    get_contamination,
+)
+from clair_stats.simulate.regression import RegressionSample, sample_regression
+from clair_stats.simulate.sample import FederatedSample
 
 __all__ = ["CONTAMINATION_TYPES", "FederatedModel", "FederatedSample"]
-
-CONTAMINATION_TYPES: tuple[str, ...] = (
-    "random",
-    "orthogonal",
-    "subspace",
-    "scaled",
-    "sign_flip",
-    "in_subspace",
-    "margin",
-)
-
-# Types whose Theta_k - Theta_0 is rescaled to the benign root-mean-square norm.
-_MATCHED = frozenset({"random", "orthogonal", "subspace", "in_subspace"})
-
-FloatArray = NDArray[np.float64]
-
-
-# --------------------------------------------------------------------------- helpers
-def _orthonormal(rng: np.random.Generator, p: int, r: int) -> FloatArray:
-    """Random p x r matrix with orthonormal columns: Q of the QR of a Gaussian."""
-    q, _ = np.linalg.qr(rng.standard_normal((p, r)))
-    return q
-
-
-def _project_out(A: FloatArray, X: FloatArray) -> FloatArray:
-    """P_A^perp X = X - A (A^T X); X may be (p, q) or stacked (K, p, q)."""
-    return X - A @ (A.T @ X)
-
-
-def _rescale(X: FloatArray, target: float) -> FloatArray:
-    """X * target / ||X||_F (zeros if X = 0)."""
-    norm = float(np.linalg.norm(X))
-    return X * (target / norm) if norm > 0 else np.zeros_like(X)
-
-
-def _readonly(x: FloatArray | NDArray[np.bool_]) -> np.ndarray:
-    x.setflags(write=False)
-    return x
-
-
-def _check_scale(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a real number, got {value!r} of type "
-            f"{type(value).__name__}."
-        )
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"{name} must be a finite number >= 0, got {value}; pass a "
-            f"nonnegative finite {name}."
-        )
-    return float(value)
 
 
 # ---------------------------------------------------------------------------- model
@@ -113,8 +82,9 @@ class FederatedModel:
         A float is the fraction gamma in [0, 1); an int is the number of contaminated
         clients, in [0, K - 1]. At least one client must stay benign.
     contamination_type : str or tuple of str
-        One of :data:`CONTAMINATION_TYPES`, or several: the contaminated clients
-        (in client order) then take the types in turn. Writing
+        A registered type (:data:`CONTAMINATION_TYPES` or one added with
+        :func:`~clair_stats.simulate.contamination.contamination`), or several:
+        the contaminated clients (in client order) then take the types in turn. Writing
         :math:`\rho = (\text{mean}_{j \in S} \|\Theta_j - \Theta_0\|_F^2)^{1/2}`
         (the benign norm of this instance), :math:`\Theta_k - \Theta_0` is
 
@@ -122,7 +92,7 @@ class FederatedModel:
         - ``orthogonal``: :math:`P_A^\perp G` rescaled to norm rho (so
           :math:`\delta_k = \rho`; the setting of Xu et al.);
         - ``subspace``: :math:`A' B'^T` rescaled to norm rho, with A' one random
-          r-dim orthonormal basis shared by all contaminated clients of the instance;
+          r-dim orthonormal basis shared by the instance's ``subspace`` clients;
         - ``scaled``: :math:`-c (A B'^T + H')`, a fresh benign-like draw, c =
           ``scale_factor``; ``sign_flip``: the same with c = 1;
         - ``in_subspace``: :math:`A B'^T` rescaled to norm rho (:math:`\delta_k = 0`);
@@ -180,9 +150,22 @@ class FederatedModel:
                 f"rank must be < p, got rank={self.rank}, p={self.p}: the orthogonal "
                 "complement of span(A) must be nonzero. Lower rank or raise p."
             )
-        K = self.n_clients
-        gamma = self.contamination
-        if isinstance(gamma, bool):
+        set_(self, "contamination", self._checked_contamination())
+        set_(self, "contamination_type", self._checked_types())
+        set_(self, "center", check_bool(self.center, "center"))
+        for name in (
+            "heterogeneity",
+            "signal_scale",
+            "backbone_scale",
+            "scale_factor",
+            "margin",
+        ):
+            set_(self, name, check_nonnegative(getattr(self, name), name))
+
+    def _checked_contamination(self) -> float | int:
+        """The count as an int in [0, K - 1] or the fraction as a float in [0, 1)."""
+        K, gamma = self.n_clients, self.contamination
+        if isinstance(gamma, bool | np.bool_):
             raise TypeError(
                 "contamination must be a fraction (float) or a count (int), not a "
                 f"bool (got {gamma!r})."
@@ -193,47 +176,36 @@ class FederatedModel:
                     f"contamination count must be in [0, n_clients - 1] = [0, {K - 1}]"
                     f", got {gamma}: at least one client must be benign."
                 )
-            set_(self, "contamination", int(gamma))
-        elif isinstance(gamma, numbers.Real):
-            if not (math.isfinite(gamma) and 0 <= gamma < 1):
-                raise ValueError(
-                    f"contamination fraction must be in [0, 1), got {gamma}; pass a "
-                    "float fraction gamma or an int count of contaminated clients."
-                )
-            set_(self, "contamination", float(gamma))
-            if self.n_contaminated > K - 1:
-                raise ValueError(
-                    f"contamination={gamma} with n_clients={K} rounds to "
-                    f"{self.n_contaminated} contaminated clients, leaving none "
-                    "benign; lower the fraction or raise n_clients."
-                )
-        else:
+            return int(gamma)
+        if not isinstance(gamma, numbers.Real):
             raise TypeError(
                 "contamination must be a float fraction in [0, 1) or an int count, "
                 f"got {gamma!r} of type {type(gamma).__name__}."
             )
+        gamma = check_fraction(
+            gamma,
+            "contamination fraction",
+            zero_ok=True,
+            why=" Pass a float fraction gamma or an int count of contaminated clients.",
+        )
+        if _round_half_up(gamma * K) > K - 1:
+            raise ValueError(
+                f"contamination={gamma} with n_clients={K} rounds to "
+                f"{_round_half_up(gamma * K)} contaminated clients, leaving none "
+                "benign; lower the fraction or raise n_clients."
+            )
+        return gamma
+
+    def _checked_types(self) -> str | tuple[str, ...]:
+        """``contamination_type`` as a str or a nonempty tuple of registered names."""
         kinds = self.contamination_type
         if isinstance(kinds, list | tuple):
             if not kinds:
                 raise ValueError("contamination_type needs at least one type.")
-            set_(self, "contamination_type", tuple(kinds))
-        for kind in self.types:
-            if kind not in CONTAMINATION_TYPES:
-                raise ValueError(
-                    f"unknown contamination_type {kind!r}; valid "
-                    f"types are {', '.join(CONTAMINATION_TYPES)}."
-                )
-        if not isinstance(self.center, (bool, np.bool_)):
-            raise TypeError(f"center must be a bool, got {self.center!r}.")
-        set_(self, "center", bool(self.center))
-        for name in (
-            "heterogeneity",
-            "signal_scale",
-            "backbone_scale",
-            "scale_factor",
-            "margin",
-        ):
-            set_(self, name, _check_scale(name, getattr(self, name)))
+            kinds = tuple(kinds)
+        for kind in kinds if isinstance(kinds, tuple) else (kinds,):
+            get_contamination(kind)  # raises, listing the registered types
+        return kinds
 
     @property
     def types(self) -> tuple[str, ...]:
@@ -246,7 +218,7 @@ class FederatedModel:
         """|S^c|: the count, or gamma K rounded to the nearest int (halves up)."""
         if isinstance(self.contamination, int):
             return self.contamination
-        return math.floor(self.contamination * self.n_clients + 0.5)
+        return _round_half_up(self.contamination * self.n_clients)
 
     def sample(
         self,
@@ -256,7 +228,8 @@ class FederatedModel:
         r"""Draw one instance and its preliminary estimates.
 
         Draw order (fixed, so the truth does not depend on ``noise``): Theta_0, A,
-        the contaminated set, benign (B_k, H_k) in client order, the contaminated
+        the contaminated set, benign (B_k, H_k) in client order, the shared draws
+        of the contamination types (the A' of ``subspace``), the contaminated
         blocks in client order, then E.
 
         Parameters
@@ -272,62 +245,57 @@ class FederatedModel:
         -------
         FederatedSample
         """
-        tau = _check_scale("noise", noise)
+        tau = check_nonnegative(noise, "noise")
         rng = np.random.default_rng(seed)
-        p, q, r, K = self.p, self.q, self.rank, self.n_clients
-        s, eta = self.signal_scale, self.heterogeneity
+        K, p, q = self.n_clients, self.p, self.q
 
-        theta0 = _rescale(rng.standard_normal((p, q)), self.backbone_scale)
-        if not self.center:
-            theta0 = np.zeros((p, q))
-        A = _orthonormal(rng, p, r)
-        bad = rng.choice(K, size=self.n_contaminated, replace=False)
-        benign = np.ones(K, dtype=bool)
-        benign[bad] = False
-
-        def heterogeneity() -> FloatArray:  # H = eta P_A^perp G / ||P_A^perp G||_F
-            return _rescale(_project_out(A, rng.standard_normal((p, q))), eta)
-
-        def in_subspace(scale: float) -> FloatArray:  # A B^T, B iid N(0, scale^2)
-            return A @ (scale * rng.standard_normal((q, r))).T
+        theta0 = self._draw_backbone(rng)
+        A = orthonormal(rng, p, self.rank)
+        benign = self._draw_benign_set(rng)
+        ctx = self._context(rng, A)
 
         dev = np.zeros((K, p, q))  # Theta_k - Theta_0
-        for k in np.flatnonzero(benign):
-            dev[k] = in_subspace(s) + heterogeneity()
+        dev[benign] = [ctx.benign_like() for _ in range(K - self.n_contaminated)]
         rho = math.sqrt(float(np.mean(np.sum(dev[benign] ** 2, axis=(1, 2)))))
-
-        kinds = self.types
-        A_alt = _orthonormal(rng, p, r) if "subspace" in kinds else None
-        for i, k in enumerate(np.flatnonzero(~benign)):
-            kind = kinds[i % len(kinds)]
-            if kind == "random":
-                block = rng.standard_normal((p, q))
-            elif kind == "orthogonal":
-                block = _project_out(A, rng.standard_normal((p, q)))
-            elif kind == "subspace":  # A' B'^T (scale irrelevant: rescaled below)
-                block = A_alt @ rng.standard_normal((q, r)).T
-            elif kind == "in_subspace":
-                block = in_subspace(1.0)
-            elif kind in ("scaled", "sign_flip"):  # -c (A B'^T + H')
-                c = self.scale_factor if kind == "scaled" else 1.0
-                block = -c * (in_subspace(s) + heterogeneity())
-            else:  # margin: A B'^T + delta P_A^perp G / ||P_A^perp G||_F
-                off = _project_out(A, rng.standard_normal((p, q)))
-                block = in_subspace(s) + _rescale(off, self.margin)
-            dev[k] = _rescale(block, rho) if kind in _MATCHED else block
+        dev[~benign] = draw_contaminated(ctx, self.types, self.n_contaminated, rho)
 
         truth = theta0 + dev
         updates = truth + tau * rng.standard_normal((K, p, q))
-        delta = np.linalg.norm(_project_out(A, dev), axis=(1, 2))
         return FederatedSample(
-            updates=_readonly(updates),
-            truth=_readonly(truth),
-            subspace=_readonly(A),
-            benign=_readonly(benign),
-            backbone=_readonly(theta0),
-            margin=_readonly(delta),
+            updates=readonly(updates),
+            truth=readonly(truth),
+            subspace=readonly(A),
+            benign=readonly(benign),
+            backbone=readonly(theta0),
+            margin=readonly(np.linalg.norm(project_out(A, dev), axis=(1, 2))),
             noise=tau,
             model=self,
+        )
+
+    def _draw_backbone(self, rng: np.random.Generator) -> FloatArray:
+        """Theta_0: drawn always (fixed draw order), kept only if ``center``."""
+        theta0 = rescale(rng.standard_normal((self.p, self.q)), self.backbone_scale)
+        return theta0 if self.center else np.zeros((self.p, self.q))
+
+    def _draw_benign_set(self, rng: np.random.Generator) -> NDArray[np.bool_]:
+        """S as a mask: |S^c| clients drawn uniformly without replacement."""
+        bad = rng.choice(self.n_clients, size=self.n_contaminated, replace=False)
+        benign = np.ones(self.n_clients, dtype=bool)
+        benign[bad] = False
+        return benign
+
+    def _context(self, rng: np.random.Generator, A: FloatArray) -> ContaminationContext:
+        """The draws and parameters the benign and contaminated blocks need."""
+        return ContaminationContext(
+            rng=rng,
+            A=A,
+            p=self.p,
+            q=self.q,
+            r=self.rank,
+            signal_scale=self.signal_scale,
+            eta=self.heterogeneity,
+            scale_factor=self.scale_factor,
+            margin=self.margin,
         )
 
     def sample_regression(
@@ -338,7 +306,7 @@ class FederatedModel:
         ridge: float | None = None,
         seed: int | np.random.Generator | None = None,
         keep_data: bool = False,
-    ) -> FederatedSample:
+    ) -> RegressionSample:
         r"""Draw one instance with local estimates from regressions (SPEC 2 (b)).
 
         .. math::
@@ -357,8 +325,6 @@ class FederatedModel:
             A :class:`FederatedSample` subclass with the fits' ``n``, ``sigma``,
             ``sigma2_hat``, ``gram_inverse_trace``, ``estimator`` and ``ridge``.
         """
-        from clair_stats.simulate.regression import sample_regression
-
         return sample_regression(
             self,
             n,
@@ -370,90 +336,6 @@ class FederatedModel:
         )
 
 
-# --------------------------------------------------------------------------- sample
-@dataclass(frozen=True, eq=False)
-class FederatedSample:
-    r"""One draw of :class:`FederatedModel`: truth, estimates and the hidden structure.
-
-    Attributes
-    ----------
-    updates : ndarray, shape (K, p, q)
-        Preliminary estimates :math:`\hat\Theta_k = \Theta_k + E_k`.
-    truth : ndarray, shape (K, p, q)
-        :math:`\Theta_k`.
-    subspace : ndarray, shape (p, r)
-        A, with :math:`A^T A = I_r`.
-    benign : ndarray of bool, shape (K,)
-        True on the collaborative set S.
-    backbone : ndarray, shape (p, q)
-        :math:`\Theta_0` (zeros when ``center=False``).
-    margin : ndarray, shape (K,)
-        :math:`\delta_k = \|P_A^\perp (\Theta_k - \Theta_0)\|_F` for every client
-        (benign clients give :math:`\|H_k\|_F`).
-    noise : float
-        tau.
-    model : FederatedModel
-        The generator.
-
-    All arrays are read-only.
-    """
-
-    updates: FloatArray
-    truth: FloatArray
-    subspace: FloatArray
-    benign: NDArray[np.bool_]
-    backbone: FloatArray
-    margin: FloatArray
-    noise: float
-    model: FederatedModel
-
-    @property
-    def n_clients(self) -> int:
-        """K."""
-        return self.model.n_clients
-
-    @property
-    def p(self) -> int:
-        return self.model.p
-
-    @property
-    def q(self) -> int:
-        return self.model.q
-
-    @property
-    def rank(self) -> int:
-        """r."""
-        return self.model.rank
-
-    @property
-    def gamma(self) -> float:
-        """Contamination fraction |S^c| / K of this instance."""
-        return float(np.count_nonzero(~self.benign)) / self.n_clients
-
-    @property
-    def contaminated(self) -> NDArray[np.bool_]:
-        """True on S^c."""
-        return ~self.benign
-
-    @cached_property
-    def low_rank_truth(self) -> FloatArray:
-        r"""L0 blocks: :math:`P_A (\Theta_k - \Theta_0) = A B_k^T` on S, 0 on S^c."""
-        A = self.subspace
-        L0 = A @ (A.T @ (self.truth - self.backbone))
-        L0[~self.benign] = 0.0
-        return _readonly(L0)
-
-    @cached_property
-    def sparse_truth(self) -> FloatArray:
-        r"""S0 blocks: 0 on S, :math:`\Theta_k - \Theta_0` on S^c."""
-        S0 = self.truth - self.backbone
-        S0[self.benign] = 0.0
-        return _readonly(S0)
-
-    def __repr__(self) -> str:
-        return (
-            f"FederatedSample(K={self.n_clients}, p={self.p}, q={self.q}, "
-            f"r={self.rank}, benign={int(self.benign.sum())}, "
-            f"contaminated={int(self.contaminated.sum())}, "
-            f"type={self.model.contamination_type!r}, noise={self.noise:g})"
-        )
+def _round_half_up(x: float) -> int:
+    """The nearest int to x >= 0, halves up (not Python's round-half-even)."""
+    return math.floor(x + 0.5)

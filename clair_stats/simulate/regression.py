@@ -37,20 +37,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from clair_stats.core.validation import check_nonnegative, check_positive
-from clair_stats.simulate.model import FederatedSample
+from clair_stats.core.validation import check_bool, check_nonnegative, check_positive
+from clair_stats.simulate._draws import FloatArray, readonly
+from clair_stats.simulate.sample import FederatedSample
 
 if TYPE_CHECKING:
     from clair_stats.simulate.model import FederatedModel
 
 __all__ = ["LocalFit", "RegressionSample", "fit_local", "sample_regression"]
-
-FloatArray = NDArray[np.float64]
-
-
-def _readonly(x: np.ndarray) -> np.ndarray:
-    x.setflags(write=False)
-    return x
 
 
 # ------------------------------------------------------------------ one local fit
@@ -390,8 +384,7 @@ def sample_regression(
     alpha = _check_ridge(ridge)
     _check_sizes(sizes, p, alpha)
     L = _design_factor(design_cov, p)
-    if not isinstance(keep_data, bool | np.bool_):
-        raise TypeError(f"keep_data must be a bool, got {keep_data!r}.")
+    keep_data = check_bool(keep_data, "keep_data")
 
     rng = np.random.default_rng(seed)
     base = model.sample(noise=0.0, seed=rng)
@@ -413,11 +406,11 @@ def sample_regression(
             fit.gram_inverse_trace,
         )
         if keep_data:
-            designs.append(_readonly(X))
-            responses.append(_readonly(Y))
+            designs.append(readonly(X))
+            responses.append(readonly(Y))
 
     return RegressionSample(
-        updates=_readonly(updates),
+        updates=readonly(updates),
         truth=base.truth,
         subspace=base.subspace,
         benign=base.benign,
@@ -425,10 +418,10 @@ def sample_regression(
         margin=base.margin,
         noise=math.nan,
         model=model,
-        n=_readonly(sizes),
+        n=readonly(sizes),
         sigma=sig,
-        sigma2_hat=_readonly(sigma2_hat),
-        gram_inverse_trace=_readonly(traces),
+        sigma2_hat=readonly(sigma2_hat),
+        gram_inverse_trace=readonly(traces),
         estimator="ols" if alpha == 0.0 else "ridge",
         ridge=None if alpha == 0.0 else alpha,
         designs=tuple(designs) if keep_data else None,

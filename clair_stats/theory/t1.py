@@ -33,12 +33,17 @@ References
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from clair_stats.core.linalg import stack
+from clair_stats.core.validation import (
+    check_fraction,
+    check_int,
+    check_mask,
+    check_positive,
+)
 
 __all__ = [
     "T1_CONSTANT",
@@ -91,17 +96,6 @@ class T1Condition(NamedTuple):
     holds: bool
     lhs: float
     rhs: float
-
-
-def _check_fraction(gamma: object, name: str = "gamma") -> float:
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        raise TypeError(f"{name} must be a real number in (0, 1), got {gamma!r}.")
-    if not 0.0 < float(gamma) < 1.0:
-        raise ValueError(
-            f"{name} must be in (0, 1), got {gamma}: T1 needs at least one "
-            "contaminated and one benign client."
-        )
-    return float(gamma)
 
 
 def right_singular_blocks(
@@ -169,14 +163,9 @@ def incoherence(sample: Instance) -> float:
         mu.
     """
     _, _, V = right_singular_blocks(sample)
-    benign = np.asarray(sample.benign)
+    benign = check_mask(sample.benign, "benign", np.shape(sample.low_rank_truth)[0])
     K = benign.size
     r = int(sample.rank)
-    if benign.dtype != bool or V.shape[0] % K:
-        raise ValueError(
-            f"benign must be a boolean array with one entry per client; got dtype "
-            f"{benign.dtype}, {K} entries for L0 with {V.shape[0]} columns."
-        )
     if not benign.any():
         raise ValueError("mu needs at least one benign client; benign is all False.")
     q = V.shape[0] // K
@@ -198,9 +187,7 @@ def t1_condition(sample: Instance) -> T1Condition:
     T1Condition
         ``(holds, lhs, rhs)``; mu is recomputed from the SVD of L0.
     """
-    gamma = float(sample.gamma)
-    if not 0.0 <= gamma < 1.0:
-        raise ValueError(f"gamma must be in [0, 1), got {gamma}.")
+    gamma = check_fraction(float(sample.gamma), "gamma", zero_ok=True)
     lhs = gamma / (1.0 - gamma)
     rhs = T1_CONSTANT / (incoherence(sample) * int(sample.rank))
     return T1Condition(bool(lhs <= rhs), lhs, rhs)
@@ -224,11 +211,8 @@ def t1_max_gamma(mu: float, rank: int) -> float:
     float
         gamma* = C / (mu r + C).
     """
-    if isinstance(mu, bool) or not isinstance(mu, numbers.Real) or not mu > 0:
-        raise ValueError(f"mu must be a positive number, got {mu!r}.")
-    if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or rank < 1:
-        raise ValueError(f"rank must be an integer >= 1, got {rank!r}.")
-    return T1_CONSTANT / (float(mu) * int(rank) + T1_CONSTANT)
+    mu, rank = check_positive(mu, "mu"), check_int(rank, "rank", 1)
+    return T1_CONSTANT / (mu * rank + T1_CONSTANT)
 
 
 def t1_c_lam(gamma: float) -> float:
@@ -246,7 +230,12 @@ def t1_c_lam(gamma: float) -> float:
     float
         3 / (7 sqrt(gamma)).
     """
-    return 3.0 / (7.0 * math.sqrt(_check_fraction(gamma)))
+    gamma = check_fraction(
+        gamma,
+        "gamma",
+        why=" T1 needs at least one contaminated and one benign client.",
+    )
+    return 3.0 / (7.0 * math.sqrt(gamma))
 
 
 def t1_lam(sample: Instance) -> float:

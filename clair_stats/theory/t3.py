@@ -25,10 +25,18 @@ References
 from __future__ import annotations
 
 import math
-import numbers
 
 import scipy.stats
 from scipy.optimize import brentq
+
+from clair_stats.core.validation import (
+    check_alpha,
+    check_dims,
+    check_fraction,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 
 __all__ = [
     "margin_for_ratio",
@@ -36,26 +44,6 @@ __all__ = [
     "ratio_threshold",
     "separation_ratio",
 ]
-
-
-def _check_dims(p: object, q: object, r: object, n: object) -> None:
-    for name, value in (("p", p), ("q", q), ("r", r), ("n", n)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise TypeError(f"{name} must be an integer, got {value!r}.")
-    if not 1 <= r < p:
-        raise ValueError(f"need 1 <= r < p for an off-subspace part; got r={r}, p={p}.")
-    if q < 1 or n < 1:
-        raise ValueError(f"q and n must be >= 1, got q={q}, n={n}.")
-
-
-def _check_positive(value: object, name: str, zero_ok: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}.")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
-        bound = ">= 0" if zero_ok else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value}.")
-    return value
 
 
 def separation_ratio(
@@ -79,9 +67,10 @@ def separation_ratio(
     float
         rho.
     """
-    _check_dims(p, q, r, n)
-    delta = _check_positive(delta, "delta", zero_ok=True)
-    sigma = _check_positive(sigma, "sigma")
+    p, q, r = check_dims(p, q, r)
+    n = check_int(n, "n", 1)
+    delta = check_nonnegative(delta, "delta")
+    sigma = check_positive(sigma, "sigma")
     return delta / (sigma * math.sqrt((p - r) * q / n))
 
 
@@ -103,9 +92,10 @@ def margin_for_ratio(
     float
         delta.
     """
-    _check_dims(p, q, r, n)
-    ratio = _check_positive(ratio, "ratio", zero_ok=True)
-    sigma = _check_positive(sigma, "sigma")
+    p, q, r = check_dims(p, q, r)
+    n = check_int(n, "n", 1)
+    ratio = check_nonnegative(ratio, "ratio")
+    sigma = check_positive(sigma, "sigma")
     return ratio * sigma * math.sqrt((p - r) * q / n)
 
 
@@ -159,21 +149,16 @@ def predicted_power(
     float
         P(T_k > chi^2_{df}(1 - alpha / K)).
     """
-    _check_dims(p, q, r, n)
+    p, q, r = check_dims(p, q, r)
+    n = check_int(n, "n", 1)
     if n <= p + 1:
         raise ValueError(
             f"predicted_power needs n > p + 1 (OLS error variance sigma^2/(n - p - 1)"
             f"); got n={n}, p={p}."
         )
-    if isinstance(n_clients, bool) or not isinstance(n_clients, numbers.Integral):
-        raise TypeError(f"n_clients must be an integer, got {n_clients!r}.")
-    if n_clients < 1:
-        raise ValueError(f"n_clients must be >= 1, got {n_clients}.")
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha must be a number in (0, 1), got {alpha!r}.")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}.")
-    ratio = _check_positive(ratio, "ratio", zero_ok=True)
+    n_clients = check_int(n_clients, "n_clients", 1)
+    alpha = check_alpha(alpha)
+    ratio = check_nonnegative(ratio, "ratio")
     df = (p - r) * q
     crit = scipy.stats.chi2.isf(alpha / n_clients, df)
     nc = ratio**2 * df * (n - p - 1) / n
@@ -205,8 +190,9 @@ def ratio_threshold(
     float
         R*, found by Brent's method on [1e-3, 100].
     """
-    if not 0 < power < 1:
-        raise ValueError(f"power must be in (0, 1), got {power}.")
+    power = check_fraction(
+        power, "power", why=" It is the target probability of detection."
+    )
     return float(
         brentq(
             lambda rho: predicted_power(rho, p, q, r, n, n_clients, alpha) - power,

@@ -70,7 +70,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from clair_stats.core.validation import check_int
+from clair_stats.core.validation import check_dims, check_int, check_real_array
 
 __all__ = [
     "heterogeneity_cost",
@@ -85,52 +85,6 @@ __all__ = [
 ]
 
 FloatOrArray = float | NDArray[np.float64]
-
-
-# ---------------------------------------------------------------------- checks
-def _shape(p: object, q: object, r: object) -> tuple[int, int, int]:
-    """(p, q, r) as ints with 1 <= r < p and q >= 1."""
-    p, q, r = check_int(p, "p", 1), check_int(q, "q", 1), check_int(r, "r", 1)
-    if r >= p:
-        raise ValueError(
-            f"r must be < p (span(A) needs a nonzero complement), got r={r}, p={p}."
-        )
-    return p, q, r
-
-
-def _real(name: str, value: object, minimum: float = 0.0, strict: bool = False):
-    """``value`` as a float64 array (any shape): finite, >= (or >) minimum."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number or an array of numbers, not a bool.")
-    arr = np.asarray(value)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        raise TypeError(
-            f"{name} must be real numbers, got {value!r} (dtype {arr.dtype})."
-        )
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite, got {value!r}.")
-    bad = arr <= minimum if strict else arr < minimum
-    if np.any(bad):
-        relation = ">" if strict else ">="
-        raise ValueError(
-            f"{name} must be {relation} {minimum:g}, got {value!r}; pass "
-            f"{name} {relation} {minimum:g}."
-        )
-    return arr
-
-
-def _count(name: str, value: object, minimum: int = 1):
-    """``value`` as a float64 array of whole numbers >= minimum (a count)."""
-    arr = _real(name, value, minimum=minimum)
-    if np.any(arr != np.floor(arr)):
-        raise ValueError(
-            f"{name} is a number of clients or observations and must be a whole "
-            f"number, got {value!r}."
-        )
-    return arr
 
 
 def _out(x: NDArray[np.float64]) -> FloatOrArray:
@@ -154,7 +108,7 @@ def local_mse(p: int, q: int, tau: ArrayLike) -> FloatOrArray:
     float or numpy.ndarray
     """
     p, q = check_int(p, "p", 1), check_int(q, "q", 1)
-    tau = _real("tau", tau)
+    tau = check_real_array(tau, "tau")
     return _out(p * q * tau**2)
 
 
@@ -175,7 +129,8 @@ def heterogeneity_cost(m: ArrayLike, eta: ArrayLike) -> FloatOrArray:
     -------
     float or numpy.ndarray
     """
-    m, eta = _count("m", m), _real("eta", eta)
+    m = check_real_array(m, "m", minimum=1, whole=True)
+    eta = check_real_array(eta, "eta")
     return _out(eta**2 * (1 - 1 / m))
 
 
@@ -198,8 +153,9 @@ def oracle_gain(p: int, q: int, r: int, m: ArrayLike, tau: ArrayLike) -> FloatOr
     -------
     float or numpy.ndarray
     """
-    p, q, r = _shape(p, q, r)
-    m, tau = _count("m", m), _real("tau", tau)
+    p, q, r = check_dims(p, q, r)
+    m = check_real_array(m, "m", minimum=1, whole=True)
+    tau = check_real_array(tau, "tau")
     return _out((p - r) * q * tau**2 * (1 - 1 / m))
 
 
@@ -227,8 +183,9 @@ def oracle_mse(
     -------
     float or numpy.ndarray
     """
-    p, q, r = _shape(p, q, r)
-    m, tau = _count("m", m), _real("tau", tau)
+    p, q, r = check_dims(p, q, r)
+    m = check_real_array(m, "m", minimum=1, whole=True)
+    tau = check_real_array(tau, "tau")
     het = heterogeneity_cost(m, eta)
     return _out(r * q * tau**2 + (p - r) * q * tau**2 / m + het)
 
@@ -260,8 +217,10 @@ def subspace_cost(
     -------
     float or numpy.ndarray
     """
-    p, q, r = _shape(p, q, r)
-    m, tau, eta = _count("m", m), _real("tau", tau), _real("eta", eta)
+    p, q, r = check_dims(p, q, r)
+    m = check_real_array(m, "m", minimum=1, whole=True)
+    tau = check_real_array(tau, "tau")
+    eta = check_real_array(eta, "eta")
     return _out(r * (p - r) * tau**2 / m - r * eta**2 / (q * m))
 
 
@@ -318,8 +277,8 @@ def zero_gain_heterogeneity(p: int, q: int, r: int, tau: ArrayLike) -> FloatOrAr
     -------
     float or numpy.ndarray
     """
-    p, q, r = _shape(p, q, r)
-    tau = _real("tau", tau)
+    p, q, r = check_dims(p, q, r)
+    tau = check_real_array(tau, "tau")
     return _out(tau * np.sqrt((p - r) * q))
 
 
@@ -353,10 +312,11 @@ def spec_prediction(
     float or numpy.ndarray
         The predicted :math:`\|P_{\hat A} - P_A\|_F`.
     """
-    p, q, r = _shape(p, q, r)
-    n, K = _count("n", n), _count("K", K)
-    sigma = _real("sigma", sigma)
-    s = _real("signal_scale", signal_scale, strict=True)
+    p, q, r = check_dims(p, q, r)
+    n = check_real_array(n, "n", minimum=1, whole=True)
+    K = check_real_array(K, "K", minimum=1, whole=True)
+    sigma = check_real_array(sigma, "sigma")
+    s = check_real_array(signal_scale, "signal_scale", strict=True)
     return _out(sigma * np.sqrt(p * r / (n * q * K)) / s)
 
 
@@ -397,14 +357,15 @@ def refined_prediction(
     float or numpy.ndarray
         The predicted :math:`\|P_{\hat A} - P_A\|_F`.
     """
-    p, q, r = _shape(p, q, r)
-    n, m = _count("n", n), _count("m", m)
+    p, q, r = check_dims(p, q, r)
+    n = check_real_array(n, "n", minimum=1, whole=True)
+    m = check_real_array(m, "m", minimum=1, whole=True)
     if np.any(n <= p + 1):
         raise ValueError(
             f"n must be > p + 1 = {p + 1} (the OLS noise variance sigma^2 / "
             f"(n - p - 1) is finite only there), got n={n.tolist()}; use more "
             "observations per client."
         )
-    sigma = _real("sigma", sigma)
-    s = _real("signal_scale", signal_scale, strict=True)
+    sigma = check_real_array(sigma, "sigma")
+    s = check_real_array(signal_scale, "signal_scale", strict=True)
     return _out(np.sqrt(2 * (p - r) * r * sigma**2 / ((n - p - 1) * m * q * s**2)))
