@@ -52,20 +52,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import multiprocessing as mp
 import os
 import platform
 import resource
-import shlex
 import sys
 import time
 import tracemalloc
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import scipy
+from _provenance import blas, command_line, source_digest
 
 import clair_stats
 from clair_stats import ConvergenceWarning, LowRankUpdates, clair
@@ -298,37 +298,53 @@ def targets(results: dict) -> list[str]:
     return out
 
 
+def header(
+    args: argparse.Namespace, when: str, argv: Sequence[str] | None = None
+) -> list[str]:
+    """The provenance lines of the report: date, machine, versions, command (as run
+    from the repository root, no absolute path), instances and measurements.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        From the command line (``repeats``).
+    when : str
+        The date and load line.
+    argv : sequence of str, optional
+        The command line of the run; default ``sys.argv``.
+
+    Returns
+    -------
+    list of str
+        Markdown list items.
+    """
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default (all cores)")
+    return [
+        f"- date: {when}",
+        f"- machine: {platform.platform()}, os.cpu_count() = {os.cpu_count()}, "
+        f"Python {platform.python_version()}; OPENBLAS_NUM_THREADS = {threads}",
+        f"- versions: numpy {np.__version__}, scipy {scipy.__version__}, "
+        f"clair_stats {clair_stats.__version__} (source sha1 "
+        f"{source_digest()}); BLAS: {blas()}",
+        f"- command: `{command_line(sys.argv if argv is None else argv)}`",
+        f"- instances: `lora_instance(p, p, K, scenario)`: r_k = {RANK}, shared "
+        f"rank {SHARED_RANK}, {GAMMA:.0%} contaminated, scaling {SCALING}, "
+        f"generic noise {NOISE}; shared: clair() defaults (P0, support); "
+        f"generic: P1 with mu = {MU_GENERIC}, support",
+        f"- times: best of {args.repeats} runs of clair() in a child process per "
+        f"case (one run when it takes over {SLOW:g} s; reduction + core solve + "
+        "rest = total); peak RSS of that child; traced = tracemalloc peak of "
+        "one more run (not made for the slow cases)",
+    ]
+
+
 def report(lora: dict, small_f: dict, small_d: dict, args, when: str) -> str:
     """Markdown report."""
-    sha = hashlib.sha1()  # the package is edited in place: identify its source
-    for f in sorted(Path(clair_stats.__file__).parent.rglob("*.py")):
-        sha.update(f.read_bytes())
-    blas = "unknown"
-    try:
-        b = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = f"{b['name']} {b['version']}"
-    except Exception:
-        pass
-    threads = os.environ.get("OPENBLAS_NUM_THREADS", "default (all cores)")
     return "\n".join(
         [
             "# CLAIR on LoRA factors: factored solver at LLM scale",
             "",
-            f"- date: {when}",
-            f"- machine: {platform.platform()}, os.cpu_count() = {os.cpu_count()}, "
-            f"Python {platform.python_version()}; OPENBLAS_NUM_THREADS = {threads}",
-            f"- versions: numpy {np.__version__}, scipy {scipy.__version__}, "
-            f"clair_stats {clair_stats.__version__} (source sha1 "
-            f"{sha.hexdigest()[:12]}); BLAS: {blas}",
-            f"- command: `{shlex.join([sys.executable, *sys.argv])}`",
-            f"- instances: `lora_instance(p, p, K, scenario)`: r_k = {RANK}, shared "
-            f"rank {SHARED_RANK}, {GAMMA:.0%} contaminated, scaling {SCALING}, "
-            f"generic noise {NOISE}; shared: clair() defaults (P0, support); "
-            f"generic: P1 with mu = {MU_GENERIC}, support",
-            f"- times: best of {args.repeats} runs of clair() in a child process per "
-            f"case (one run when it takes over {SLOW:g} s; reduction + core solve + "
-            "rest = total); peak RSS of that child; traced = tracemalloc peak of "
-            "one more run (not made for the slow cases)",
+            *header(args, when),
             "",
             f"## p = q = {LORA_P}, r = {RANK}: factored",
             "",

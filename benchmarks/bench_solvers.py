@@ -29,10 +29,10 @@ import hashlib
 import multiprocessing as mp
 import os
 import platform
-import shlex
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -41,6 +41,7 @@ import numpy as np
 import scipy
 import scipy.linalg
 import scs
+from _provenance import blas, command_line, source_digest
 from tqdm import tqdm
 
 import clair_stats
@@ -243,37 +244,53 @@ def targets(rows: dict[str, dict]) -> list[str]:
     return out
 
 
-def report(rows: dict[str, dict], args: argparse.Namespace, when: str) -> str:
-    """Markdown: header, timing table, accuracy table, targets."""
-    blas = "unknown"
-    try:  # numpy >= 1.26; informative only
-        b = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-        blas = f"{b['name']} {b['version']}"
-    except Exception:
-        pass
+def header(
+    args: argparse.Namespace, when: str, argv: Sequence[str] | None = None
+) -> list[str]:
+    """The provenance lines of the report: date, machine, versions, command (as run
+    from the repository root, no absolute path), instances and settings.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        From the command line (``cvxpy_cap``, ``repeats``).
+    when : str
+        The date and load line.
+    argv : sequence of str, optional
+        The command line of the run; default ``sys.argv``.
+
+    Returns
+    -------
+    list of str
+        Markdown list items.
+    """
     mods = (np, scipy, cvxpy, scs, clair_stats)
     ver = ", ".join(f"{m.__name__} {m.__version__}" for m in mods)
-    sha = hashlib.sha1()  # the package is edited in place: identify its source
-    for f in sorted(Path(clair_stats.__file__).parent.rglob("*.py")):
-        sha.update(f.read_bytes())
-    ver += f" (source sha1 {sha.hexdigest()[:12]})"
+    ver += f" (source sha1 {source_digest()})"
+    return [
+        f"- date: {when}",
+        f"- machine: {platform.platform()}, os.cpu_count() = {os.cpu_count()}, "
+        f"Python {platform.python_version()}",
+        f"- versions: {ver}; BLAS: {blas()}",
+        f"- command: `{command_line(sys.argv if argv is None else argv)}`",
+        f"- instances: FederatedModel(p, q, rank={RANK}, K, contamination="
+        f'{GAMMA}, "random").sample(noise=0, seed={SEED} + p); default lam',
+        f"- cvxpy + SCS: tol = {CVXPY_TOL:g} (eps_abs = eps_rel), one run in a "
+        f"child process capped at {args.cvxpy_cap:g} s (time includes cvxpy "
+        f"compilation); proximal: default tol 1e-7, best of {args.repeats}; "
+        "thin SVD: scipy.linalg.svd(M, full_matrices=False), best of "
+        f"{SVD_REPEATS}",
+    ]
+
+
+def report(rows: dict[str, dict], args: argparse.Namespace, when: str) -> str:
+    """Markdown: header, timing table, accuracy table, targets."""
     body = [row_md(name, row) for name, row in rows.items()]
     return "\n".join(
         [
             "# P0 solvers: cvxpy + SCS vs proximal (ADMM)",
             "",
-            f"- date: {when}",
-            f"- machine: {platform.platform()}, os.cpu_count() = {os.cpu_count()}, "
-            f"Python {platform.python_version()}",
-            f"- versions: {ver}; BLAS: {blas}",
-            f"- command: `{shlex.join([sys.executable, *sys.argv])}`",
-            f"- instances: FederatedModel(p, q, rank={RANK}, K, contamination="
-            f'{GAMMA}, "random").sample(noise=0, seed={SEED} + p); default lam',
-            f"- cvxpy + SCS: tol = {CVXPY_TOL:g} (eps_abs = eps_rel), one run in a "
-            f"child process capped at {args.cvxpy_cap:g} s (time includes cvxpy "
-            f"compilation); proximal: default tol 1e-7, best of {args.repeats}; "
-            "thin SVD: scipy.linalg.svd(M, full_matrices=False), best of "
-            f"{SVD_REPEATS}",
+            *header(args, when),
             "",
             "| p x Kq | (p, q, K) | SCS s | SCS it | SCS conv | SCS gap | prox s "
             "| prox it | prox conv | prox gap | SCS / prox | SVD s | prox / SVD |",

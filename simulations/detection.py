@@ -411,25 +411,49 @@ def _markdown(table: pd.DataFrame) -> list[str]:
 
 # ----------------------------------------------------------------------- figures
 def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
+    """The four figures of the module docstring, one function each."""
     import matplotlib
 
     matplotlib.use("Agg")
+    _power_figure(frame, folder, note)
+    _roc_figure(frame, folder, note)
+    _error_rate_figure(frame, folder, note)
+    _calibration_figure(frame, folder, note)
+
+
+def _estimated(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the test with CLAIR's A^."""
+    return frame[frame["subspace"] == "estimated"]
+
+
+def _colour_by_n_over_p(n_over_p: list[float]) -> dict[float, Any]:
+    """One viridis colour per n / p (the power figure)."""
     import matplotlib.pyplot as plt
 
-    from clair_stats.experiments.plotting import proportion_summary, save_figure
-
-    ps = sorted(frame["p"].unique())
-    ratios = sorted(frame["ratio"].unique())
-    n_over_p = sorted(frame["n_over_p"].unique())
-    colour = {
+    return {
         m: plt.cm.viridis(i / max(1, len(n_over_p) - 1) * 0.9)
         for i, m in enumerate(n_over_p)
     }
-    est = frame[frame["subspace"] == "estimated"]
 
-    # power and exact recovery against rho
+
+def _colour_by_p(ps: list[int]) -> dict[int, Any]:
+    """One tab10 colour per p (the error-rate and calibration figures)."""
+    import matplotlib.pyplot as plt
+
+    return {p: plt.cm.tab10(i) for i, p in enumerate(ps)}
+
+
+def _power_figure(frame: pd.DataFrame, folder: Path, note: str) -> None:
+    """``power.png``: detection probability (top) and P(S^ = S) (bottom) against
+    rho, one column per p."""
+    import matplotlib.pyplot as plt
+
+    from clair_stats.experiments.plotting import save_figure
+
+    ps = sorted(frame["p"].unique())
+    ratios = sorted(frame["ratio"].unique())
     clients = client_rows(frame)
-    clients = clients[clients["subspace"] == "estimated"]
+    clients = _estimated(clients)
     fig, axes = plt.subplots(
         2,
         len(ps),
@@ -440,37 +464,7 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
     )
     grid = np.linspace(0, max(ratios), 100)
     for j, p in enumerate(ps):
-        power = proportion_summary(
-            clients[clients["p"] == p], ["n_over_p", "ratio"], "flagged"
-        )
-        exact = proportion_summary(est[est["p"] == p], ["n_over_p", "ratio"], "exact")
-        for m in n_over_p:
-            n = n_samples(int(p), m)
-            for ax, table in ((axes[0, j], power), (axes[1, j], exact)):
-                t = table[table["n_over_p"] == m]
-                ax.plot(
-                    t["ratio"],
-                    t["rate"],
-                    "o-",
-                    ms=3,
-                    color=colour[m],
-                    label=f"n/p = {m:g} (n = {n})",
-                )
-                ax.fill_between(
-                    t["ratio"], t["lo"], t["hi"], color=colour[m], alpha=0.2, lw=0
-                )
-            axes[0, j].plot(
-                grid,
-                [
-                    predicted_power(g, int(p), Q, R, n, K, ALPHA, leverage=True)
-                    for g in grid
-                ],
-                "--",
-                color=colour[m],
-                lw=1,
-            )
-        axes[0, j].set_title(f"p = {p}", fontsize=10)
-        axes[1, j].set_xlabel("separation ratio rho (unitless)")
+        _power_column(axes[:, j], frame, clients, p, grid)
     axes[0, 0].plot(
         [], [], "k--", lw=1, label="predicted (T3, leverage-\ncorrected), same colour"
     )
@@ -493,7 +487,65 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
     )
     plt.close(fig)
 
-    # ROC at p = ROC_P
+
+def _power_column(
+    axes: np.ndarray,
+    frame: pd.DataFrame,
+    clients: pd.DataFrame,
+    p: int,
+    grid: np.ndarray,
+) -> None:
+    """One p of ``power.png``: per n / p, the measured detection probability and
+    its prediction (``axes[0]``) and P(S^ = S) (``axes[1]``)."""
+    from clair_stats.experiments.plotting import proportion_summary
+
+    n_over_p = sorted(frame["n_over_p"].unique())
+    colour = _colour_by_n_over_p(n_over_p)
+    est = _estimated(frame)
+    power = proportion_summary(
+        clients[clients["p"] == p], ["n_over_p", "ratio"], "flagged"
+    )
+    exact = proportion_summary(est[est["p"] == p], ["n_over_p", "ratio"], "exact")
+    for m in n_over_p:
+        n = n_samples(int(p), m)
+        for ax, table in ((axes[0], power), (axes[1], exact)):
+            t = table[table["n_over_p"] == m]
+            ax.plot(
+                t["ratio"],
+                t["rate"],
+                "o-",
+                ms=3,
+                color=colour[m],
+                label=f"n/p = {m:g} (n = {n})",
+            )
+            ax.fill_between(
+                t["ratio"], t["lo"], t["hi"], color=colour[m], alpha=0.2, lw=0
+            )
+        axes[0].plot(
+            grid,
+            [
+                predicted_power(g, int(p), Q, R, n, K, ALPHA, leverage=True)
+                for g in grid
+            ],
+            "--",
+            color=colour[m],
+            lw=1,
+        )
+    axes[0].set_title(f"p = {p}", fontsize=10)
+    axes[1].set_xlabel("separation ratio rho (unitless)")
+
+
+def _roc_figure(frame: pd.DataFrame, folder: Path, note: str) -> None:
+    """``roc.png``: ROC curves at p = ROC_P, one panel per n / p, one curve per
+    rho > 0."""
+    import matplotlib.pyplot as plt
+
+    from clair_stats.experiments.plotting import save_figure
+
+    ps = sorted(frame["p"].unique())
+    n_over_p = sorted(frame["n_over_p"].unique())
+    shown = [rho for rho in sorted(frame["ratio"].unique()) if rho > 0]
+    est = _estimated(frame)
     roc_p = ROC_P if ROC_P in ps else ps[0]
     fig, axes = plt.subplots(
         1,
@@ -502,7 +554,6 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
         squeeze=False,
         sharey=True,
     )
-    shown = [rho for rho in ratios if rho > 0]
     shade = {
         rho: plt.cm.plasma(i / max(1, len(shown) - 1) * 0.85)
         for i, rho in enumerate(shown)
@@ -539,7 +590,15 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
     )
     plt.close(fig)
 
-    # FWER (Holm) and FDR (BH) against alpha
+
+def _error_rate_figure(frame: pd.DataFrame, folder: Path, note: str) -> None:
+    """``error_rates.png``: FWER of Holm and FDR of BH against alpha, one panel per
+    n / p, pooled over rho."""
+    import matplotlib.pyplot as plt
+
+    from clair_stats.experiments.plotting import save_figure
+
+    n_over_p = sorted(frame["n_over_p"].unique())
     fig, axes = plt.subplots(
         1,
         len(n_over_p),
@@ -547,56 +606,9 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
         squeeze=False,
         sharey=True,
     )
-    pal = {p: plt.cm.tab10(i) for i, p in enumerate(ps)}
     top = 0.0
     for j, m in enumerate(n_over_p):
-        ax = axes[0, j]
-        for p in ps:
-            rates = error_rates(est[(est["p"] == p) & (est["n_over_p"] == m)], ALPHAS)
-            top = max(top, float(rates["fwer_hi"].max()))
-            ax.plot(
-                rates["alpha"],
-                rates["fwer"],
-                color=pal[p],
-                lw=1.4,
-                label=f"FWER, Holm, p = {p}",
-            )
-            ax.fill_between(
-                rates["alpha"],
-                rates["fwer_lo"],
-                rates["fwer_hi"],
-                color=pal[p],
-                alpha=0.2,
-                lw=0,
-            )
-            ax.plot(
-                rates["alpha"],
-                rates["fdr"],
-                color=pal[p],
-                lw=1.2,
-                ls="--",
-                label=f"FDR, BH, p = {p}",
-            )
-            ax.fill_between(
-                rates["alpha"],
-                rates["fdr_lo"],
-                rates["fdr_hi"],
-                color=pal[p],
-                alpha=0.12,
-                lw=0,
-            )
-        ax.plot(ALPHAS, ALPHAS, color="black", lw=1, label="nominal (diagonal)")
-        ax.plot(
-            ALPHAS,
-            ALPHAS * (K - N_BAD) / K,
-            color="black",
-            ls=":",
-            lw=1,
-            label="BH bound alpha m0/m",
-        )
-        ax.set_title(f"n/p = {m:g}", fontsize=10)
-        ax.set_xlabel("level alpha")
-        ax.grid(alpha=0.3)
+        top = max(top, _error_rate_panel(axes[0, j], frame, m))
     axes[0, 0].set_ylabel("error rate (probability)")
     axes[0, 0].set_ylim(0, min(1.0, max(0.35, top * 1.05)))
     axes[0, -1].legend(fontsize=6, loc="upper left")
@@ -611,7 +623,73 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
     )
     plt.close(fig)
 
-    # calibration: FWER at 0.05 against n / p
+
+def _error_rate_panel(ax: Any, frame: pd.DataFrame, m: float) -> float:
+    """One n / p of ``error_rates.png``: FWER and FDR curves per p and the nominal
+    lines; returns the highest upper FWER band drawn (for the y range)."""
+    ps = sorted(frame["p"].unique())
+    pal = _colour_by_p(ps)
+    est = _estimated(frame)
+    top = 0.0
+    for p in ps:
+        rates = error_rates(est[(est["p"] == p) & (est["n_over_p"] == m)], ALPHAS)
+        top = max(top, float(rates["fwer_hi"].max()))
+        ax.plot(
+            rates["alpha"],
+            rates["fwer"],
+            color=pal[p],
+            lw=1.4,
+            label=f"FWER, Holm, p = {p}",
+        )
+        ax.fill_between(
+            rates["alpha"],
+            rates["fwer_lo"],
+            rates["fwer_hi"],
+            color=pal[p],
+            alpha=0.2,
+            lw=0,
+        )
+        ax.plot(
+            rates["alpha"],
+            rates["fdr"],
+            color=pal[p],
+            lw=1.2,
+            ls="--",
+            label=f"FDR, BH, p = {p}",
+        )
+        ax.fill_between(
+            rates["alpha"],
+            rates["fdr_lo"],
+            rates["fdr_hi"],
+            color=pal[p],
+            alpha=0.12,
+            lw=0,
+        )
+    ax.plot(ALPHAS, ALPHAS, color="black", lw=1, label="nominal (diagonal)")
+    ax.plot(
+        ALPHAS,
+        ALPHAS * (K - N_BAD) / K,
+        color="black",
+        ls=":",
+        lw=1,
+        label="BH bound alpha m0/m",
+    )
+    ax.set_title(f"n/p = {m:g}", fontsize=10)
+    ax.set_xlabel("level alpha")
+    ax.grid(alpha=0.3)
+    return top
+
+
+def _calibration_figure(frame: pd.DataFrame, folder: Path, note: str) -> None:
+    """``calibration.png``: FWER at alpha = 0.05 against n / p, with A^ and the
+    true A."""
+    import matplotlib.pyplot as plt
+
+    from clair_stats.experiments.plotting import save_figure
+
+    ps = sorted(frame["p"].unique())
+    n_over_p = sorted(frame["n_over_p"].unique())
+    pal = _colour_by_p(ps)
     table = calibration_table(frame)
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     for p in ps:

@@ -322,110 +322,127 @@ def _markdown(table: pd.DataFrame, note: str) -> str:
 
 
 # ----------------------------------------------------------------------- figures
+#: Colour and marker of each method in the figures.
+_COLORS = {"clair": "C0", "svd": "C3", "oracle": "C2"}
+_MARKERS = {"clair": "o", "svd": "s", "oracle": "^"}
+
+
 def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
+    """The two figures of the module docstring, one function each."""
     import matplotlib
 
     matplotlib.use("Agg")
+    _subspace_error_figure(frame, folder, note)
+    _error_ratio_figure(frame, folder, note)
+
+
+def _subspace_error_figure(frame: pd.DataFrame, folder: Path, note: str) -> None:
+    """``subspace_error.png``: ||P_A^ - P_A||_F against K per regime, with the two
+    first-order predictions."""
+    _regime_figure(
+        frame,
+        "error",
+        folder / "subspace_error.png",
+        r"$\|P_{\hat A} - P_A\|_F$ (unitless)",
+        "Subspace error against the number of clients K (log-log), Monte Carlo "
+        "mean with 95% t bands; dashed: SPEC's first-order prediction "
+        "sigma sqrt(p r / (n q K)) / s, dotted: the refined prediction "
+        "sqrt(2 (p - r) r sigma^2 / ((n - p - 1) m q s^2)); " + note + ".",
+    )
+
+
+def _error_ratio_figure(frame: pd.DataFrame, folder: Path, note: str) -> None:
+    """``error_ratio.png``: the error over the refined prediction against K per
+    regime."""
+    _regime_figure(
+        frame,
+        "ratio",
+        folder / "error_ratio.png",
+        "error / refined prediction (unitless)",
+        "Subspace error divided by the refined first-order prediction "
+        "sqrt(2 (p - r) r sigma^2 / ((n - p - 1) m q s^2)) against K, Monte "
+        "Carlo mean with 95% t bands (1: on the prediction); " + note + ".",
+    )
+
+
+def _regime_figure(
+    frame: pd.DataFrame, value: str, path: Path, ylabel: str, caption: str
+) -> None:
+    """One panel per regime (three to a row) of ``value`` against K, one curve per
+    method; the legend right of the top-right panel."""
     import matplotlib.pyplot as plt
 
-    from clair_stats.experiments.plotting import mc_summary, save_figure
+    from clair_stats.experiments.plotting import save_figure
 
     regimes = sorted({tuple(int(v) for v in t) for t in frame[list(REGIME)].values})
     ncols = min(3, len(regimes))
     nrows = int(np.ceil(len(regimes) / ncols))
-    colors = {"clair": "C0", "svd": "C3", "oracle": "C2"}
-    markers = {"clair": "o", "svd": "s", "oracle": "^"}
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(4.2 * ncols, 3.4 * nrows),
+        squeeze=False,
+        sharey=value == "ratio",
+    )
+    groups = dict(list(frame.groupby(list(REGIME), sort=True)))
+    for ax, regime in zip(axes.flat, regimes, strict=False):
+        _regime_panel(ax, groups[regime], value, regime)
+    for ax in axes.flat[len(regimes) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    axes[0, -1].legend(  # outside, right of the top-right panel
+        handles,
+        labels,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=8,
+    )
+    save_figure(fig, path, caption)
+    plt.close(fig)
 
-    for value, name, ylabel, caption in (
-        (
-            "error",
-            "subspace_error.png",
-            r"$\|P_{\hat A} - P_A\|_F$ (unitless)",
-            "Subspace error against the number of clients K (log-log), Monte Carlo "
-            "mean with 95% t bands; dashed: SPEC's first-order prediction "
-            "sigma sqrt(p r / (n q K)) / s, dotted: the refined prediction "
-            "sqrt(2 (p - r) r sigma^2 / ((n - p - 1) m q s^2)); ",
-        ),
-        (
-            "ratio",
-            "error_ratio.png",
-            "error / refined prediction (unitless)",
-            "Subspace error divided by the refined first-order prediction "
-            "sqrt(2 (p - r) r sigma^2 / ((n - p - 1) m q s^2)) against K, Monte "
-            "Carlo mean with 95% t bands (1: on the prediction); ",
-        ),
-    ):
-        fig, axes = plt.subplots(
-            nrows,
-            ncols,
-            figsize=(4.2 * ncols, 3.4 * nrows),
-            squeeze=False,
-            sharey=value == "ratio",
+
+def _regime_panel(
+    ax: Any, sub: pd.DataFrame, value: str, regime: tuple[int, ...]
+) -> None:
+    """One regime: the Monte Carlo mean of ``value`` per method against K with its
+    band, and the predictions (``value = "error"``) or the line 1 (``"ratio"``)."""
+    from clair_stats.experiments.plotting import mc_summary
+
+    for method in METHODS:
+        s = mc_summary(sub[sub["method"] == method], "K", value)
+        ax.plot(
+            s["K"],
+            s["mean"],
+            marker=_MARKERS[method],
+            color=_COLORS[method],
+            label=LABELS[method],
+            ms=4,
         )
-        groups = dict(list(frame.groupby(list(REGIME), sort=True)))
-        for ax, regime in zip(axes.flat, regimes, strict=False):
-            sub = groups[regime]
-            for method in METHODS:
-                s = mc_summary(sub[sub["method"] == method], "K", value)
-                ax.plot(
-                    s["K"],
-                    s["mean"],
-                    marker=markers[method],
-                    color=colors[method],
-                    label=LABELS[method],
-                    ms=4,
-                )
-                lo = np.where(np.isfinite(s["lo"]), s["lo"], s["mean"])
-                hi = np.where(np.isfinite(s["hi"]), s["hi"], s["mean"])
-                ax.fill_between(
-                    s["K"],
-                    np.maximum(lo, 1e-3 * s["mean"]),
-                    hi,
-                    color=colors[method],
-                    alpha=0.2,
-                    lw=0,
-                )
-            if value == "error":
-                pred = (
-                    sub[sub["method"] == "oracle"]
-                    .groupby("K")[["spec", "refined"]]
-                    .mean()
-                )
-                ax.plot(
-                    pred.index,
-                    pred["spec"],
-                    "k--",
-                    lw=1,
-                    label="SPEC first-order\nprediction",
-                )
-                ax.plot(
-                    pred.index,
-                    pred["refined"],
-                    "k:",
-                    lw=1.5,
-                    label="refined prediction",
-                )
-                ax.set_yscale("log")
-            else:
-                ax.axhline(1.0, color="k", ls=":", lw=1.5, label="refined = 1")
-            ax.set_xscale("log")
-            ax.set_title(_label(regime), fontsize=10)
-            ax.set_xlabel("number of clients K")
-            ax.grid(alpha=0.3, which="both")
-        for ax in axes.flat[len(regimes) :]:
-            ax.set_visible(False)
-        for ax in axes[:, 0]:
-            ax.set_ylabel(ylabel)
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        axes[0, -1].legend(  # outside, right of the top-right panel
-            handles,
-            labels,
-            loc="upper left",
-            bbox_to_anchor=(1.02, 1.0),
-            fontsize=8,
+        lo = np.where(np.isfinite(s["lo"]), s["lo"], s["mean"])
+        hi = np.where(np.isfinite(s["hi"]), s["hi"], s["mean"])
+        ax.fill_between(
+            s["K"],
+            np.maximum(lo, 1e-3 * s["mean"]),
+            hi,
+            color=_COLORS[method],
+            alpha=0.2,
+            lw=0,
         )
-        save_figure(fig, folder / name, caption + note + ".")
-        plt.close(fig)
+    if value == "error":
+        pred = sub[sub["method"] == "oracle"].groupby("K")[["spec", "refined"]].mean()
+        ax.plot(
+            pred.index, pred["spec"], "k--", lw=1, label="SPEC first-order\nprediction"
+        )
+        ax.plot(pred.index, pred["refined"], "k:", lw=1.5, label="refined prediction")
+        ax.set_yscale("log")
+    else:
+        ax.axhline(1.0, color="k", ls=":", lw=1.5, label="refined = 1")
+    ax.set_xscale("log")
+    ax.set_title(_label(regime), fontsize=10)
+    ax.set_xlabel("number of clients K")
+    ax.grid(alpha=0.3, which="both")
 
 
 def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:

@@ -487,20 +487,32 @@ def summarize(
     Returns
     -------
     str
-        Markdown.
+        Markdown: the runs, the recommendation, the coverage tables, the
+        intersections of the windows and the per-regime table (see the module
+        docstring, "Output").
     """
     table = windows_table(frame, configs)
     if table.empty:
         return f"# {title}\n\nNo runs yet.\n"
-    n_c = len(C_GRID) + 1
-    planned = len(configs) * replicates * n_c
+    out = [f"# {title}", ""]
+    out += _runs_section(frame, table, configs, replicates)
+    out += _recommendation_section(table)
+    out += _coverage_sections(table)
+    out += _intersection_section(table)
+    out += _regime_section(table)
+    return "\n".join(out) + "\n"
+
+
+def _runs_section(
+    frame: pd.DataFrame, table: pd.DataFrame, configs: Sequence[dict], replicates: int
+) -> list[str]:
+    """What was run against what was planned, the solver settings and the
+    definitions; a warning when the run is partial."""
+    planned = len(configs) * replicates * (len(C_GRID) + 1)
     done = len(frame)
     n_reg = len(table)
-    rec = recommendation(table)
-    best = rec["best"]
     seconds = float(frame["solve_seconds"].sum())
-    out = [f"# {title}", ""]
-    out.append(
+    out = [
         f"Runs: {done} of {planned} planned ({len(configs)} regimes x "
         f"({len(C_GRID)} grid values of c + c_T1) x {replicates} replicates); "
         f"replicates per regime: {table['replicates'].min()}-"
@@ -508,7 +520,7 @@ def summarize(
         f"max_iter = {MAX_ITER}). Exact recovery = converged, ||P_A^ - P_A||_F <= "
         f"{SUBSPACE_TOL:g}, support = contaminated set, rank = r. Window = grid "
         "values of c = lam sqrt(K) with success rate 1."
-    )
+    ]
     if done < planned:
         out += [
             "",
@@ -517,9 +529,25 @@ def summarize(
             f"{len(configs) - n_reg} regimes without any run yet are left out of "
             f"every count below ({n_reg} regimes summarized).",
         ]
-    out += ["", "## Recommendation", ""]
-    tied = rec["tied"]
-    out.append(
+    return out
+
+
+def _recommendation_section(table: pd.DataFrame) -> list[str]:
+    """The recommended c, the default's and c_T1's coverage, the regimes no c (or
+    not the recommended c) covers, and the ceiling c < sqrt(q K)."""
+    rec = recommendation(table)
+    out = ["", "## Recommendation", ""]
+    out += _recommended_lines(rec)
+    out.append(_t1_line(table))
+    out += _uncovered_lines(table, rec)
+    out.append(_ceiling_line(table))
+    return out
+
+
+def _recommended_lines(rec: dict[str, Any]) -> list[str]:
+    """The recommended c and the current default, with their coverage."""
+    best, tied, n_reg = rec["best"], rec["tied"], rec["n_regimes"]
+    out = [
         f"- Recommended c_lam = **{best:g}**: in the working window of "
         f"{rec['best_count']} of {n_reg} regimes (mean success rate "
         f"{rec['mean_rate'][best]:.3f})."
@@ -528,7 +556,7 @@ def summarize(
             if len(tied) > 1
             else ""
         )
-    )
+    ]
     default = rec["default"]
     if rec["default_count"] is not None:
         out.append(
@@ -537,30 +565,47 @@ def summarize(
         )
     else:
         out.append(f"- Current DEFAULT_C_LAM = {default:g} is not on this grid.")
+    return out
+
+
+def _t1_line(table: pd.DataFrame) -> str:
+    """How often the T1 value c_T1 = 3 / (7 sqrt(gamma)) recovers, in all and per
+    gamma."""
     by_gamma = ", ".join(
         f"gamma={gm:g}: c_T1={t1_c_lam(gm):.3f}, "
         f"{int(table.loc[table['gamma'] == gm, 't1_ok'].sum())}/"
         f"{int((table['gamma'] == gm).sum())}"
         for gm in sorted(table["gamma"].unique())
     )
-    out.append(
+    return (
         f"- T1 theory value c_T1 = 3/(7 sqrt(gamma)) (run in every regime): success "
-        f"rate 1 in {int(table['t1_ok'].sum())} of {n_reg} regimes (mean success "
+        f"rate 1 in {int(table['t1_ok'].sum())} of {len(table)} regimes (mean success "
         f"rate {table['rate_T1'].mean():.3f}); by gamma: {by_gamma}."
     )
+
+
+def _uncovered_lines(table: pd.DataFrame, rec: dict[str, Any]) -> list[str]:
+    """The regimes with an empty window, and those whose window misses the
+    recommended c."""
+    best = rec["best"]
     empty = table[[len(w) == 0 for w in table["window_values"]]]
-    out.append(
+    out = [
         f"- Regimes with an empty window (no c of the grid works): {len(empty)}"
         + (":" if len(empty) else ".")
-    )
+    ]
     out += [f"  - {label}" for label in empty["label"]]
-    if rec["best_count"] < n_reg:
+    if rec["best_count"] < len(table):
         missed = table[[bool(w) and best not in w for w in table["window_values"]]]
         out.append(
             f"- Regimes with a nonempty window that c = {best:g} misses: "
             f"{len(missed)}" + (":" if len(missed) else ".")
         )
         out += [f"  - {row.label}: window {row.window}" for row in missed.itertuples()]
+    return out
+
+
+def _ceiling_line(table: pd.DataFrame) -> str:
+    """The regimes in which the grid reaches the ceiling c >= sqrt(q K)."""
     # a structural ceiling: ||S||_* <= sum_k ||S_k||_* <= sqrt(q) sum_k ||S_k||_F, so
     # for lam >= sqrt(q) (c >= sqrt(q K)) the pair (L, S) = (M, 0) is optimal in P0
     cut = sorted(
@@ -576,7 +621,7 @@ def summarize(
             for q, K in zip(table["q"], table["K"], strict=True)
         )
     )
-    out.append(
+    return (
         "- Ceiling: for c >= sqrt(q K) (lam >= sqrt(q)) the objective of P0 is at "
         "least ||M||_*, so (L, S) = (M, 0) is optimal (the only optimum for "
         "c > sqrt(q K)) and no contaminated client can be flagged; "
@@ -589,6 +634,11 @@ def summarize(
             else "."
         )
     )
+
+
+def _coverage_sections(table: pd.DataFrame) -> list[str]:
+    """The coverage tables of exact and of subspace-only recovery."""
+    out: list[str] = []
     for heading, sub in (
         ("Coverage: regimes whose window contains c", False),
         (
@@ -599,10 +649,14 @@ def summarize(
     ):
         out += ["", f"## {heading}", ""]
         out += _markdown(coverage_table(table, subspace_only=sub))
+    return out
 
-    out += ["", "## Intersection of the working windows", ""]
+
+def _intersection_section(table: pd.DataFrame) -> list[str]:
+    """The intersection of the windows over all regimes, per q and per (q, K)."""
+    out = ["", "## Intersection of the working windows", ""]
     every = [c for c in C_GRID if all(c in w for w in table["window_values"])]
-    out.append(f"- all {n_reg} regimes: {intervals(every)}")
+    out.append(f"- all {len(table)} regimes: {intervals(every)}")
     for q in sorted(table["q"].unique()):
         group = table[table["q"] == q]
         inter = [c for c in C_GRID if all(c in w for w in group["window_values"])]
@@ -618,8 +672,12 @@ def summarize(
             sub = group[group["K"] == K]
             inter = [c for c in C_GRID if all(c in w for w in sub["window_values"])]
             out.append(f"  - K = {K} ({len(sub)}): {intervals(inter)}")
+    return out
 
-    out += ["", "## Per regime: window and success rate at each c", ""]
+
+def _regime_section(table: pd.DataFrame) -> list[str]:
+    """Per regime: the window and the success rate at every c and at c_T1."""
+    out = ["", "## Per regime: window and success rate at each c", ""]
     out.append(
         "| regime | window | "
         + " | ".join(f"{c:g}" for c in C_GRID)
@@ -638,25 +696,39 @@ def summarize(
         "Rates: 1 = every replicate recovered exactly, 0 = none, s/n otherwise, "
         ". = not run yet.",
     ]
-    return "\n".join(out) + "\n"
+    return out
 
 
 # ------------------------------------------------------------------------ figures
 def _figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Path, note: str):
+    """The three figures of the module docstring, one function each."""
     import matplotlib
 
     matplotlib.use("Agg")
+    _coverage_figure(table, folder, note)
+    _success_rate_figure(frame, table, folder, note)
+    _windows_figure(table, folder, note)
+
+
+def _colour_by_q(table: pd.DataFrame) -> dict[int, Any]:
+    """One viridis colour per q of the regimes."""
     import matplotlib.pyplot as plt
 
-    from clair_stats.experiments.plotting import proportion_summary, save_figure
-
     qs = sorted(table["q"].unique())
-    colors = dict(
+    return dict(
         zip(qs, plt.get_cmap("viridis")(np.linspace(0, 0.85, len(qs))), strict=True)
     )
-    rec = recommendation(table)
 
-    # coverage: fraction of regimes whose window contains c
+
+def _coverage_figure(table: pd.DataFrame, folder: Path, note: str) -> None:
+    """``coverage.png``: per q, the fraction of regimes whose window contains c
+    (exact recovery left, subspace-only right)."""
+    import matplotlib.pyplot as plt
+
+    from clair_stats.experiments.plotting import save_figure
+
+    colors = _colour_by_q(table)
+    default = recommendation(table)["default"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, col, title in zip(
         axes,
@@ -664,20 +736,13 @@ def _figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Path, note: str):
         ("exact recovery", "subspace-only recovery"),
         strict=True,
     ):
-        for q in qs:
+        for q, colour in colors.items():
             group = table[table["q"] == q]
             frac = [np.mean([c in w for w in group[col]]) for c in C_GRID]
-            ax.plot(
-                C_GRID, frac, "o-", color=colors[q], label=f"q = {q} ({len(group)})"
-            )
+            ax.plot(C_GRID, frac, "o-", color=colour, label=f"q = {q} ({len(group)})")
         frac = [np.mean([c in w for w in table[col]]) for c in C_GRID]
         ax.plot(C_GRID, frac, "k--", lw=2, label=f"all ({len(table)})")
-        ax.axvline(
-            rec["default"],
-            color="grey",
-            ls=":",
-            label=f"default c = {rec['default']:g}",
-        )
+        ax.axvline(default, color="grey", ls=":", label=f"default c = {default:g}")
         ax.set_title(title)
         ax.set_xlabel(r"c = $\lambda\sqrt{K}$ (unitless)")
         ax.set_ylim(-0.03, 1.03)
@@ -695,20 +760,29 @@ def _figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Path, note: str):
     )
     plt.close(fig)
 
-    # pooled success rate with Wilson intervals
+
+def _success_rate_figure(
+    frame: pd.DataFrame, table: pd.DataFrame, folder: Path, note: str
+) -> None:
+    """``success_rate.png``: the exact-recovery rate against c pooled per q, with
+    Wilson bands."""
+    import matplotlib.pyplot as plt
+
+    from clair_stats.experiments.plotting import proportion_summary, save_figure
+
+    colors = _colour_by_q(table)
+    default = recommendation(table)["default"]
     data = frame[frame["c_kind"] == "grid"].assign(success=frame["success"].astype(int))
     fig, ax = plt.subplots(figsize=(7, 4))
     summary = proportion_summary(data, ["q", "c"], "success")
-    for q in qs:
+    for q, colour in colors.items():
         s = summary[summary["q"] == q]
-        ax.plot(s["c"], s["rate"], "o-", color=colors[q], label=f"q = {q}")
-        ax.fill_between(s["c"], s["lo"], s["hi"], color=colors[q], alpha=0.2)
+        ax.plot(s["c"], s["rate"], "o-", color=colour, label=f"q = {q}")
+        ax.fill_between(s["c"], s["lo"], s["hi"], color=colour, alpha=0.2)
     total = proportion_summary(data.assign(all=1), ["all", "c"], "success")
     ax.plot(total["c"], total["rate"], "k--", lw=2, label="all")
     ax.fill_between(total["c"], total["lo"], total["hi"], color="k", alpha=0.1)
-    ax.axvline(
-        rec["default"], color="grey", ls=":", label=f"default c = {rec['default']:g}"
-    )
+    ax.axvline(default, color="grey", ls=":", label=f"default c = {default:g}")
     ax.set_xlabel(r"c = $\lambda\sqrt{K}$ (unitless)")
     ax.set_ylabel("exact-recovery rate (fraction of solves)")
     ax.set_ylim(-0.03, 1.03)
@@ -722,7 +796,14 @@ def _figures(frame: pd.DataFrame, table: pd.DataFrame, folder: Path, note: str):
     )
     plt.close(fig)
 
-    # per-regime success rates (rows grouped by q and K)
+
+def _windows_figure(table: pd.DataFrame, folder: Path, note: str) -> None:
+    """``windows.png``: the success rate of every regime (rows, grouped by q and
+    K) at every c and at c_T1 (columns)."""
+    import matplotlib.pyplot as plt
+
+    from clair_stats.experiments.plotting import save_figure
+
     ordered = table.sort_values(["q", "K", "p", "r", "gamma", "type"], kind="stable")
     rates = ordered[["rate_T1"] + [f"rate_{c:g}" for c in C_GRID]].to_numpy(float)
     height = min(12.0, 2.5 + 0.03 * len(ordered))

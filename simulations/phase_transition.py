@@ -512,148 +512,228 @@ def _panels(
     return fig, axes, fig.add_subplot(grid[1:, -1]), top
 
 
+#: Keywords of the one-row legends above the panels.
+_LEGEND_STYLE: dict[str, Any] = {"fontsize": 8, "loc": "center", "frameon": False}
+
+
 def _figures(frame: pd.DataFrame, folder: Path, note: str) -> list[Path]:
+    """The figures of the module docstring, one function each; returns their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
+    written = [
+        _success_gamma_r_figure(frame, folder, note),
+        _success_t1_lam_figure(frame, folder, note),
+    ]
+    scan = _success_gamma_lam_figure(frame, folder, note)
+    if scan is not None:
+        written.append(scan)
+    return written
+
+
+def _kinds(frame: pd.DataFrame) -> list[str]:
+    """The contamination types of the frame, in the order of :data:`TYPES`."""
+    return [t for t in TYPES if t in set(frame["contamination"])]
+
+
+def _gamma_floor(frame: pd.DataFrame, star: dict[int, float]) -> float:
+    """The left end of the gamma axes: below every gamma and every gamma*(r)."""
+    return min(float(frame["gamma"].min()), min(star.values())) / 1.6
+
+
+def _boundary_handle() -> Any:
+    """The legend entry of T1's boundary (red, outlined)."""
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], **_outlined("tab:red", 2.0))
+
+
+def _success_gamma_r_figure(frame: pd.DataFrame, folder: Path, note: str) -> Path:
+    """``success_gamma_r.png``: exact and subspace recovery over (gamma, r) at the
+    default lam."""
+    return _gamma_r_figure(
+        frame,
+        default_rows(frame),
+        (("success", "exact recovery"), ("subspace_ok", "subspace recovery")),
+        f"the default lam = {DEFAULT_C_LAM:g}/sqrt(K)",
+        folder / "success_gamma_r.png",
+        note,
+    )
+
+
+def _success_t1_lam_figure(frame: pd.DataFrame, folder: Path, note: str) -> Path:
+    """``success_t1_lam.png``: exact recovery over (gamma, r) at T1's lam."""
+    return _gamma_r_figure(
+        frame,
+        frame[frame["lam_rule"] == "t1"],
+        (("success", "exact recovery"),),
+        "T1's lam = 3/(7 sqrt(gamma K))",
+        folder / "success_t1_lam.png",
+        note,
+    )
+
+
+def _gamma_r_figure(
+    frame: pd.DataFrame,
+    rows: pd.DataFrame,
+    values: tuple[tuple[str, str], ...],
+    title: str,
+    path: Path,
+    note: str,
+) -> Path:
+    """Heatmaps over (gamma, r) of the solves ``rows``: one row of panels per
+    (column, description) of ``values``, one column per contamination type, with
+    T1's boundary; ``title`` names the lam of the solves."""
+    import matplotlib.pyplot as plt
+
+    from clair_stats.experiments.plotting import save_figure
+
+    kinds = _kinds(frame)
+    fig, axes, cax, top = _panels(len(values), len(kinds), 2.7)
+    for i, (value, what) in enumerate(values):
+        for j, kind in enumerate(kinds):
+            bottom, left = i == len(values) - 1, j == 0
+            mesh = _gamma_r_panel(axes[i, j], frame, rows, kind, value, what)
+            _label_panel(axes[i, j], bottom, left, "rank r of span(A)")
+    fig.colorbar(mesh, cax=cax, label="rate over replicates (0-1)")
+    top.legend(
+        [_boundary_handle()],
+        [f"T1 boundary gamma*(r) at the median mu; colours: P0 at {title}"],
+        **_LEGEND_STYLE,
+    )
+    caption = (
+        f"Rate of exact recovery (subspace error <= 1e-6, support = S^c, rank r, "
+        f"converged) of P0 at {title}, over gamma and r, per contamination "
+        f"type; noiseless, p = {P}, q = {Q}, K = {K}. Red staircase: T1's "
+        "boundary gamma* = C/(mu r + C), C = 9/121, at the median mu of each r "
+        "(T1 guarantees exact recovery to its left, at T1's lam); left of the "
+        f"cells gamma < 1/K = {1 / K:g}, fewer than one contaminated client. "
+        f"{note}."
+    )
+    if len(values) > 1:
+        caption = caption.replace(
+            "Rate of exact recovery",
+            "Top row: rate of exact recovery; bottom row: of subspace recovery "
+            "only (subspace error <= 1e-6, converged). Exact recovery",
+        )
+    written = save_figure(fig, path, caption)
+    plt.close(fig)
+    return written
+
+
+def _gamma_r_panel(
+    ax: Any, frame: pd.DataFrame, rows: pd.DataFrame, kind: str, value: str, what: str
+) -> Any:
+    """One type's heatmap of ``value`` over (gamma, r) with T1's staircase; returns
+    the mesh (for the colour bar)."""
+    star = boundary(frame)
+    sub = rows[rows["contamination"] == kind]
+    mesh = _heatmap(ax, sub, "gamma", "r", value)
+    _staircase(ax, star, np.array(sorted(frame["r"].unique())))
+    ax.set_xlim(_gamma_floor(frame, star), None)
+    ax.set_title(f"{kind}: {what}", fontsize=9)
+    return mesh
+
+
+def _label_panel(ax: Any, bottom: bool, left: bool, ylabel: str) -> None:
+    """The gamma label on the bottom row of panels, ``ylabel`` on the first column;
+    the shared ticks are unlabelled elsewhere."""
+    if bottom:
+        ax.set_xlabel("contamination fraction gamma\n(log scale)")
+    else:
+        ax.tick_params(labelbottom=False)
+    if left:
+        ax.set_ylabel(ylabel)
+    else:
+        ax.tick_params(labelleft=False)
+
+
+def _success_gamma_lam_figure(
+    frame: pd.DataFrame, folder: Path, note: str
+) -> Path | None:
+    """``success_gamma_lam.png``: exact recovery over (gamma, c) at r = SCAN_RANK,
+    with T1's lam, the default c, the ceiling sqrt(q K) and T1's gamma*; None (no
+    file) when the frame scans a single c."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from clair_stats.experiments.plotting import proportion_summary, save_figure
+    from clair_stats.experiments.plotting import save_figure
 
-    kinds = [t for t in TYPES if t in set(frame["contamination"])]
-    star = boundary(frame)
-    ranks = np.array(sorted(frame["r"].unique()))
-    xmin = min(float(frame["gamma"].min()), min(star.values())) / 1.6
-    written = []
-    boundary_handle = Line2D([], [], **_outlined("tab:red", 2.0))
-    legend_style = {"fontsize": 8, "loc": "center", "frameon": False}
-
-    # (gamma, r) at the default lam: exact and subspace recovery; T1 lam alone
-    for name, rows, values, title in (
-        (
-            "success_gamma_r.png",
-            default_rows(frame),
-            (("success", "exact recovery"), ("subspace_ok", "subspace recovery")),
-            f"the default lam = {DEFAULT_C_LAM:g}/sqrt(K)",
-        ),
-        (
-            "success_t1_lam.png",
-            frame[frame["lam_rule"] == "t1"],
-            (("success", "exact recovery"),),
-            "T1's lam = 3/(7 sqrt(gamma K))",
-        ),
-    ):
-        fig, axes, cax, top = _panels(len(values), len(kinds), 2.7)
-        for i, (value, what) in enumerate(values):
-            for j, kind in enumerate(kinds):
-                ax = axes[i, j]
-                sub = rows[rows["contamination"] == kind]
-                mesh = _heatmap(ax, sub, "gamma", "r", value)
-                _staircase(ax, star, ranks)
-                ax.set_xlim(xmin, None)
-                ax.set_title(f"{kind}: {what}", fontsize=9)
-                if i == len(values) - 1:
-                    ax.set_xlabel("contamination fraction gamma\n(log scale)")
-                else:
-                    ax.tick_params(labelbottom=False)
-                if j == 0:
-                    ax.set_ylabel("rank r of span(A)")
-                else:
-                    ax.tick_params(labelleft=False)
-        fig.colorbar(mesh, cax=cax, label="rate over replicates (0-1)")
-        top.legend(
-            [boundary_handle],
-            [f"T1 boundary gamma*(r) at the median mu; colours: P0 at {title}"],
-            **legend_style,
-        )
-        caption = (
-            f"Rate of exact recovery (subspace error <= 1e-6, support = S^c, rank r, "
-            f"converged) of P0 at {title}, over gamma and r, per contamination "
-            f"type; noiseless, p = {P}, q = {Q}, K = {K}. Red staircase: T1's "
-            "boundary gamma* = C/(mu r + C), C = 9/121, at the median mu of each r "
-            "(T1 guarantees exact recovery to its left, at T1's lam); left of the "
-            f"cells gamma < 1/K = {1 / K:g}, fewer than one contaminated client. "
-            f"{note}."
-        )
-        if len(values) > 1:
-            caption = caption.replace(
-                "Rate of exact recovery",
-                "Top row: rate of exact recovery; bottom row: of subspace recovery "
-                "only (subspace error <= 1e-6, converged). Exact recovery",
-            )
-        written.append(save_figure(fig, folder / name, caption))
-        plt.close(fig)
-
-    # (gamma, c) at r = SCAN_RANK
     scan = frame[(frame["r"] == SCAN_RANK) & (frame["lam_rule"] == "grid")]
-    if scan["c"].nunique() > 1:
-        t1 = proportion_summary(
-            frame[(frame["r"] == SCAN_RANK) & (frame["lam_rule"] == "t1")],
-            ["contamination", "gamma"],
-            "success",
-        )
-        fig, axes, cax, top = _panels(1, len(kinds), 3.3)
-        gam = np.geomspace(xmin, float(frame["gamma"].max()) * 1.3, 200)
-        for j, kind in enumerate(kinds):
-            ax = axes[0, j]
-            sub = scan[scan["contamination"] == kind]
-            mesh = _heatmap(ax, sub, "gamma", "c", "success")
-            ax.plot(gam, [t1_c_lam(g) for g in gam], **_outlined("black", 1.5))
-            dots = t1[t1["contamination"] == kind]
-            ax.scatter(
-                dots["gamma"],
-                [t1_c_lam(g) for g in dots["gamma"]],
-                c=dots["rate"],
-                cmap="viridis",
-                vmin=0,
-                vmax=1,
-                edgecolors="black",
-                s=30,
-                zorder=3,
-            )
-            ax.axhline(float(DEFAULT_C_LAM), ls="--", **_outlined("white", 1.2))
-            ax.axhline(math.sqrt(Q * K), ls=":", **_outlined("white", 1.2))
-            ax.axvline(star[SCAN_RANK], **_outlined("tab:red", 2.0))
-            ax.set_xlim(xmin, None)
-            ax.set_ylim(0.5, math.sqrt(Q * K) + 1.0)
-            ax.set_title(kind, fontsize=9)
-            ax.set_xlabel("contamination fraction gamma\n(log scale)")
-            if j == 0:
-                ax.set_ylabel("c = lam sqrt(K) (unitless)")
-            else:
-                ax.tick_params(labelleft=False)
-        fig.colorbar(mesh, cax=cax, label="exact-recovery rate (0-1)")
-        handles = [
-            Line2D(
-                [], [], marker="o", mfc="0.6", mec="black", **_outlined("black", 1.5)
-            ),
-            Line2D([], [], ls="--", **_outlined("white", 1.2)),
-            Line2D([], [], ls=":", **_outlined("white", 1.2)),
-            boundary_handle,
-        ]
-        top.legend(
-            handles,
-            [
-                "T1's lam (dots: its rate)",
-                f"default c = {DEFAULT_C_LAM:g}",
-                "ceiling sqrt(qK)",
-                f"T1 boundary gamma* (r = {SCAN_RANK}, median mu)",
-            ],
-            ncol=4,
-            **legend_style,
-        )
-        caption = (
-            f"Exact-recovery rate of P0 over gamma and c = lam sqrt(K) at r = "
-            f"{SCAN_RANK}; noiseless, p = {P}, q = {Q}, K = {K}, per contamination "
-            "type. Black curve: T1's c = 3/(7 sqrt(gamma)), its dots coloured by "
-            "the rate at that lam; dashed: the default c; dotted: the ceiling "
-            "sqrt(qK), above which nobody is flagged; red vertical line: T1's "
-            f"gamma* at the median mu of r = {SCAN_RANK}. {note}."
-        )
-        written.append(save_figure(fig, folder / "success_gamma_lam.png", caption))
-        plt.close(fig)
+    if scan["c"].nunique() <= 1:
+        return None
+    kinds = _kinds(frame)
+    fig, axes, cax, top = _panels(1, len(kinds), 3.3)
+    for j, kind in enumerate(kinds):
+        mesh = _gamma_lam_panel(axes[0, j], frame, scan, kind)
+        _label_panel(axes[0, j], True, j == 0, "c = lam sqrt(K) (unitless)")
+    fig.colorbar(mesh, cax=cax, label="exact-recovery rate (0-1)")
+    handles = [
+        Line2D([], [], marker="o", mfc="0.6", mec="black", **_outlined("black", 1.5)),
+        Line2D([], [], ls="--", **_outlined("white", 1.2)),
+        Line2D([], [], ls=":", **_outlined("white", 1.2)),
+        _boundary_handle(),
+    ]
+    top.legend(
+        handles,
+        [
+            "T1's lam (dots: its rate)",
+            f"default c = {DEFAULT_C_LAM:g}",
+            "ceiling sqrt(qK)",
+            f"T1 boundary gamma* (r = {SCAN_RANK}, median mu)",
+        ],
+        ncol=4,
+        **_LEGEND_STYLE,
+    )
+    caption = (
+        f"Exact-recovery rate of P0 over gamma and c = lam sqrt(K) at r = "
+        f"{SCAN_RANK}; noiseless, p = {P}, q = {Q}, K = {K}, per contamination "
+        "type. Black curve: T1's c = 3/(7 sqrt(gamma)), its dots coloured by "
+        "the rate at that lam; dashed: the default c; dotted: the ceiling "
+        "sqrt(qK), above which nobody is flagged; red vertical line: T1's "
+        f"gamma* at the median mu of r = {SCAN_RANK}. {note}."
+    )
+    written = save_figure(fig, folder / "success_gamma_lam.png", caption)
+    plt.close(fig)
     return written
+
+
+def _gamma_lam_panel(
+    ax: Any, frame: pd.DataFrame, scan: pd.DataFrame, kind: str
+) -> Any:
+    """One type's heatmap over (gamma, c) at r = SCAN_RANK, with T1's lam (curve,
+    and dots coloured by its rate) and the reference lines; returns the mesh."""
+    from clair_stats.experiments.plotting import proportion_summary
+
+    star = boundary(frame)
+    xmin = _gamma_floor(frame, star)
+    t1 = proportion_summary(
+        frame[(frame["r"] == SCAN_RANK) & (frame["lam_rule"] == "t1")],
+        ["contamination", "gamma"],
+        "success",
+    )
+    gam = np.geomspace(xmin, float(frame["gamma"].max()) * 1.3, 200)
+    mesh = _heatmap(ax, scan[scan["contamination"] == kind], "gamma", "c", "success")
+    ax.plot(gam, [t1_c_lam(g) for g in gam], **_outlined("black", 1.5))
+    dots = t1[t1["contamination"] == kind]
+    ax.scatter(
+        dots["gamma"],
+        [t1_c_lam(g) for g in dots["gamma"]],
+        c=dots["rate"],
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        edgecolors="black",
+        s=30,
+        zorder=3,
+    )
+    ax.axhline(float(DEFAULT_C_LAM), ls="--", **_outlined("white", 1.2))
+    ax.axhline(math.sqrt(Q * K), ls=":", **_outlined("white", 1.2))
+    ax.axvline(star[SCAN_RANK], **_outlined("tab:red", 2.0))
+    ax.set_xlim(xmin, None)
+    ax.set_ylim(0.5, math.sqrt(Q * K) + 1.0)
+    ax.set_title(kind, fontsize=9)
+    return mesh
 
 
 def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:

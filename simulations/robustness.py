@@ -428,11 +428,6 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import PercentFormatter
-
-    from clair_stats.experiments.plotting import save_figure
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table = summary_table(frame)
@@ -440,14 +435,26 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
     table.to_csv(folder / "summary.csv", index=False)
     worst.to_csv(folder / "worst_case.csv", index=False)
     mode = "quick" if args.quick else "full"
+    note = _note(frame, mode)
+    (folder / "worst_case.md").write_text(_worst_case_page(worst, mode, note))
+    _error_by_type_figure(table, folder, note)
+    _worst_case_figure(worst, folder, note)
+
+
+def _note(frame: pd.DataFrame, mode: str) -> str:
+    """The grid, the scenario and the replicates, for captions and pages."""
     reps = int(frame.groupby(["type", "gamma"])["replicate"].nunique().min())
     sc = SCENARIO
-    note = (
+    return (
         f"{mode} grid; p={sc['p']}, q={sc['q']}, r={sc['r']}, K={sc['K']}, OLS on "
         f"n={sc['n']} observations with sigma={sc['sigma']:g}; {reps} or more "
         "replicates per point"
     )
-    (folder / "worst_case.md").write_text(
+
+
+def _worst_case_page(worst: pd.DataFrame, mode: str, note: str) -> str:
+    """``worst_case.md``: the worst case over types, per method and gamma."""
+    return (
         f"# Worst case over contamination types ({mode} grid)\n\n"
         "Largest mean benign-client error ||Theta~_k - Theta_k||_F over the "
         "contamination types, per method and gamma; in brackets the type that "
@@ -455,6 +462,14 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
         + _worst_markdown(worst)
         + f"\n\n{note}.\n"
     )
+
+
+def _error_by_type_figure(table: pd.DataFrame, folder: Path, note: str) -> None:
+    """``error_by_type.png``: the benign error against gamma, one panel per
+    contamination type (four to a row), the legend in a spare panel or below."""
+    import matplotlib.pyplot as plt
+
+    from clair_stats.experiments.plotting import save_figure
 
     types = [t for t in CONTAMINATION_TYPES if t in set(table["type"])]
     ncols = 4
@@ -492,6 +507,15 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
         f"Carlo bands; {note}.",
     )
     plt.close(fig)
+
+
+def _worst_case_figure(worst: pd.DataFrame, folder: Path, note: str) -> None:
+    """``worst_case.png``: the worst-case benign error (left) and its change
+    against local fitting (right) against gamma."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
+
+    from clair_stats.experiments.plotting import save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     _lines(axes[0], worst, "mean", "lo", "hi")
