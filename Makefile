@@ -33,11 +33,13 @@ report: $(STAMP)
 	$(PY) -m clair_stats.experiments.reports
 
 # Every study's full grid (resumable: rerun after an interruption). JOBS=2 for two
-# local processes.
+# local processes. The copying experiment (the package simulations/copying/) runs
+# last; its full grid takes about 107 minutes with JOBS=1.
 JOBS ?= 1
 STUDIES := $(filter-out simulations/__init__.py,$(wildcard simulations/*.py))
 studies: $(STAMP)
 	for s in $(STUDIES); do $(PY) $$s --jobs $(JOBS) || exit 1; done
+	$(PY) -m simulations.copying --jobs $(JOBS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
