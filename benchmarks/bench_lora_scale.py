@@ -1,4 +1,4 @@
-"""Benchmark CLAIR on LoRA factors at LLM scale: the factored solver (SPEC §5).
+"""Benchmark CLAIR on LoRA factors at LLM scale: the factored solver (§5.8).
 
 K clients each send a rank-16 LoRA adapter of one 4096 x 4096 module, Theta^_k =
 s_k B_k A_k. The dense path would stack M = [Theta^_1, ..., Theta^_K], a 4096 x
@@ -9,7 +9,7 @@ core of size R x K max_k r_k with R <= sum_k r_k and never forms M.
 Two scenarios, 10% of the clients contaminated (Gaussian B_k, norm matched):
 
 * ``shared``: benign B_k = U G_k with U (p x 8) common: the noiseless model of
-  SPEC §2 (benign column spaces inside span(U)), so R = 8 + 16 * #contaminated.
+  docs/model.md §2 (benign column spaces inside span(U)), so R = 8 + 16 * #contaminated.
   Program: the default of :func:`clair_stats.clair` (P0, detection by support).
 * ``generic``: benign B_k = U G_k + 0.05 E_k / sqrt(p), so every client has its
   own 16-dimensional column space and R = sum_k r_k = 16 K, the worst case for

@@ -3,7 +3,8 @@
 For each size p x Kq the same noiseless instance of the ``random`` contamination
 model (r = 3, gamma = 0.2, fixed seed) is solved by
 
-* cvxpy + SCS (the exact reference, SPEC §5), in a child process so that it can be
+* cvxpy + SCS (the exact reference, docs/programs.md §5), in a child process so that it
+can be
   stopped at ``--cvxpy-cap`` seconds; the child regenerates the instance from its
   seed (checked by a hash) and returns only scalars;
 * the proximal solver (best of ``--repeats`` runs, default tolerance);

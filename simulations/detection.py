@@ -2,27 +2,26 @@ r"""
 Detection: power, ROC and error rates of CLAIR's chi-square test
 ================================================================
 
-**Question.** How reliably does ``clair(..., detect="test")`` (SPEC §3, step 3)
-flag contaminated clients as a function of the separation ratio
-rho = delta_min / (sigma sqrt((p - r) q / n)) of Theorem T3 (SPEC §4), does it
-keep its nominal error rates -- the family-wise error rate (FWER) under Holm and
-the false discovery rate (FDR) under Benjamini-Hochberg -- and from which sample
-size per client n / p is the test calibrated? ``theory_checks/README.md`` records
-FWER 0.54 at n = 40, p = 20 at the nominal 0.05 and attributes it to a poor
-chi-square law of T_k at n <= 2p. This study maps the calibration over n / p rather
-than hiding it.
+**Question.** How reliably does ``clair(..., detect="test")`` (step 3, docs/pipeline.md
+§3.3) flag contaminated clients as a function of the separation ratio rho = delta_min /
+(sigma sqrt((p - r) q / n)) of Theorem T3 (docs/claims.md §4), does it keep its nominal
+error rates -- the family-wise error rate (FWER) under Holm and the false discovery rate
+(FDR) under Benjamini-Hochberg -- and from which sample size per client n / p is the
+test calibrated? ``theory_checks/README.md`` records FWER 0.54 at n = 40, p = 20 at the
+nominal 0.05 and attributes it to a poor chi-square law of T_k at n <= 2p. This study
+maps the calibration over n / p rather than hiding it.
 
-**Grid** (full mode). The regression generator (SPEC §2 (b)): K = 20 clients, 4 of
-them contaminated of type ``margin`` (in-subspace part plus an off-subspace part of
-Frobenius norm exactly delta, so delta_min = delta), q = 2, r = 2, sigma = 1, OLS
-fits on n samples per client. p in {10, 20, 40}, n / p in {1.5, 2, 4, 8, 16}, rho
-in {0, 0.5, 1, 1.5, 2, 2.5, 3, 4} (delta = rho sigma sqrt((p - r) q / n); rho = 0
-puts the contaminated clients inside span(A), where they are not identifiable):
-120 configurations x 100 replicates = 12,000 replicates. Measured (one BLAS
-thread, shared 2-core machine at load 7-8): 3 minutes of CPU time (13 minutes of
-wall time under that load). ``--quick``: p = 20, n / p in {2, 8}, rho in {0, 1, 2,
-3}, 25 replicates (200 replicates; 5 s of CPU time, 13 s wall under load), a subset
-of the full grid with the same seeds.
+**Grid** (full mode). The regression generator (docs/model.md §2.3 (b)): K = 20 clients,
+4 of them contaminated of type ``margin`` (in-subspace part plus an off-subspace part of
+Frobenius norm exactly delta, so delta_min = delta), q = 2, r = 2, sigma = 1, OLS fits
+on n samples per client. p in {10, 20, 40}, n / p in {1.5, 2, 4, 8, 16}, rho in {0, 0.5,
+1, 1.5, 2, 2.5, 3, 4} (delta = rho sigma sqrt((p - r) q / n); rho = 0 puts the
+contaminated clients inside span(A), where they are not identifiable): 120
+configurations x 100 replicates = 12,000 replicates. Measured (one BLAS thread, shared
+2-core machine at load 7-8): 3 minutes of CPU time (13 minutes of wall time under that
+load). ``--quick``: p = 20, n / p in {2, 8}, rho in {0, 1, 2, 3}, 25 replicates (200
+replicates; 5 s of CPU time, 13 s wall under load), a subset of the full grid with the
+same seeds.
 
 **One replicate.** ``FederatedModel(p, 2, 2, 20, contamination=4,
 contamination_type="margin", margin=delta).sample_regression(n, sigma=1, seed)``,

@@ -6,7 +6,7 @@ Figure 1: subspace error against the number of clients K
 ||P_A^ - P_A||_F, fall with the number of clients K in different (p, q, n) regimes
 when some clients are contaminated, and how does CLAIR compare with a plain SVD of
 all clients and with an oracle that knows the benign set S? (The paper's Figure 1;
-SPEC §4 "Rates".)
+docs/claims.md §4 "Rates".)
 
 **Grid.** Regimes (p, q, r, n): (20, 1, 2, 100), (20, 2, 2, 80), (30, 3, 3, 120),
 (30, 3, 3, 480), (50, 5, 3, 200), (50, 5, 3, 800) -- the two pairs at p = 30 and
@@ -25,8 +25,8 @@ core). The largest point, p = 50, n = 800, K = 320, dominates: drawing and fitti
 
 **One replicate.** ``FederatedModel(p, q, r, K, contamination=0.2,
 contamination_type=("random", "subspace")).sample_regression(n, sigma=1, seed)``:
-each client fits OLS on n observations (regression generator, SPEC §2 (b); s = 1).
-Three subspace estimates of rank r, each scored by ||P_A^ - P_A||_F and
+each client fits OLS on n observations (regression generator, docs/model.md §2.3 (b); s
+= 1). Three subspace estimates of rank r, each scored by ||P_A^ - P_A||_F and
 ||P_A^ - P_A||_op (:func:`clair_stats.evaluation.metrics.projection_distance`):
 
 * ``clair``: ``clair(updates, rank=r, detect="test", sigma=local_sd)`` with every
@@ -45,7 +45,7 @@ contaminated clients missed, and whether the solver converged.
 
 **Reading the figures.** ``subspace_error.png``: one panel per regime, log-log,
 Monte Carlo mean of ||P_A^ - P_A||_F with its 95% t band, and two reference lines
-from :mod:`clair_stats.theory.t4`: SPEC's first-order prediction
+from :mod:`clair_stats.theory.t4`: the first-order prediction of docs/claims.md §4.6,
 sigma sqrt(p r / (n q K)) / s and the refined prediction
 sqrt(2 (p - r) r sigma^2 / ((n - p - 1) m q s^2)), m = |S| (the OLS noise level,
 p - r and the factor sqrt(2) of the projector distance). A slope of -1/2 is the
@@ -293,7 +293,7 @@ def _markdown(table: pd.DataFrame, note: str) -> str:
         "# Figure 1: subspace error against K",
         "",
         f"{note}. Slope: OLS of log ||P_A^ - P_A||_F on log K over all replicates "
-        "(95% interval); SPEC's first-order rate is -1/2. Ratio: mean of error / "
+        "(95% interval); the first-order rate is -1/2. Ratio: mean of error / "
         "refined prediction at the largest K. CLAIR detection: benign clients "
         "flagged and contaminated clients missed, mean per replicate at the "
         "largest K.",
@@ -345,7 +345,7 @@ def _subspace_error_figure(frame: pd.DataFrame, folder: Path, note: str) -> None
         folder / "subspace_error.png",
         r"$\|P_{\hat A} - P_A\|_F$ (unitless)",
         "Subspace error against the number of clients K (log-log), Monte Carlo "
-        "mean with 95% t bands; dashed: SPEC's first-order prediction "
+        "mean with 95% t bands; dashed: the first-order prediction "
         "sigma sqrt(p r / (n q K)) / s, dotted: the refined prediction "
         "sqrt(2 (p - r) r sigma^2 / ((n - p - 1) m q s^2)); " + note + ".",
     )
@@ -432,9 +432,7 @@ def _regime_panel(
         )
     if value == "error":
         pred = sub[sub["method"] == "oracle"].groupby("K")[["spec", "refined"]].mean()
-        ax.plot(
-            pred.index, pred["spec"], "k--", lw=1, label="SPEC first-order\nprediction"
-        )
+        ax.plot(pred.index, pred["spec"], "k--", lw=1, label="first-order\nprediction")
         ax.plot(pred.index, pred["refined"], "k:", lw=1.5, label="refined prediction")
         ax.set_yscale("log")
     else:

@@ -3,13 +3,13 @@ Calibrating c_lam: for which lam = c / sqrt(K) does P0 recover exactly?
 =======================================================================
 
 **Question.** When the contamination fraction gamma is unknown, CLAIR's step 1 (the
-exact decomposition P0 of SPEC §3) uses lam = c_lam / sqrt(K). SPEC §3 sets
-c_lam = 4 from a first scan ("exact recovery held for lam sqrt(K) in about [3, 5]"),
-but the README's known limitations record that c = 4 fails in most q = 1 regimes.
+exact decomposition P0 of docs/programs.md §3.1) uses lam = c_lam / sqrt(K). The default
+c_lam = 4 came from a first scan ("exact recovery held for lam sqrt(K) in about [3,
+5]"), but the README's known limitations record that c = 4 fails in most q = 1 regimes.
 This study maps, regime by regime, the set of c = lam sqrt(K) at which P0 recovers
 *exactly* on every replicate (the regime's "working window"), and recommends the c
 that lies in the most windows. It also runs, in every regime, the theory value of
-Theorem T1 (SPEC §4), c_T1 = lam_T1 sqrt(K) = 3 / (7 sqrt(gamma))
+Theorem T1 (docs/claims.md §4), c_T1 = lam_T1 sqrt(K) = 3 / (7 sqrt(gamma))
 (:func:`clair_stats.theory.t1.t1_c_lam`).
 
 **Grid** (full mode). Regimes: p in {30, 80}, q in {1, 2, 5, 10}, K in {20, 50, 100},

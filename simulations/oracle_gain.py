@@ -2,23 +2,22 @@ r"""
 Oracle gain: where does CLAIR beat local fitting?
 =================================================
 
-**Question.** T4 (SPEC §4) says that refining a benign client's estimate with the
-shared subspace gains G = (p - r) q tau^2 (1 - 1/m) over local fitting when A and S
-are known, and loses the costs of benign heterogeneity, het = eta^2 (1 - 1/m), and
-of estimating A, sub = r (p - r) tau^2 / m - r eta^2 / (q m) (first order;
-:mod:`clair_stats.theory.t4`). Over a map of the heterogeneity eta and the number
-of clients K (which sets m = |S| and so the subspace-estimation cost), where does
-CLAIR beat local, and does the T4 prediction draw the boundary? The prediction
-factorises, G - het - sub = (1 - 1/m - r/(q m)) ((p - r) q tau^2 - eta^2): its
-zero-gain curve is eta_0 = tau sqrt((p - r) q) for every m with q (m - 1) > r
-(all of this grid), the same curve as the oracle's G - het.
+**Question.** T4 (docs/claims.md §4) says that refining a benign client's estimate with
+the shared subspace gains G = (p - r) q tau^2 (1 - 1/m) over local fitting when A and S
+are known, and loses the costs of benign heterogeneity, het = eta^2 (1 - 1/m), and of
+estimating A, sub = r (p - r) tau^2 / m - r eta^2 / (q m) (first order;
+:mod:`clair_stats.theory.t4`). Over a map of the heterogeneity eta and the number of
+clients K (which sets m = |S| and so the subspace-estimation cost), where does CLAIR
+beat local, and does the T4 prediction draw the boundary? The prediction factorises, G -
+het - sub = (1 - 1/m - r/(q m)) ((p - r) q tau^2 - eta^2): its zero-gain curve is eta_0
+= tau sqrt((p - r) q) for every m with q (m - 1) > r (all of this grid), the same curve
+as the oracle's G - het.
 
-**Grid.** Direct-noise generator (SPEC §2 (a)): p = 20, r = 2, s = 1, tau = 0.3,
-q in {1, 3}, K in {5, 10, 20, 40, 80}, eta / eta_0 in {0, 0.25, ..., 2} (9
-values), gamma = 0.1 contaminated clients of type ``random`` (norm matched to the
-benign clients); 24 replicates (2,160 in all). ``--quick``: K in {10, 40},
-eta / eta_0 in {0, 0.5, 1, 1.5, 2}, 4 replicates (80), a subset of the full grid
-(same seeds).
+**Grid.** Direct-noise generator (docs/model.md §2.3 (a)): p = 20, r = 2, s = 1, tau =
+0.3, q in {1, 3}, K in {5, 10, 20, 40, 80}, eta / eta_0 in {0, 0.25, ..., 2} (9 values),
+gamma = 0.1 contaminated clients of type ``random`` (norm matched to the benign
+clients); 24 replicates (2,160 in all). ``--quick``: K in {10, 40}, eta / eta_0 in {0,
+0.5, 1, 1.5, 2}, 4 replicates (80), a subset of the full grid (same seeds).
 
 Measured cost (one process, one BLAS thread, on the shared 2-core machine under a
 load of 5-9): quick, 80 replicates, 20 s of replicate time (25 s wall with start-up

@@ -2,11 +2,11 @@ r"""
 Phase transition of exact recovery: P0 over (gamma, r) and over lam sqrt(K)
 ==========================================================================
 
-**Question.** On noiseless data, for which contamination fractions gamma, ranks r
-and penalty levels lam does CLAIR's step 1 (the exact program P0 of SPEC §3)
+**Question.** On noiseless data, for which contamination fractions gamma, ranks r and
+penalty levels lam does CLAIR's step 1 (the exact program P0 of docs/programs.md §3.1)
 recover the shared subspace and the contaminated set *exactly*, and where does the
-region guaranteed by Theorem T1 (SPEC §4: gamma/(1 - gamma) <= 9/(121 mu r) with
-lam = 3/(7 sqrt(gamma K))) lie inside the empirical region?
+region guaranteed by Theorem T1 (docs/claims.md §4: gamma/(1 - gamma) <= 9/(121 mu r)
+with lam = 3/(7 sqrt(gamma K))) lie inside the empirical region?
 
 **Grid** (full mode). p = 30, q = 2, K = 100 (M is 30 x 200); contamination types
 ``random``, ``orthogonal``, ``subspace``, ``scaled`` and ``margin`` (delta = 1,
@@ -36,8 +36,8 @@ r. *Subspace recovery* keeps only the first two. All values of c are solved on t
 same instance (common random numbers).
 
 ``scaled`` clients are -3 (A B'^T + H') with H' = 0 here (eta = 0): they lie *in*
-span(A) (delta_k = 0), so they are not identifiable (SPEC §2) and exact recovery
-of the support is not expected; the subspace can still be recovered.
+span(A) (delta_k = 0), so they are not identifiable (docs/model.md §2) and exact
+recovery of the support is not expected; the subspace can still be recovered.
 
 **Reading the figures.**
 

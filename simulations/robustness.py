@@ -3,27 +3,26 @@ Robustness: benign-client error of every method under each contamination type
 ============================================================================
 
 **Question.** How does the error that a *benign* client ends up with,
-||Theta~_k - Theta_k||_F averaged over k in S, change as a fraction gamma of the
-K clients is contaminated, for CLAIR, oracle CLAIR and every baseline of SPEC §6
-(local, FedAvg, coordinate median, trimmed mean, geometric median, Krum,
-multi-Krum, plain SVD + refinement), under each contamination type of SPEC §2
+||Theta~_k - Theta_k||_F averaged over k in S, change as a fraction gamma of the K
+clients is contaminated, for CLAIR, oracle CLAIR and every baseline of docs/pipeline.md
+§6 (local, FedAvg, coordinate median, trimmed mean, geometric median, Krum, multi-Krum,
+plain SVD + refinement), under each contamination type of docs/model.md §2
 (:data:`clair_stats.CONTAMINATION_TYPES`)? And which type is the worst case of each
 method?
 
-**Scenario** (fixed; the demo's, ``clair demo``). p = 30, q = 5, r = 3, K = 40
-clients; benign Theta_k = A B_k^T with B_k iid N(0, 1) entries (no heterogeneity
-off span(A), no centre); local estimates by OLS on n = 200 observations with noise
-sd sigma = 1 (SPEC §2 (b), :meth:`FederatedModel.sample_regression`), so the local
-error is about sigma sqrt(p q / (n - p - 1)) = 0.94 per client, while a benign
-client lies about sqrt(q r) = 3.9 from the benign mean inside span(A): the error
-of any method that gives every client the same matrix. Contaminated clients:
-``random``, ``orthogonal``, ``subspace``, ``in_subspace`` (norm matched to the
-benign clients), ``scaled`` (-3 times a benign-like draw), ``sign_flip`` (-1
-times), ``margin`` (in-subspace plus an off-subspace part of norm delta = 1, about
-the local error). With no benign heterogeneity off span(A), ``scaled`` and
-``sign_flip`` clients lie in span(A) (delta_k = 0), as ``in_subspace`` ones do:
-they cannot be detected, and they do not need to be, since the refinement only
-averages the part of the updates off span(A).
+**Scenario** (fixed; the demo's, ``clair demo``). p = 30, q = 5, r = 3, K = 40 clients;
+benign Theta_k = A B_k^T with B_k iid N(0, 1) entries (no heterogeneity off span(A), no
+centre); local estimates by OLS on n = 200 observations with noise sd sigma = 1
+(docs/model.md §2.3 (b), :meth:`FederatedModel.sample_regression`), so the local error
+is about sigma sqrt(p q / (n - p - 1)) = 0.94 per client, while a benign client lies
+about sqrt(q r) = 3.9 from the benign mean inside span(A): the error of any method that
+gives every client the same matrix. Contaminated clients: ``random``, ``orthogonal``,
+``subspace``, ``in_subspace`` (norm matched to the benign clients), ``scaled`` (-3 times
+a benign-like draw), ``sign_flip`` (-1 times), ``margin`` (in-subspace plus an
+off-subspace part of norm delta = 1, about the local error). With no benign
+heterogeneity off span(A), ``scaled`` and ``sign_flip`` clients lie in span(A) (delta_k
+= 0), as ``in_subspace`` ones do: they cannot be detected, and they do not need to be,
+since the refinement only averages the part of the updates off span(A).
 
 **Methods** (one row each per replicate):
 
@@ -52,7 +51,7 @@ are seven independent sets of uncontaminated replicates.
 
 **One replicate** (:func:`run`): one instance, every method on it, one row per
 method with ``benign_error`` (mean over k in S of ||Theta~_k - Theta_k||_F),
-``benign_mse`` (the mean of the squares, for SPEC T4's formulas),
+``benign_mse`` (the mean of the squares, for the formulas of T4, docs/claims.md §4.5),
 ``relative_change`` ((benign_error - local's) / local's: -0.5 = error halved),
 and for the CLAIR variants ``n_flagged``, ``precision``, ``recall`` and
 ``subspace_error`` ||P_A^ - P_A||_F.

@@ -1,13 +1,13 @@
-"""Client updates given as LoRA factors: Theta^_k = s_k B_k A_k (SPEC §1, §5).
+"""Client updates given as LoRA factors: Theta^_k = s_k B_k A_k (docs/model.md §1, §5).
 
-A LoRA adapter of one p x q module sends two thin factors, B_k (p x r_k) and
-A_k (r_k x q), and PEFT applies them with a scaling s_k = lora_alpha / r_k (or
-lora_alpha / sqrt(r_k) with rsLoRA). :class:`LowRankUpdates` holds the K clients'
-factors without ever forming the p x q products, so that CLAIR can run where the
-stacked matrix M = [Theta^_1, ..., Theta^_K] (p x Kq) would not fit in memory
-(4096 x 409600 in float64 is 13 GB for K = 100 clients of a 4096 x 4096 module).
-:func:`clair_stats.decompose` and :func:`clair_stats.clair` accept it in place of a
-(K, p, q) array and solve on a (sum_k r_k)-sized core (SPEC §5, "LoRA scale").
+A LoRA adapter of one p x q module sends two thin factors, B_k (p x r_k) and A_k (r_k x
+q), and PEFT applies them with a scaling s_k = lora_alpha / r_k (or lora_alpha /
+sqrt(r_k) with rsLoRA). :class:`LowRankUpdates` holds the K clients' factors without
+ever forming the p x q products, so that CLAIR can run where the stacked matrix M =
+[Theta^_1, ..., Theta^_K] (p x Kq) would not fit in memory (4096 x 409600 in float64 is
+13 GB for K = 100 clients of a 4096 x 4096 module). :func:`clair_stats.decompose` and
+:func:`clair_stats.clair` accept it in place of a (K, p, q) array and solve on a (sum_k
+r_k)-sized core (docs/programs.md §5, "LoRA scale").
 """
 
 from __future__ import annotations

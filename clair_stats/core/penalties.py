@@ -1,7 +1,7 @@
 """The two penalties of the CLAIR programs and their proximal maps.
 
 Both act on the stacked matrix X in R^{p x Kq}, whose block k is columns
-kq .. (k+1)q - 1 (SPEC §1).
+kq .. (k+1)q - 1 (docs/model.md §1).
 
 - :class:`NuclearNorm`: ||X||_* = sum of singular values; its prox is singular
   value thresholding, its dual norm the operator norm.

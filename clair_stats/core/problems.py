@@ -1,4 +1,4 @@
-"""The three CLAIR decomposition programs as frozen specifications (SPEC §3).
+"""The three CLAIR programs as frozen specifications (docs/programs.md §3.1).
 
 All act on the stacked matrix M = [Theta^_1, ..., Theta^_K] in R^{p x Kq}, with
 L low rank, S block sparse (block S_k = columns kq .. (k+1)q - 1) and an optional

@@ -1,4 +1,9 @@
-"""Result objects: solver statistics and the decomposition (SPEC §3, step 1)."""
+"""Result objects: solver statistics, the decomposition, refined LoRA factors.
+
+Step 1 (docs/programs.md §3.1) returns a :class:`Decomposition` (dense) or a
+:class:`FactoredDecomposition` (LoRA factors); step 4 (docs/pipeline.md §3.4) of
+factored updates returns :class:`RefinedFactors`.
+"""
 
 from __future__ import annotations
 
@@ -181,14 +186,14 @@ class FactoredDecomposition:
     """The split of factored updates, M = L + S (+ c 1^T), held on a small core.
 
     Returned by :func:`clair_stats.decompose` for
-    :class:`~clair_stats.core.lowrank.LowRankUpdates` (SPEC §5, "LoRA scale"). With Q
-    (p x R) an orthonormal basis of span(B_1, ..., B_K) and W_k (q x m_k) one of
-    the row space of A_k (with ``center=True`` one basis W of all row spaces),
-    every block is L^_k = Q X_k W_k^T, S^_k = Q Z_k W_k^T, where (X, Z) solve the
-    same program on the core blocks C_k = Q^T Theta^_k W_k (zero-padded to a
-    common width). Q and W_k are isometries, so objective, certificate, block
-    norms and singular values are those of the core solve, and no p x Kq or
-    K x p x q array is formed.
+    :class:`~clair_stats.core.lowrank.LowRankUpdates` (docs/programs.md §5, "LoRA
+    scale"). With Q (p x R) an orthonormal basis of span(B_1, ..., B_K) and W_k (q x
+    m_k) one of the row space of A_k (with ``center=True`` one basis W of all row
+    spaces), every block is L^_k = Q X_k W_k^T, S^_k = Q Z_k W_k^T, where (X, Z) solve
+    the same program on the core blocks C_k = Q^T Theta^_k W_k (zero-padded to a common
+    width). Q and W_k are isometries, so objective, certificate, block norms and
+    singular values are those of the core solve, and no p x Kq or K x p x q array is
+    formed.
 
     Attributes
     ----------
@@ -325,7 +330,7 @@ class FactoredDecomposition:
 
 @dataclass(frozen=True)
 class RefinedFactors:
-    """Refined client updates in LoRA factors: Theta~_k ~ B~_k A~_k (SPEC §3, step 4).
+    """Refined updates in LoRA factors, Theta~_k ~ B~_k A~_k (docs/pipeline.md §3.4).
 
     For a collaborative client, B~_k A~_k is the best rank-t_k approximation of
     Theta~_k (its truncated SVD, B~_k = U_t Sigma_t, A~_k = V_t^T); a flagged

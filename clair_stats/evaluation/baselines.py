@@ -1,4 +1,4 @@
-r"""Baselines of SPEC §6, each returning the estimate every client would use.
+r"""Baselines (docs/pipeline.md §6), each returning the estimate every client uses.
 
 Every function takes the local estimates :math:`\hat\Theta_k`, shape (K, p, q), and
 returns a new (K, p, q) array: row k is the matrix client k ends up with. The
@@ -473,7 +473,7 @@ def oracle_clair(updates: object, subspace: object, benign: object) -> FloatArra
     clients outside S keep their local estimate (and with S empty nothing
     changes). With iid :math:`N(0, \tau^2)` noise and no heterogeneity its
     mean squared error per benign client is
-    :math:`r q \tau^2 + (p - r) q \tau^2 / |S|` (SPEC T4).
+    :math:`r q \tau^2 + (p - r) q \tau^2 / |S|` (T4 (docs/claims.md §4.5)).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-r"""Metrics of SPEC §7: subspace error, detection, per-client error.
+r"""Metrics of docs/pipeline.md §7: subspace error, detection, per-client error.
 
 - Subspace: :math:`\|P_{\hat A} - P_A\|_F` and :math:`\|P_{\hat A} - P_A\|_{op}`
   (the sin-theta distance) and the principal angles between span(A^) and span(A).

@@ -1,12 +1,12 @@
 """The main job: CLAIR against the baselines on one simulated federation.
 
-Scenario (SPEC §2 (b)): K clients fit a multi-response regression by OLS; benign
-clients share span(A); the contaminated ones are split between two contamination
-types. Every method of SPEC §6 estimates each client's Theta_k; the table
-reports the subspace error, the detection precision and recall, the benign-client
-mean error ||Theta~_k - Theta_k||_F and its relative change against local
-fitting, and the seconds each method took. One figure shows the per-client
-errors with the contaminated clients marked.
+Scenario (docs/model.md §2.3 (b)): K clients fit a multi-response regression by OLS;
+benign clients share span(A); the contaminated ones are split between two contamination
+types. Every method of docs/pipeline.md §6 estimates each client's Theta_k; the table
+reports the subspace error, the detection precision and recall, the benign-client mean
+error ||Theta~_k - Theta_k||_F and its relative change against local fitting, and the
+seconds each method took. One figure shows the per-client errors with the contaminated
+clients marked.
 """
 
 from __future__ import annotations

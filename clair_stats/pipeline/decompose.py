@@ -37,7 +37,7 @@ from clair_stats.solvers.factored import as_factored, reduce_updates
 
 __all__ = ["DEFAULT_C_LAM", "decompose", "default_lam"]
 
-#: Default c_lam of lam = c_lam / sqrt(K) when gamma is unknown (SPEC §3).
+#: Default c_lam of lam = c_lam / sqrt(K) when gamma is unknown (docs/programs.md §3.1).
 #: ``simulations/lambda_calibration.py`` maps, over 288 regimes (p 30/80, q 1-10,
 #: K 20-100, r 2/5, gamma 0.1-0.4, random and orthogonal contamination, 8 noiseless
 #: replicates each), the values of c at which P0 recovers exactly on every replicate.
@@ -107,7 +107,7 @@ def decompose(
     eps : float
         eps >= 0, required for P1c: a bound on ||M - (L0 + S0)||_F.
     center : bool
-        Estimate an unknown common backbone c (the Theta_0 of SPEC §2).
+        Estimate an unknown common backbone c (the Theta_0 of docs/model.md §2).
     weights : array_like, shape (K,), optional
         Block weights w_k > 0 (default 1; sqrt of client sample sizes is one
         choice).

@@ -1,4 +1,4 @@
-"""Step 3 of CLAIR: the collaborative set S^ (SPEC §3).
+"""Step 3 of CLAIR: the collaborative set S^ (docs/pipeline.md §3.3).
 
 ``support``: S^ = {k : ||S^_k||_F <= tol ||M||_F}, for noiseless data.
 
@@ -29,7 +29,7 @@ __all__ = ["ChiSquareTest", "chi_square_test", "energy_test"]
 
 @dataclass(frozen=True)
 class ChiSquareTest:
-    """The per-client test of SPEC §3, step 3.
+    """The per-client test of step 3 (docs/pipeline.md §3.3.2).
 
     Attributes
     ----------

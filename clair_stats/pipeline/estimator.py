@@ -164,7 +164,7 @@ def clair(
         P0 or P1. ``"auto"``: P1 when ``sigma`` is given (mu = sigma (sqrt(p) +
         sqrt(Kq)), the noise operator norm), else P0.
     detect : {"support", "test"}
-        How S^ is formed (SPEC §3 step 3).
+        How S^ is formed (docs/pipeline.md §3.3).
     alpha, correction
         Level and correction of the test (``"holm"``, ``"fdr_bh"``).
     sigma : float or array of shape (K,), optional
@@ -249,7 +249,7 @@ def _program(
     mu: float | None,
     shape: tuple[int, int, int],
 ) -> tuple[str, float | None]:
-    """The program of step 1 and its mu (SPEC §3): the rule of ``mode="auto"``.
+    """Step 1's program and mu (docs/programs.md §3.1): the rule of ``mode="auto"``.
 
     ``"auto"`` is P1 when ``sigma`` or ``mu`` is given, else P0. P1 without mu
     takes mu = max_k sigma_k (sqrt(p) + sqrt(Kq)), the operator norm of iid

@@ -1,4 +1,4 @@
-"""Step 4 of CLAIR: refine the collaborative clients (SPEC §3)."""
+"""Step 4 of CLAIR: refine the collaborative clients (docs/pipeline.md §3.4)."""
 
 from __future__ import annotations
 

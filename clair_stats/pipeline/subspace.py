@@ -1,4 +1,4 @@
-"""Step 2 of CLAIR: the shared subspace A^ from the low-rank part L^ (SPEC §3)."""
+"""Step 2 of CLAIR: the shared subspace A^ from L^ (docs/pipeline.md §3.2)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Random draws and array helpers shared by the generators of this subpackage.
 
-Each helper is one line of SPEC section 2: a random orthonormal basis, the
+Each helper is one line of docs/model.md §2: a random orthonormal basis, the
 projection onto the complement of span(A), a rescaling to a given Frobenius norm,
 and the read-only flag every array of a sample carries.
 """

@@ -1,4 +1,4 @@
-r"""Generators of the federated low-rank + block-sparse model (SPEC section 2).
+r"""Generators of the federated low-rank + block-sparse model (docs/model.md §2).
 
 Benign clients k in S share an r-dimensional column space span(A):
 
@@ -10,8 +10,8 @@ Benign clients k in S share an r-dimensional column space span(A):
 contaminated clients k in S^c follow one of the registered contamination types
 (:mod:`~clair_stats.simulate.contamination`), and the preliminary local estimates
 are :math:`\hat\Theta_k = \Theta_k + E_k` with :math:`E_k` entries iid
-:math:`N(0, \tau^2)` (SPEC 2 (a), direct noise). Local estimates from
-regressions (SPEC 2 (b)) are in :mod:`~clair_stats.simulate.regression`.
+:math:`N(0, \tau^2)` (docs/model.md §2.3 (a), direct noise). Local estimates from
+regressions (docs/model.md §2.3 (b)) are in :mod:`~clair_stats.simulate.regression`.
 
 References
 ----------
@@ -307,7 +307,7 @@ class FederatedModel:
         seed: int | np.random.Generator | None = None,
         keep_data: bool = False,
     ) -> RegressionSample:
-        r"""Draw one instance with local estimates from regressions (SPEC 2 (b)).
+        r"""Draw one instance, local estimates from regressions (docs/model.md §2.3).
 
         .. math::
 

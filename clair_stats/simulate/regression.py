@@ -1,4 +1,4 @@
-r"""Multi-response regression generator of the local estimates (SPEC 2 (b)).
+r"""Multi-response regression generator of the local estimates (docs/model.md §2.3 (b)).
 
 The truth :math:`\Theta_k` is drawn exactly as by
 :meth:`clair_stats.simulate.model.FederatedModel.sample`; each client k then observes
@@ -325,7 +325,7 @@ def sample_regression(
     seed: int | np.random.Generator | None = None,
     keep_data: bool = False,
 ) -> RegressionSample:
-    r"""Draw an instance of ``model``, local estimates from regressions (SPEC 2 (b)).
+    r"""Draw an instance, local estimates from regressions (docs/model.md §2.3 (b)).
 
     .. math::
 

@@ -4,7 +4,7 @@ r"""One draw of the federated model: truth, estimates and the hidden structure.
 :meth:`~clair_stats.simulate.model.FederatedModel.sample` returns (and, extended
 by the fits, what :func:`~clair_stats.simulate.regression.sample_regression`
 returns): the preliminary estimates, the truth, span(A), the collaborative set S,
-the backbone and the margins, with the SPEC section 3 split of the truth into
+the backbone and the margins, with the split of the truth into
 :math:`L_0 + S_0`. It has its own module so that both generators can import it
 without importing each other.
 """

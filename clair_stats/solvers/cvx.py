@@ -1,10 +1,10 @@
 """The exact reference: P0, P1 and P1c written in cvxpy.
 
-The nuclear norm makes every program a semidefinite program of size
-(p + Kq), so this path is for small instances and for checking the fast
-solvers (SPEC §5: SCS took 0.3 s at p x Kq = 20 x 100 and 117 s at 100 x 1000).
-SCS is the default backend; Clarabel (interior point, more accurate, more
-memory) is used with ``cvxpy_solver="CLARABEL"``.
+The nuclear norm makes every program a semidefinite program of size (p + Kq), so this
+path is for small instances and for checking the fast solvers (docs/programs.md §5: SCS
+took 0.3 s at p x Kq = 20 x 100 and 117 s at 100 x 1000). SCS is the default backend;
+Clarabel (interior point, more accurate, more memory) is used with
+``cvxpy_solver="CLARABEL"``.
 
 The returned dual matrix is the multiplier of the equality constraint (P0), the
 residual (P1), or the multiplier of the norm constraint times the normalised

@@ -1,4 +1,6 @@
-"""CLAIR on LoRA factors: the reduction to a small core and the lift back (SPEC §5).
+"""LoRA factors: the reduction to a small core and the lift back.
+
+The maths is in docs/programs.md §5.8.
 
 When every update is given in factors, Theta^_k = s_k B_k A_k with B_k (p x r_k)
 and A_k (r_k x q), its compact SVD Theta^_k = U_k Sigma_k V_k^T (rank m_k <= r_k)

@@ -1,4 +1,4 @@
-r"""T1, exact recovery (SPEC §4): incoherence, the condition and the theory lam.
+r"""T1, exact recovery (docs/claims.md §4.2): incoherence, the condition, the lam.
 
 Noiseless data :math:`M = L_0 + S_0`, :math:`L_0 = [A B_k^T \text{ on } S,\ 0
 \text{ on } S^c]` (p x Kq) with thin SVD :math:`U \Sigma V^T`, :math:`V_k` the
@@ -142,7 +142,7 @@ def right_singular_blocks(
 
 
 def incoherence(sample: Instance) -> float:
-    r"""The incoherence mu of L0 (SPEC §4).
+    r"""The incoherence mu of L0 (docs/claims.md §4).
 
     .. math::
 

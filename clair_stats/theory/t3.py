@@ -1,8 +1,8 @@
-r"""T3, consistent detection (SPEC §4): the separation ratio and the test's power.
+r"""T3, consistent detection (docs/claims.md §4.4): separation ratio, power of the test.
 
-With the regression generator (SPEC §2 (b)), OLS fits on n samples, noise level
-sigma, and a contaminated client at separation margin
-:math:`\delta_k = \|P_A^\perp(\Theta_k - \Theta_0)\|_F`, the separation ratio is
+With the regression generator (docs/model.md §2.3 (b)), OLS fits on n samples, noise
+level sigma, and a contaminated client at separation margin :math:`\delta_k =
+\|P_A^\perp(\Theta_k - \Theta_0)\|_F`, the separation ratio is
 
 .. math::
 
@@ -11,7 +11,7 @@ sigma, and a contaminated client at separation margin
 the margin in units of the typical off-subspace noise of one local fit. T3 states
 that with :math:`\delta_{\min}` fixed and :math:`n \to \infty`,
 :math:`P(\hat S = S) \to 1`. :func:`predicted_power` gives the power of the
-chi-square test of SPEC §3 at known A as a function of rho, and
+chi-square test of step 3 (docs/pipeline.md §3.3.2) at known A as a function of rho, and
 :func:`ratio_threshold` the ratio above which the test detects a contaminated
 client with a given probability: the explicit separation condition the paper
 leaves unquantified.

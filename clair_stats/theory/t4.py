@@ -1,6 +1,6 @@
-r"""T4 (SPEC §4): the oracle gain of CLAIR over local fitting, and its costs.
+r"""T4 (docs/claims.md §4): the oracle gain of CLAIR over local fitting, and its costs.
 
-Direct-noise model (SPEC §2 (a)): :math:`\hat\Theta_k = \Theta_k + E_k` with
+Direct-noise model (docs/model.md §2.3 (a)): :math:`\hat\Theta_k = \Theta_k + E_k` with
 :math:`E_k` iid :math:`N(0, \tau^2)` entries; benign
 :math:`\Theta_k = A B_k^T + H_k`, :math:`\|H_k\|_F = \eta` and
 :math:`H_k = \eta P_A^\perp G / \|P_A^\perp G\|_F` (isotropic in the complement of
@@ -42,11 +42,11 @@ q (m - 1) < r the sign is reversed (a subspace estimated from too few clients
 costs more than averaging gains). The check against Monte Carlo is in
 ``theory_checks/test_t4_oracle_gain.py`` and ``simulations/oracle_gain.py``.
 
-Rates (SPEC §4, the paper's Figure 1), regression generator (SPEC §2 (b)): the
-first-order prediction of SPEC, :math:`\sigma\sqrt{p r / (n q K)} / s`
-(:func:`spec_prediction`), and its refined form (:func:`refined_prediction`):
-with OLS noise of per-entry variance :math:`\tau^2 = \sigma^2 / (n - p - 1)`,
-:math:`B^T B \approx m q s^2 I_r` and
+Rates (docs/claims.md §4.6, the paper's Figure 1), regression generator
+(docs/model.md §2.3 (b)): the first-order prediction
+:math:`\sigma\sqrt{p r / (n q K)} / s` (:func:`spec_prediction`), and its refined
+form (:func:`refined_prediction`): with OLS noise of per-entry variance
+:math:`\tau^2 = \sigma^2 / (n - p - 1)`, :math:`B^T B \approx m q s^2 I_r` and
 :math:`\|P_{\hat A} - P_A\|_F^2 = 2 \|P_A^\perp \hat A\|_F^2`,
 
 .. math::
@@ -292,7 +292,7 @@ def spec_prediction(
     sigma: float = 1.0,
     signal_scale: float = 1.0,
 ) -> FloatOrArray:
-    r"""SPEC §4's first-order subspace error: :math:`\sigma\sqrt{p r/(n q K)} / s`.
+    r"""First-order subspace error :math:`\sigma\sqrt{p r/(n q K)}/s` (§4.6 of claims).
 
     Parameters
     ----------
