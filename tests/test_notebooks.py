@@ -1,7 +1,7 @@
 """The reports of notebooks/ execute and show what they promise.
 
-Each report is executed as ``make report --mode quick`` does (a fresh kernel,
-exported to HTML) on its study's quick grid, which the session has already stored
+Each report is executed as ``make report`` does (a fresh kernel, exported to
+HTML; here with ``--mode quick``) on its study's quick grid, which the session stored
 (``quick_grid`` and ``copying_grid`` of ``tests/conftest.py``): the report reads
 the store and computes nothing, which the test checks. Then the files the report
 writes, the columns and value ranges of its tables and the numbers it prints are
