@@ -195,25 +195,13 @@ def test_refined_adapters_are_the_spec_refinement(tmp_path, side):
         assert np.all(module.truncation_error <= 1e-10 * module.refined_norm)
 
 
-def test_energy_p_values_are_uniform_under_the_null_model():
-    """Under iid log-normal energies, P(p_k <= a) = a for the leave-one-out robust
-    z-score's p-value (its law is pivotal). One client per replicate, so the
-    indicators are iid Bernoulli(a): with n = 3000 replicates the empirical rate
-    has sd sqrt(a (1 - a) / n) (0.0040 at a = 0.05), and 4 sd bounds a false
-    failure at 6e-5 (normal approximation). Monte Carlo error of the null law
-    (50000 draws) is < 1% relative at these levels."""
+def test_energy_p_values_are_scale_free_and_monotone():
+    """Rescaling every energy changes nothing; raising one client's energy 1000x
+    shifts its z by log(1000) / (the others' scale) and lowers its p-value;
+    energies <= 0 and a MAD of 0 are refused. (That the p-values are uniform under
+    the null model is checked in theory_checks/test_calibration.py.)"""
     rng = np.random.default_rng(0)
-    n, n_clients = 3000, 10
-    p0 = np.empty(n)
-    for i in range(n):
-        energies = np.exp(0.7 * rng.standard_normal(n_clients) + 3.0)
-        p0[i] = energy_p_values(energies)[1][0]
-    for level in (0.01, 0.05, 0.2):
-        sd = np.sqrt(level * (1 - level) / n)
-        assert abs(np.mean(p0 <= level) - level) <= 4 * sd
-    # scale-free and monotone: rescaling all energies changes nothing; raising one
-    # client's energy by 1000x shifts its z by log(1000) / (its others' scale) and
-    # lowers its p-value
+    n_clients = 10
     energies = np.exp(rng.standard_normal(n_clients))
     z, p = energy_p_values(energies)
     z2, p2 = energy_p_values(1e-8 * energies)

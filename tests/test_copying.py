@@ -6,7 +6,6 @@ The generator tests need numpy only; the others skip cleanly without torch.
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -337,26 +336,6 @@ def test_a_client_is_flagged_by_at_least_half_of_the_modules(torch):
 
 
 # ------------------------------------------------------------------ end to end
-TINY = {
-    "n_clients": 5,
-    "n_contaminated": 2,
-    "n_train": 8,
-    "n_test": 32,
-    "vocab": 16,
-    "length": 24,
-    "d_model": 8,
-    "n_layers": 1,
-    "seg_min": 4,
-    "seg_max": 6,
-    "pretrain_steps": 10,
-    "pretrain_batch": 8,
-    "lora_rank": 2,
-    "ft_steps": 3,
-    "ft_batch": 4,
-    "clair_rank": 1,
-}
-
-
 @pytest.fixture
 def results(tmp_path, monkeypatch):
     monkeypatch.setenv("CLAIR_RESULTS", str(tmp_path))
@@ -364,14 +343,16 @@ def results(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("experiment", ["homogeneous", "heterogeneous"])
-def test_tiny_run_gives_finite_accuracies_of_every_method(torch, results, experiment):
+def test_tiny_run_gives_finite_accuracies_of_every_method(
+    torch, results, copying_tiny, experiment
+):
     from simulations.copying import study
     from simulations.copying.federation import METHODS
 
-    config = {"experiment": experiment, **TINY}
+    config = {"experiment": experiment, **copying_tiny}
     rows = study.run(config, seed=11)
     assert [row["method"] for row in rows] == list(METHODS)
-    K = TINY["n_clients"]
+    K = copying_tiny["n_clients"]
     by_method = {row["method"]: row for row in rows}
     for row in rows:
         assert len(row["accuracy"]) == K
@@ -405,10 +386,10 @@ def test_tiny_run_gives_finite_accuracies_of_every_method(torch, results, experi
     assert list((results / "copying" / "checkpoints").glob("*.pt"))
 
 
-def test_run_is_deterministic_in_the_seed(torch, results):
+def test_run_is_deterministic_in_the_seed(torch, results, copying_tiny):
     from simulations.copying import study
 
-    config = {"experiment": "homogeneous", **TINY}
+    config = {"experiment": "homogeneous", **copying_tiny}
     a = study.run(config, seed=5)
     b = study.run(config, seed=5)
     c = study.run(config, seed=6)
@@ -416,10 +397,10 @@ def test_run_is_deterministic_in_the_seed(torch, results):
     assert a != c
 
 
-def test_without_contamination_fedavg_benign_is_fedavg(torch, results):
+def test_without_contamination_fedavg_benign_is_fedavg(torch, results, copying_tiny):
     from simulations.copying import study
 
-    config = {"experiment": "homogeneous", **TINY, "n_contaminated": 0}
+    config = {"experiment": "homogeneous", **copying_tiny, "n_contaminated": 0}
     rows = {row["method"]: row for row in study.run(config, seed=2)}
     assert rows["fedavg_benign"]["accuracy"] == rows["fedavg"]["accuracy"]
 
@@ -437,22 +418,21 @@ def test_bad_settings_are_rejected(torch):
         Settings(ft_steps=2.5)
 
 
-def test_study_report_writes_figures_and_table(torch, results):
-    from clair_stats.experiments.study import Study, run_study
+def test_study_report_writes_figures_and_table(copying_grid, tmp_path):
+    """The report of the tiny grid (tests/conftest.py: both experiments, 2
+    replicates each, run once per session)."""
     from simulations.copying import study
 
-    configs = [{"experiment": e, **TINY} for e in study.EXPERIMENTS]
-    tiny = Study(name="copying", run=study.run, configs=configs, replicates=2)
-    with run_study(tiny, results / "store.sqlite", progress=False) as store:
-        frame = store.frame(tiny)
-    assert len(frame) == 2 * 2 * 7  # experiments x replicates x methods
-    folder = results / "report"
-    study.report(frame, folder, argparse.Namespace(quick=True))
+    frame = copying_grid.frame.copy()
+    n_reps = copying_grid.study.replicates
+    assert len(frame) == len(study.EXPERIMENTS) * n_reps * len(study.STYLE)
+    folder = tmp_path / "report"
+    study.report(frame, folder, copying_grid.args)
     for name in ("copying_homogeneous", "copying_heterogeneous", "copying_detection"):
         assert (folder / f"{name}.png").stat().st_size > 10_000
     table = study.summary_table(frame)
     assert set(table["method"]) == set(study.STYLE)
-    assert len(table) == 2 * len(study.STYLE)
+    assert len(table) == len(study.EXPERIMENTS) * len(study.STYLE)
     text = (folder / "summary.md").read_text()
     assert "CLAIR detection: precision" in text
     assert "## heterogeneous" in text

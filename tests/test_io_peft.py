@@ -466,7 +466,9 @@ def test_peft_adapter_reads_as_peft_merges_it_and_written_adapter_loads(tmp_path
     """Read a PEFT-saved adapter: s B A (transposed for Conv1D) equals PEFT's own
     merged weight minus the base weight. Then write new factors of other ranks
     and load them with PeftModel.from_pretrained: its merge adds exactly B A."""
-    import torch
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
     from peft import LoraConfig, PeftModel, get_peft_model
 
     base = _tiny_model(kind)

@@ -1,21 +1,41 @@
-"""The reports of notebooks/ execute in quick mode and say what they show.
+"""The reports of notebooks/ execute and show what they promise.
 
-Each notebook runs its study's quick grid into a temporary results folder (as CI
-does: nothing is stored in a clean clone) and is exported to HTML, as
-``make report`` does.
+Each report is executed as ``make report`` does (a fresh kernel, exported to
+HTML; here with ``--mode quick``) on its study's quick grid, which the session stored
+(``quick_grid`` and ``copying_grid`` of ``tests/conftest.py``): the report reads
+the store and computes nothing, which the test checks. Then the files the report
+writes, the columns and value ranges of its tables and the numbers it prints are
+checked against what each quantity is (a rate lies in [0, 1], a subspace distance
+in [0, sqrt(2 r)], a count of replicates equals the grid's), never against the
+numbers of one run.
+
+The copying report runs on the tiny copying grid of ``tests/conftest.py`` instead
+of its quick grid (1.5 minutes of training): a first cell, added to a copy of the
+notebook, sets the study's quick settings to the tiny ones before the report's own
+first cell builds the grid.
 """
 
 from __future__ import annotations
 
+import html
+import importlib
+import math
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from clair_stats.experiments.reports import execute_notebook, notebook_paths
+from clair_stats.experiments.study import ResultStore
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = notebook_paths(ROOT / "notebooks")
 HEADER = "#   jupytext:\n#     formats: py:percent"
+NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?|nan"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -26,12 +46,447 @@ def test_notebook_is_a_jupytext_report_of_a_study(path):
     assert "load_or_run(" in text, "a report reads stored results or runs --quick"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_executes_in_quick_mode(path, tmp_path):
-    pytest.importorskip("nbclient")
-    html = execute_notebook(
-        path, tmp_path / "reports", root=ROOT, mode="quick", results=tmp_path / "res"
+# ----------------------------------------------------------------------- helpers
+def printed(html_file: Path) -> str:
+    """The text the report's cells printed (stdout and text/plain results)."""
+    page = html_file.read_text(encoding="utf-8")
+    blocks = re.findall(
+        r'class="jp-RenderedText[^"]*"[^>]*>\s*<pre>(.*?)</pre>', page, re.S
     )
-    text = html.read_text()
-    assert "<img" in text, f"{path.name} shows no figure"
-    assert "Traceback" not in text
+    return "\n".join(html.unescape(re.sub(r"<[^>]+>", "", b)) for b in blocks)
+
+
+def numbers(pattern: str, text: str) -> list[tuple[str, ...]]:
+    """Every match of ``pattern`` (``{x}`` stands for a number) with its groups."""
+    found = re.findall(pattern.replace("{x}", f"({NUMBER})"), text)
+    assert found, f"the report prints nothing like {pattern!r}"
+    return [f if isinstance(f, tuple) else (f,) for f in found]
+
+
+def read_table(folder: Path, name: str, columns: list[str]) -> pd.DataFrame:
+    """A CSV of the report, with exactly the documented columns."""
+    table = pd.read_csv(folder / name)
+    assert list(table.columns) == columns, name
+    assert len(table) > 0, name
+    return table
+
+
+def in_unit_interval(values: pd.Series | np.ndarray) -> bool:
+    v = np.asarray(values, dtype=float)
+    return bool(np.all((v >= 0) & (v <= 1)))
+
+
+def ordered(lo, mid, hi, tol: float = 1e-12) -> bool:
+    """lo <= mid <= hi wherever the three are defined (NaN: one replicate)."""
+    lo, mid, hi = (np.asarray(x, dtype=float) for x in (lo, mid, hi))
+    ok = np.isnan(lo) | np.isnan(hi) | ((lo <= mid + tol) & (mid <= hi + tol))
+    return bool(np.all(ok))
+
+
+def grid_values(grid, key: str) -> list:
+    return sorted({c[key] for c in grid.study.configs})
+
+
+# -------------------------------------------------------------- per report
+def check_detection(grid, folder: Path, text: str, script) -> None:
+    table = read_table(
+        folder,
+        "summary.csv",
+        ["p", "n_over_p", "n", "ratio", "replicates", "power", "predicted"]
+        + ["exact", "fwer", "fdr", "auc", "fwer_true_A"],
+    )
+    cells = {(c["p"], c["n_over_p"], c["ratio"]) for c in grid.study.configs}
+    assert set(zip(table["p"], table["n_over_p"], table["ratio"], strict=True)) == cells
+    assert len(table) == len(cells)
+    assert (table["replicates"] == grid.study.replicates).all()
+    assert (table["n"] == (table["n_over_p"] * table["p"]).round()).all()
+    for col in ("power", "predicted", "exact", "fwer", "fdr", "fwer_true_A"):
+        assert in_unit_interval(table[col]), col
+    # the ROC area is a probability; at rho = 0 it is not computed
+    assert in_unit_interval(table.loc[table["ratio"] > 0, "auc"])
+    assert table.loc[table["ratio"] == 0, "auc"].isna().all()
+
+    n_reps = len(grid.study.tasks())
+    ps, ms, rhos = (grid_values(grid, k) for k in ("p", "n_over_p", "ratio"))
+    assert (
+        f"grid: quick; {n_reps} replicates; p in {ps}, n/p in {ms}, rho in {rhos}"
+        in text
+    )
+    lines = numbers(
+        r"p=\s*{x} n/p=\s*{x}: FWER at alpha 0.01/0.05/0.1/0.2 = {x}/{x}/{x}/{x}; "
+        r"FDR = {x}/{x}/{x}/{x}",
+        text,
+    )
+    assert len(lines) == len(ps) * len(ms)
+    for p, m, *rates in lines:
+        fwer, fdr = np.array(rates[:4], float), np.array(rates[4:], float)
+        assert in_unit_interval(fwer)
+        assert in_unit_interval(fdr)
+        # Holm rejects more as alpha grows: the FWER is nondecreasing in alpha
+        assert np.all(np.diff(fwer) >= 0), (p, m, fwer)
+        # at alpha = 0.05 it is the summary's FWER pooled over rho (equal counts)
+        pooled = table[(table["p"] == int(p)) & (table["n_over_p"] == float(m))]
+        assert fwer[1] == pytest.approx(pooled["fwer"].mean(), abs=5e-4)
+    starts = numbers(
+        r"p = {x}, (estimated|true) A: FWER\(0.05\) Wilson interval reaches 0.05 "
+        r"(?:from n/p = {x} on|at no n/p of the grid)",
+        text,
+    )
+    assert {(int(p), sub) for p, sub, _ in starts} == {
+        (p, s) for p in ps for s in ("estimated", "true")
+    }
+    assert all(m == "" or float(m) in ms for _, _, m in starts)
+
+
+def check_fig1_subspace_error(grid, folder: Path, text: str, script) -> None:
+    table = read_table(
+        folder,
+        "summary.csv",
+        ["p", "q", "r", "n", "method", "replicates", "slope", "slope_lo"]
+        + ["slope_hi", "K_max", "error_at_K_max", "ratio_at_K_max"]
+        + ["benign_flagged", "missed", "not_converged"],
+    )
+    regimes = {tuple(c[k] for k in script.REGIME) for c in grid.study.configs}
+    ks = grid_values(grid, "K")
+    assert len(table) == len(regimes) * len(script.METHODS)
+    assert set(table["method"]) == set(script.METHODS)
+    assert (table["replicates"] == grid.study.replicates).all()
+    assert (table["K_max"] == max(ks)).all()
+    # ||P - P'||_F of two rank-r projectors lies in [0, sqrt(2 r)]
+    err = table["error_at_K_max"]
+    assert ((err >= 0) & (err <= np.sqrt(2 * table["r"]) + 1e-12)).all()
+    assert (table["ratio_at_K_max"] > 0).all()
+    assert ordered(table["slope_lo"], table["slope"], table["slope_hi"])
+    clair = table[table["method"] == "clair"]
+    others = table[table["method"] != "clair"]
+    k_max, reps = max(ks), grid.study.replicates
+    assert clair["benign_flagged"].between(0, k_max).all()
+    assert clair["missed"].between(0, k_max).all()
+    assert clair["not_converged"].between(0, reps * len(ks)).all()
+    assert others[["benign_flagged", "missed", "not_converged"]].isna().all().all()
+
+    assert (
+        f"quick grid: {len(regimes)} regimes, K in {ks}, {reps} replicates per "
+        f"point, {len(grid.study.tasks())} replicates in all" in text
+    )
+    for lo, hi in numbers(r"{x}-{x} x oracle", text):
+        assert 0 < float(lo) <= float(hi)
+    ratios = numbers(r"(clair|svd|oracle) {x}-{x}", text)
+    assert {m for m, _, _ in ratios} == set(script.METHODS)
+    assert all(0 < float(lo) <= float(hi) for _, lo, hi in ratios)
+    for _, inside in numbers(r"(clair|svd|oracle) {x}/" + str(len(regimes)), text):
+        assert 0 <= int(inside) <= len(regimes)
+    ((stopped,),) = numbers(r"replicates not converged: {x}", text)
+    assert 0 <= int(stopped) <= reps * len(ks) * len(regimes)
+
+
+def check_lambda_calibration(grid, folder: Path, text: str, script) -> None:
+    c_cols = [f"rate_{c:g}" for c in script.C_GRID]
+    windows = read_table(
+        folder,
+        "windows.csv",
+        [*script.REGIME, "label", "replicates", "window", *c_cols]
+        + ["c_T1", "rate_T1", "t1_ok", "sub_t1_ok"],
+    )
+    n_regimes = len(grid.study.configs)
+    assert len(windows) == n_regimes
+    assert (windows["replicates"] == grid.study.replicates).all()
+    for col in [*c_cols, "rate_T1"]:
+        assert in_unit_interval(windows[col]), col
+    # T1's value c_T1 = lam_T1 sqrt(K) = 3 / (7 sqrt(gamma))
+    np.testing.assert_allclose(windows["c_T1"], 3 / (7 * np.sqrt(windows["gamma"])))
+    coverage = read_table(
+        folder, "coverage.csv", ["group", "n", *[f"{c:g}" for c in script.C_GRID], "T1"]
+    )
+    counts = coverage.drop(columns=["group", "n"]).to_numpy()
+    assert np.all((counts >= 0) & (counts <= coverage["n"].to_numpy()[:, None]))
+    assert coverage.loc[coverage["group"] == "all", "n"].item() == n_regimes
+    assert "## Recommendation" in (folder / "summary.md").read_text()
+
+    solves = len(grid.frame)
+    assert solves == len(grid.study.tasks()) * (len(script.C_GRID) + 1)
+    assert (
+        f"quick grid: {n_regimes} regimes x ({len(script.C_GRID)} values of c + c_T1)"
+        f" x {grid.study.replicates} replicates = {solves} solves" in text
+    )
+    ((best, best_count),) = numbers(
+        r"recommended c = {x}: in {x} of " + f"{n_regimes} windows", text
+    )
+    ((default, default_count),) = numbers(
+        r"current DEFAULT_C_LAM = {x}: in {x} of " + f"{n_regimes} windows", text
+    )
+    assert float(best) in script.C_GRID
+    # the recommended c is the one in the most windows
+    assert 0 <= int(default_count) <= int(best_count) <= n_regimes
+    ((empty,),) = numbers(r"regimes with an empty window: {x}", text)
+    assert 0 <= int(empty) <= n_regimes
+    for q, k, ceiling in numbers(r"q={x}, K={x}: {x}", text):
+        assert float(ceiling) == pytest.approx(math.sqrt(int(q) * int(k)), abs=5e-3)
+
+
+def check_oracle_gain(grid, folder: Path, text: str, script) -> None:
+    cells = read_table(
+        folder,
+        "summary.csv",
+        ["p", "r", "tau", "gamma", "q", "K", "eta_ratio", "method", "eta", "m"]
+        + ["G", "predicted", "mean", "lo", "hi", "n", "sign", "benign_flagged"],
+    )
+    n_cells = len(grid.study.configs)
+    assert len(cells) == n_cells * len(script.METHODS)
+    assert (cells["n"] == grid.study.replicates).all()
+    assert ((cells["m"] >= 1) & (cells["m"] <= cells["K"])).all()
+    assert ordered(cells["lo"], cells["mean"], cells["hi"])
+    # G / (p q tau^2) = (1 - r / p)(1 - 1 / m) lies in [0, 1 - r / p)
+    rel = 1 - cells["r"] / cells["p"]
+    assert ((cells["G"] >= 0) & (cells["G"] < rel)).all()
+    # the costs (heterogeneity; subspace when q (m - 1) >= r) only lower the gain
+    regular = cells["q"] * (cells["m"] - 1) >= cells["r"]
+    assert (cells.loc[regular, "predicted"] <= cells.loc[regular, "G"] + 1e-12).all()
+    # eta = (eta / eta_0) tau sqrt((p - r) q)
+    eta0 = cells["tau"] * np.sqrt((cells["p"] - cells["r"]) * cells["q"])
+    np.testing.assert_allclose(cells["eta"], cells["eta_ratio"] * eta0, atol=1e-12)
+    assert set(cells["sign"]) <= {"agrees", "disagrees", "inconclusive", "band"}
+    band = cells["predicted"].abs() < script.BAND * cells["G"]
+    assert ((cells["sign"] == "band") == band).all()
+    # the fraction of benign clients CLAIR's test flags, one value per cell
+    assert in_unit_interval(cells["benign_flagged"])
+    per_cell = cells.groupby(["q", "K", "eta_ratio"])["benign_flagged"].nunique()
+    assert (per_cell == 1).all()
+
+    qs, ks, etas = (grid_values(grid, k) for k in ("q", "K", "eta_ratio"))
+    assert (
+        f"quick grid: {n_cells} cells (q in {qs}, K in {ks}, eta / eta_0 in {etas}),"
+        f" {grid.study.replicates} replicates per cell" in text
+    )
+    signs = numbers(
+        r"(\w+): sign as predicted in {x} of {x} scored cells, opposite in {x}", text
+    )
+    assert {s[0] for s in signs} == set(script.METHODS)
+    for method, agree, scored, disagree in signs:
+        rows = cells[(cells["method"] == method) & (cells["sign"] != "band")]
+        assert int(scored) == len(rows)
+        assert int(agree) + int(disagree) <= int(scored)
+    for (inside,) in numbers(r"contains (?:the prediction|it) in {x} of ", text):
+        assert 0 <= int(inside) <= n_cells
+
+
+def check_phase_transition(grid, folder: Path, text: str, script) -> None:
+    table = read_table(
+        folder,
+        "summary.csv",
+        ["contamination", "r", "gamma_max_exact", "gamma_max_subspace"]
+        + ["t1_gamma_star"],
+    )
+    types, gammas, ranks = (
+        grid_values(grid, k) for k in ("contamination", "gamma", "r")
+    )
+    assert len(table) == len(types) * len(ranks)
+    for col in ("gamma_max_exact", "gamma_max_subspace"):
+        found = table[col].dropna()
+        assert found.isin(gammas).all(), col
+    # exact recovery includes subspace recovery
+    exact = table.dropna(subset=["gamma_max_exact"])
+    assert (exact["gamma_max_subspace"] >= exact["gamma_max_exact"]).all()
+    # gamma* / (1 - gamma*) = 9 / (121 mu r) with mu >= 1: gamma* <= 9 / (121 r + 9)
+    star = table["t1_gamma_star"]
+    assert ((star > 0) & (star <= 9 / (121 * table["r"] + 9) + 1e-12)).all()
+
+    instances = len(grid.study.tasks())
+    assert (
+        f"grid: quick; {instances} instances, {len(grid.frame)} solves, "
+        f"{grid.study.replicates} replicates per cell; gamma in {gammas}, r in {ranks}"
+        in text
+    )
+    for _, mu, gamma_star in numbers(r"r={x}: {x} \(gamma\*={x}\)", text):
+        assert float(mu) >= 1 - 5e-3
+        assert 0 < float(gamma_star) <= 9 / 130 + 5e-5
+    inside_pattern = (
+        r"inside T1's condition: {x} of "
+        + str(instances)
+        + "; recovered at T1's lam: {x}"
+    )
+    ((inside, recovered),) = numbers(inside_pattern, text)
+    assert 0 <= int(recovered) <= int(inside) <= instances
+    ((ok, large),) = numbers(r"0.1: exact recovery in {x} of {x} instances", text)
+    assert int(large) == instances * sum(g >= 0.1 for g in gammas) // len(gammas)
+    assert 0 <= int(ok) <= int(large)
+    ((default, cells),) = numbers(r"window in {x} of {x} \(type, gamma\)", text)
+    assert int(cells) == len(types) * len(gammas)
+    assert 0 <= int(default) <= int(cells)
+
+
+def check_robustness(grid, folder: Path, text: str, script) -> None:
+    keys = ["type", "gamma", "method"]
+    table = read_table(
+        folder,
+        "summary.csv",
+        [*keys, "mean", "lo", "hi", "n", "change", "change_lo", "change_hi"],
+    )
+    types, gammas = grid_values(grid, "type"), grid_values(grid, "gamma")
+    assert len(table) == len(types) * len(gammas) * len(script.METHODS)
+    assert (table["n"] == grid.study.replicates).all()
+    # a mean error of noisy estimates is > 0; (e - e_local) / e_local >= -1
+    assert (table["mean"] > 0).all()
+    assert (table["change"] >= -1).all()
+    assert ordered(table["lo"], table["mean"], table["hi"])
+    assert ordered(table["change_lo"], table["change"], table["change_hi"])
+    assert (table.loc[table["method"] == "local", "change"] == 0).all()
+    # the rows of the summary that are the worst over the types
+    worst = read_table(folder, "worst_case.csv", list(table.columns))
+    assert len(worst) == len(script.METHODS) * len(gammas)
+    largest = table.groupby(["method", "gamma"])["mean"].max()
+    for row in worst.itertuples():
+        assert row.mean == pytest.approx(largest.loc[(row.method, row.gamma)])
+    assert "| clair_test |" in (folder / "worst_case.md").read_text()
+
+    assert (
+        f"quick grid: {len(types)} contamination types x {len(gammas)} fractions gamma"
+        f" in [{min(gammas):g}, {max(gammas):g}], {grid.study.replicates}-"
+        f"{grid.study.replicates} replicates each, {len(script.METHODS)} methods"
+        in text
+    )
+    verdicts = numbers(r"(\w+): worst case below local (at every|for) gamma", text)
+    assert {v[0] for v in verdicts} == {
+        "svd_refine",
+        "clair_test",
+        "clair_test_median",
+        "oracle_clair",
+    }
+    ((share, same),) = numbers(
+        r"flags {x}% of the clients on average; its benign error equals local's in "
+        r"{x}% of the replicates",
+        text,
+    )
+    assert 0 <= float(share) <= 100
+    assert 0 <= float(same) <= 100
+
+
+def check_copying(grid, folder: Path, text: str, script) -> None:
+    ends = ["", "_lo", "_hi"]
+    table = read_table(
+        folder,
+        "summary.csv",
+        ["experiment", "method"]
+        + [f"benign_accuracy{e}" for e in ends]
+        + ["n"]
+        + [
+            f"{v}{e}"
+            for v in ("benign_relative_change", "contaminated_accuracy")
+            for e in ends
+        ]
+        + [f"{v}{e}" for v in ("precision", "recall", "exact") for e in ends],
+    )
+    reps = grid.study.replicates
+    assert len(table) == len(script.EXPERIMENTS) * len(script.STYLE)
+    assert set(table["method"]) == set(script.STYLE)
+    assert (table["n"] == reps).all()
+    for value in ("benign_accuracy", "contaminated_accuracy"):
+        assert in_unit_interval(table[value]), value
+        cols = [f"{value}{e}" for e in ends]
+        assert ordered(*(table[c] for c in (cols[1], cols[0], cols[2])))
+    # (acc - acc_local) / acc_local >= -1; NaN where no client's local model scores
+    change = table["benign_relative_change"].dropna()
+    assert len(change) > 0
+    assert (change >= -1).all()
+    clair = table["method"] == "clair"
+    for value in ("precision", "recall", "exact"):
+        cols = table[[f"{value}{e}" for e in ends]]
+        assert in_unit_interval(cols.loc[clair, value].dropna()), value
+        assert cols.loc[~clair].isna().all().all(), value
+    assert (
+        "quick grid: "
+        + ", ".join(f"{e}: {reps} replicates" for e in sorted(script.EXPERIMENTS))
+        in text
+    )
+    wins_pattern = r"CLAIR above (.+?) in {x} of " + str(reps) + " replicates"
+    for _, wins in numbers(wins_pattern, text):
+        assert 0 <= int(wins) <= reps
+    scores = numbers(
+        r"(\w+): precision {x} \[{x}, {x}\], recall {x} \[{x}, {x}\], exact "
+        r"recovery of the contaminated set in a fraction {x} \[{x}, {x}\]",
+        text,
+    )
+    assert {s[0] for s in scores} == set(script.EXPERIMENTS)
+    for _, *values in scores:
+        v = np.array(values, dtype=float)
+        assert in_unit_interval(v[~np.isnan(v)])
+        for est, lo, hi in v.reshape(3, 3):
+            assert ordered(lo, est, hi)
+
+
+CHECKS: dict[str, Callable] = {
+    "copying": check_copying,
+    "detection": check_detection,
+    "fig1_subspace_error": check_fig1_subspace_error,
+    "lambda_calibration": check_lambda_calibration,
+    "oracle_gain": check_oracle_gain,
+    "phase_transition": check_phase_transition,
+    "robustness": check_robustness,
+}
+#: What each report writes into its folder, besides the tables checked above.
+FILES = {
+    "copying": ["copying_homogeneous.png", "copying_heterogeneous.png"]
+    + ["copying_detection.png", "summary.md"],
+    "detection": ["power.png", "roc.png", "error_rates.png", "calibration.png"]
+    + ["summary.md"],
+    "fig1_subspace_error": ["subspace_error.png", "error_ratio.png", "summary.md"],
+    "lambda_calibration": ["coverage.png", "success_rate.png", "windows.png"]
+    + ["summary.md"],
+    "oracle_gain": ["gain_map.png", "gain_vs_eta.png", "benign_flagged.png"]
+    + ["summary.md"],
+    "phase_transition": ["success_gamma_r.png", "success_t1_lam.png"]
+    + ["success_gamma_lam.png", "summary.md"],
+    "robustness": ["error_by_type.png", "worst_case.png", "worst_case.md"],
+}
+
+
+def _tiny_copying_notebook(path: Path, grid, out: Path) -> Path:
+    """A copy of the copying report whose quick grid is the stored tiny grid."""
+    settings = {k: v for k, v in grid.study.configs[0].items() if k != "experiment"}
+    cell = (
+        "# %%\n"
+        "# added by tests/test_notebooks.py: the quick grid is the tiny one\n"
+        "import os\nimport sys\n\n"
+        "sys.path.insert(0, os.getcwd())\n"
+        "import simulations.copying.study as _study  # noqa: E402\n\n"
+        f"_study.QUICK = {settings!r}\n"
+        f"_study.QUICK_REPLICATES = {grid.study.replicates}\n\n"
+    )
+    text = path.read_text()
+    first = text.index("\n# %%\n") + 1  # the first code cell
+    out.mkdir(parents=True, exist_ok=True)
+    copy = out / path.name
+    copy.write_text(text[:first] + cell + text[first:])
+    return copy
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_reports_the_stored_grid(path, request, tmp_path):
+    """The report executes on the stored grid without computing a replicate, and
+    writes, shows and prints what it promises (see the module docstring)."""
+    pytest.importorskip("nbclient")
+    name = path.stem
+    assert name in CHECKS, f"add the checks of notebooks/{path.name} to CHECKS"
+    if name == "copying":
+        grid = request.getfixturevalue("copying_grid")
+        script = importlib.import_module("simulations.copying.study")
+        source = _tiny_copying_notebook(path, grid, tmp_path / "source")
+    else:
+        script = importlib.import_module(f"simulations.{name}")
+        grid = request.getfixturevalue("quick_grid")(script)
+        source = path
+    shutil.rmtree(grid.report, ignore_errors=True)  # what is there, the report wrote
+    with ResultStore(grid.store, grid.study.name, grid.study.version) as store:
+        stored = len(store)
+    page = execute_notebook(
+        source, tmp_path / "html", root=ROOT, mode="quick", results=grid.results
+    )
+    with ResultStore(grid.store, grid.study.name, grid.study.version) as store:
+        assert len(store) == stored, "the report ran replicates instead of reading"
+    raw = page.read_text(encoding="utf-8")
+    assert "Traceback" not in raw
+    shown = path.read_text().count("display(Image(filename=")
+    assert raw.count("<img") >= shown, f"{name} shows fewer figures than it names"
+    for file in FILES[name]:
+        assert (grid.report / file).stat().st_size > 0, file
+    CHECKS[name](grid, grid.report, printed(page), script)

@@ -8,7 +8,6 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import simulations.phase_transition as study
@@ -163,27 +162,14 @@ def test_inside_t1_condition_t1_lam_recovers_orthogonal_contamination():
 
 # ------------------------------------------------------------------------ report
 @pytest.fixture(scope="module")
-def small_frame():
-    """A frame as the runner builds it, from a few configurations, 2 replicates."""
-    rows = []
-    for kind in ("random", "scaled"):
-        for gamma in (0.02, 0.1):
-            for r in (1, study.SCAN_RANK):
-                config = {"contamination": kind, "gamma": gamma, "r": r}
-                for rep in range(2):
-                    seed = 1000 * rep + 7
-                    for item, row in enumerate(study.run(config, seed)):
-                        rows.append(
-                            {
-                                **config,
-                                "replicate": rep,
-                                "seed": seed,
-                                "seconds": 0.01,
-                                "item": item,
-                                **row,
-                            }
-                        )
-    return pd.DataFrame(rows)
+def grid(quick_grid):
+    """The quick grid, run once per session (tests/conftest.py)."""
+    return quick_grid(study)
+
+
+@pytest.fixture
+def small_frame(grid):
+    return grid.frame.copy()
 
 
 def test_boundary_uses_the_median_mu(small_frame):
@@ -193,11 +179,14 @@ def test_boundary_uses_the_median_mu(small_frame):
         assert star == pytest.approx(t1_max_gamma(mu, r))
 
 
-def test_tables_and_report(small_frame, tmp_path):
+def test_tables_and_report(grid, small_frame, tmp_path):
+    axes = {k: {c[k] for c in grid.study.configs} for k in grid.study.configs[0]}
     table = study.largest_gamma_table(small_frame)
-    assert len(table) == 4  # 2 types x 2 ranks
+    assert len(table) == len(axes["contamination"]) * len(axes["r"])
     theory = study.t1_table(small_frame)
-    assert set(theory["instances"]) == {8}  # 2 gammas x 2 ranks x 2 replicates
+    # per type: every gamma and rank, every replicate
+    per_type = len(axes["gamma"]) * len(axes["r"]) * grid.study.replicates
+    assert set(theory["instances"]) == {per_type}
     assert (theory["inside_ok_t1"] <= theory["inside"]).all()
     study.report(small_frame, tmp_path, argparse.Namespace(quick=True))
     for name in (

@@ -4,7 +4,6 @@ under the regression generator, the grids and the report."""
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -135,21 +134,15 @@ def test_quick_grid_is_a_subset_of_the_full_grid_with_the_same_seeds() -> None:
     assert all(c["K"] > 2 * round(c["gamma"] * c["K"]) + 2 for c in full.configs)
 
 
-def test_report_writes_figures_and_the_worst_case_table(tmp_path) -> None:
-    rows = []
-    for kind in ("random", "subspace"):
-        for gamma in (0.0, 0.25):
-            config = {**SMALL, "type": kind, "gamma": gamma}
-            for rep in range(2):
-                seed = derive_seed("robustness", config, rep)
-                for item, row in enumerate(study.run(config, seed)):
-                    rows.append({**config, "replicate": rep, "item": item, **row})
-    frame = pd.DataFrame(rows)
-    study.report(frame, tmp_path, argparse.Namespace(quick=True))
+def test_report_writes_figures_and_the_worst_case_table(quick_grid, tmp_path) -> None:
+    grid = quick_grid(study)  # the quick grid, run once per session (conftest.py)
+    frame = grid.frame.copy()
+    study.report(frame, tmp_path, grid.args)
     for name in ("error_by_type.png", "worst_case.png", "worst_case.md"):
         assert (tmp_path / name).stat().st_size > 0
     worst = pd.read_csv(tmp_path / "worst_case.csv")
-    assert len(worst) == len(study.METHODS) * 2
+    gammas = {c["gamma"] for c in grid.study.configs}
+    assert len(worst) == len(study.METHODS) * len(gammas)
     # the worst case is the maximum over types of the per-type Monte Carlo mean
     means = frame.groupby(["method", "gamma", "type"])["benign_error"].mean()
     for row in worst.itertuples():
