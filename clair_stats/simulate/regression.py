@@ -32,17 +32,13 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from clair_stats.core.validation import check_bool, check_nonnegative, check_positive
 from clair_stats.simulate._draws import FloatArray, readonly
-from clair_stats.simulate.sample import FederatedSample
-
-if TYPE_CHECKING:
-    from clair_stats.simulate.model import FederatedModel
+from clair_stats.simulate.sample import FederatedSample, SampleGenerator
 
 __all__ = ["LocalFit", "RegressionSample", "fit_local", "sample_regression"]
 
@@ -317,7 +313,7 @@ def _design_factor(design_cov: object, p: int) -> FloatArray | None:
 
 # ---------------------------------------------------------------------- generator
 def sample_regression(
-    model: FederatedModel,
+    model: SampleGenerator,
     n: int | Sequence[int] | NDArray[np.integer],
     sigma: float = 1.0,
     design_cov: ArrayLike | None = None,

@@ -13,19 +13,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from clair_stats.simulate._draws import readonly
 
-if TYPE_CHECKING:
-    from clair_stats.simulate.model import FederatedModel
-
-__all__ = ["FederatedSample"]
+__all__ = ["FederatedSample", "SampleGenerator"]
 
 FloatArray = NDArray[np.float64]
+
+
+class SampleGenerator(Protocol):
+    """What a sample needs of its generator (:class:`FederatedModel` is one).
+
+    Written as a protocol so that this module, and the regression generator that
+    builds on samples, need not import the model (no import cycle, even for type
+    checkers).
+    """
+
+    p: int
+    q: int
+    rank: int
+    n_clients: int
+    contamination_type: str | tuple[str, ...]
+
+    def sample(
+        self, noise: float = 0.0, seed: int | np.random.Generator | None = None
+    ) -> FederatedSample:
+        """Draw one instance."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,7 +81,7 @@ class FederatedSample:
     backbone: FloatArray
     margin: FloatArray
     noise: float
-    model: FederatedModel
+    model: SampleGenerator
 
     @property
     def n_clients(self) -> int:
