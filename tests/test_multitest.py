@@ -19,6 +19,22 @@ from statsmodels.stats.multitest import multipletests
 
 from clair_stats.pipeline.multitest import METHODS, adjusted_p_values, reject
 
+
+def _statsmodels(p_values, alpha, method):
+    """The reference decisions and adjusted p-values of statsmodels.
+
+    multipletests runs gc.collect() on every call, which scans the whole heap of
+    the test session (about 0.1 s a call); objects frozen before the call are not
+    scanned, which keeps this reference cheap without changing what it computes.
+    """
+    gc.freeze()
+    try:
+        rejected, adjusted, _, _ = multipletests(p_values, alpha=alpha, method=method)
+    finally:
+        gc.unfreeze()
+    return rejected, adjusted
+
+
 unit = st.floats(0.0, 1.0, allow_nan=False)
 #: p-values with many ties and exact 0 and 1 (drawn from a coarse grid half the time)
 p_value_lists = st.one_of(
@@ -39,9 +55,7 @@ levels = st.sampled_from([0.01, 0.05, 0.1, 0.2, 0.5])
 @example(p_values=[0.0], alpha=0.05)
 def test_matches_statsmodels(method, p_values, alpha):
     """Property: decisions equal statsmodels' exactly, adjusted p-values to 1e-12."""
-    expected_reject, expected_adjusted, _, _ = multipletests(
-        p_values, alpha=alpha, method=method
-    )
+    expected_reject, expected_adjusted = _statsmodels(p_values, alpha, method)
     rejected, adjusted = reject(p_values, alpha, method)
     np.testing.assert_array_equal(rejected, expected_reject)
     np.testing.assert_allclose(adjusted, expected_adjusted, rtol=1e-12, atol=1e-15)
