@@ -110,11 +110,13 @@ __all__ = [
     "METHODS",
     "OTHER_SWAPS",
     "Settings",
+    "TrainedClients",
     "clair_per_module",
     "client_tasks",
     "federate",
     "relative_change",
     "run_replicate",
+    "train_clients",
 ]
 
 #: The shared token map of the benign clients.
@@ -516,6 +518,67 @@ def _base_model(
     return model, base
 
 
+@dataclass(frozen=True)
+class TrainedClients:
+    """The K clients of one replicate after local LoRA fine-tuning.
+
+    Attributes
+    ----------
+    updates : dict of str to numpy.ndarray
+        Delta W^_k = s B_k A_k stacked per module, shape (K, p, q), in the
+        model's module order (q, k, v, o of each layer).
+    tasks : list of CopyTask
+        Client k's task.
+    kinds : list of str
+        ``"benign"`` or the contamination kind of client k.
+    """
+
+    updates: dict[str, np.ndarray]
+    tasks: list[CopyTask]
+    kinds: list[str]
+
+
+def train_clients(
+    settings: Settings, seed: int, checkpoints: str | None = None
+) -> TrainedClients:
+    """Fine-tune the K clients of one replicate from the common initialisation.
+
+    Parameters
+    ----------
+    settings : Settings
+    seed : int
+        The replicate's seed: its first spawned stream draws the clients' data
+        and minibatches, its third the common adapter initialisation (the second
+        is left to the test sequences of :func:`run_replicate`).
+    checkpoints : str, optional
+        Folder of the pretraining cache (None: pretrain in memory).
+
+    Returns
+    -------
+    TrainedClients
+    """
+    torch.set_num_threads(1)
+    model, _ = _base_model(settings, checkpoints)
+    tasks, kinds = client_tasks(settings)
+    streams = np.random.SeedSequence(seed).spawn(3)
+    data_rng = np.random.default_rng(streams[0])
+    init_seed = int(streams[2].generate_state(1)[0])
+    model.add_adapters(
+        settings.lora_rank,
+        settings.lora_alpha,
+        torch.Generator().manual_seed(init_seed),
+    )
+    init = model.adapter_state()
+    config = settings.fine_tune_config()
+    local = []
+    for task in tasks:
+        batch = task.sample(settings.n_train, data_rng)
+        local.append(fine_tune(model, init, batch, config, data_rng))
+    model.remove_adapters()
+    updates = _stack(local, list(local[0]), "left")
+    return TrainedClients(updates=updates, tasks=tasks, kinds=kinds)
+
+
 def run_replicate(
     settings: Settings, seed: int, checkpoints: str | None = None
 ) -> list[dict]:
@@ -545,30 +608,12 @@ def run_replicate(
         ``exact``, ``n_flagged``, ``flagged`` and ``module_flags`` (lists of K),
         ``n_modules`` and ``unconverged_modules``.
     """
-    torch.set_num_threads(1)
+    clients = train_clients(settings, seed, checkpoints)
+    tasks, kinds, benign = clients.tasks, clients.kinds, settings.benign
     model, base = _base_model(settings, checkpoints)
-    tasks, kinds = client_tasks(settings)
-    benign = settings.benign
-    streams = np.random.SeedSequence(seed).spawn(3)
-    data_rng = np.random.default_rng(streams[0])
-    test_rng = np.random.default_rng(streams[1])
-    init_seed = int(streams[2].generate_state(1)[0])
-    model.add_adapters(
-        settings.lora_rank,
-        settings.lora_alpha,
-        torch.Generator().manual_seed(init_seed),
-    )
-    init = model.adapter_state()
-    config = settings.fine_tune_config()
-    local = []
-    for task in tasks:
-        batch = task.sample(settings.n_train, data_rng)
-        local.append(fine_tune(model, init, batch, config, data_rng))
-    model.remove_adapters()
+    test_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[1])
     tests = [task.sample(settings.n_test, test_rng) for task in tasks]
-    names = list(local[0])
-    updates = _stack(local, names, "left")
-    methods, verdict = federate(updates, benign, settings)
+    methods, verdict = federate(clients.updates, benign, settings)
     accuracy = {m: _evaluate(model, base, methods[m], tests) for m in METHODS}
     model.set_weights(base)
     scores = detection_scores(verdict.flagged, ~benign)
