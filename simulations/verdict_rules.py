@@ -71,6 +71,7 @@ import os
 import sys
 import time
 import warnings
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import scipy.stats  # noqa: E402
+from scipy.special import logsumexp  # noqa: E402
 
 from clair_stats.core.exceptions import ConvergenceWarning  # noqa: E402
 from clair_stats.experiments.plotting import save_figure  # noqa: E402
@@ -95,15 +98,21 @@ from clair_stats.lora.adapters import fit_module  # noqa: E402
 from clair_stats.lora.synthetic import MODULES, synthetic_federation  # noqa: E402
 from clair_stats.lora.verdict import client_verdict  # noqa: E402
 from clair_stats.pipeline.detection import energy_test  # noqa: E402
+from clair_stats.pipeline.empirical_null import MAD_SCALE  # noqa: E402
+from clair_stats.pipeline.multitest import reject  # noqa: E402
 
 NAME = "verdict_rules"
 #: Bump when a change alters the results of :func:`run`.
 VERSION = "1"
 ALPHA = 0.05
 RULES = ("holm_any", "vote_half")
+#: A candidate fix, evaluated in :func:`report` on the stored energies.
+CANDIDATE = "pooled_scale"
+ALL_RULES = (*RULES, CANDIDATE)
 LABELS = {
     "holm_any": "empirical null, Holm over K x M, any module",
     "vote_half": "chi-square (median rule), Holm per module, half of the modules",
+    CANDIDATE: "candidate: empirical null with the scale pooled over modules",
 }
 #: Eight modules of two decoder layers: path -> (out, in).
 MODULES_8 = {
@@ -364,6 +373,105 @@ def build(args: argparse.Namespace) -> Study:
     )
 
 
+# ------------------------------------------- a candidate fix, on the stored energies
+#: Monte Carlo draws of the candidate's null law (per (K, M)).
+CANDIDATE_DRAWS = 20000
+
+
+def pooled_scale_z(energies: np.ndarray) -> np.ndarray:
+    """Robust z-scores with the location per module and the scale pooled.
+
+    .. math:: z_{km} = \\frac{\\log E_{km} - \\operatorname{med}_{j \\ne k}
+              \\log E_{jm}}{1.4826\\, \\operatorname{med}\\{|R|\\}},
+
+    where the median in the denominator runs over the residuals R of every other
+    module m' != m (R_jm' = log E_jm' - med_j log E_jm') and of the K - 1 others
+    of module m (against their own median): the benign log energies are modelled
+    as mu_m + s eps_km with one scale s for all modules. Nothing in (location,
+    scale) depends on log E_km, so the conditional Monte Carlo of
+    :mod:`clair_stats.pipeline.empirical_null` gives its law.
+
+    Parameters
+    ----------
+    energies : numpy.ndarray, shape (M, K)
+
+    Returns
+    -------
+    numpy.ndarray, shape (M, K)
+    """
+    logs = np.log(np.asarray(energies, dtype=float))
+    n_modules, n_clients = logs.shape
+    leave_out = np.array([np.delete(np.arange(n_clients), k) for k in range(n_clients)])
+    others = logs[:, leave_out]  # (M, K, K - 1)
+    location = np.median(others, axis=2)
+    own = np.abs(others - location[..., None])
+    residuals = np.abs(logs - np.median(logs, axis=1, keepdims=True))
+    z = np.empty_like(logs)
+    for m in range(n_modules):
+        rest = np.delete(residuals, m, axis=0).ravel()
+        pool = np.concatenate(
+            [np.broadcast_to(rest, (n_clients, rest.size)), own[m]], axis=1
+        )
+        z[m] = (logs[m] - location[m]) / (MAD_SCALE * np.median(pool, axis=1))
+    return z
+
+
+@lru_cache(maxsize=32)
+def _pooled_law(n_clients: int, n_modules: int) -> tuple[np.ndarray, np.ndarray]:
+    """log P(Z >= z) of :func:`pooled_scale_z` on the null model, on a grid."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((CANDIDATE_DRAWS, n_modules, n_clients))
+    others = x[:, 0, 1:]  # client 0 of module 0 is scored
+    location = np.median(others, axis=1)
+    own = np.abs(others - location[:, None])
+    rest = np.abs(x[:, 1:, :] - np.median(x[:, 1:, :], axis=2, keepdims=True))
+    pool = np.concatenate([rest.reshape(CANDIDATE_DRAWS, -1), own], axis=1)
+    scale = MAD_SCALE * np.median(pool, axis=1)
+    top = np.arcsinh(1e4)
+    grid = np.sinh(np.linspace(-top, top, 241))
+    # P(Z >= z) = E[P(X >= location + z scale)], X ~ N(0, 1) independent
+    log_sf = np.array(
+        [logsumexp(scipy.stats.norm.logsf(location + z * scale)) for z in grid]
+    ) - np.log(CANDIDATE_DRAWS)
+    return grid, log_sf
+
+
+def pooled_scale_p_values(energies: np.ndarray) -> np.ndarray:
+    """p_km = P(Z >= z_km) under the candidate's null law, shape (M, K)."""
+    z = pooled_scale_z(energies)
+    grid, log_sf = _pooled_law(z.shape[1], z.shape[0])
+    return np.minimum(np.exp(np.interp(np.arcsinh(z), np.arcsinh(grid), log_sf)), 1.0)
+
+
+def candidate_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The candidate rule (pooled scale, Holm over K x M, any module) on every
+    stored federation, as rows of the study's frame (``rule`` = CANDIDATE)."""
+    first = frame[frame["rule"] == RULES[0]]
+    rows = []
+    for record in first.to_dict("records"):
+        energies = np.asarray(record["energies"], dtype=float)
+        bad = np.asarray(record["contaminated"], dtype=bool)
+        p = pooled_scale_p_values(energies)
+        rejected = reject(p.ravel(), ALPHA, "holm")[0].reshape(p.shape)
+        flagged = rejected.any(axis=0)
+        benign_p = p[:, ~bad]
+        rows.append(
+            {
+                **{key: record[key] for key in (*KEYS, "replicate", "seconds")},
+                "rule": CANDIDATE,
+                "federation": record["federation"],
+                "false_flag": bool(flagged[~bad].any()),
+                "n_benign": int((~bad).sum()),
+                "n_benign_flagged": int(flagged[~bad].sum()),
+                "n_contaminated": int(bad.sum()),
+                "n_contaminated_flagged": int(flagged[bad].sum()),
+                "benign_pairs": int(benign_p.size),
+                "benign_pairs_below": [int((benign_p <= t).sum()) for t in THRESHOLDS],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 # ----------------------------------------------------------------------- report
 def _wilson(successes: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from statsmodels.stats.proportion import proportion_confint
@@ -433,8 +541,9 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     # configurations in the order of the grid, the two rules together
     first = out.groupby(list(KEYS), sort=False, dropna=False).ngroup()
     out["_order"] = first
-    out = out.sort_values(["_order", "rule"], kind="stable").drop(columns="_order")
-    return out.reset_index(drop=True)
+    out["_rule"] = out["rule"].map({r: i for i, r in enumerate(ALL_RULES)})
+    out = out.sort_values(["_order", "_rule"], kind="stable")
+    return out.drop(columns=["_order", "_rule"]).reset_index(drop=True)
 
 
 def _markdown(table: pd.DataFrame, frame: pd.DataFrame, quick: bool) -> str:
@@ -492,7 +601,8 @@ def _markdown(table: pd.DataFrame, frame: pd.DataFrame, quick: bool) -> str:
 
 
 COLOURS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
-STYLES = {"holm_any": ("-", "o"), "vote_half": ("--", "s")}
+STYLES = {"holm_any": ("-", "o"), "vote_half": ("--", "s"), CANDIDATE: (":", "^")}
+RULE_COLOURS = {"holm_any": "tab:blue", "vote_half": "tab:red", CANDIDATE: "tab:green"}
 
 
 def _points(ax, x, table, column, rule, shift) -> None:
@@ -506,7 +616,7 @@ def _points(ax, x, table, column, rule, shift) -> None:
         yerr=np.vstack((lo, hi)),
         fmt=marker,
         capsize=2,
-        color="tab:blue" if rule == "holm_any" else "tab:red",
+        color=RULE_COLOURS[rule],
         label=LABELS[rule],
     )
 
@@ -524,8 +634,8 @@ def _figure(
     ax = axes[0, 0]
     part = pd.concat([synthetic[synthetic["pattern"] == "none"], copying])
     labels = [_label(r) for _, r in part[part["rule"] == RULES[0]].iterrows()]
-    for i, rule in enumerate(RULES):
-        _points(ax, range(len(labels)), part, "fwer", rule, (i - 0.5) * 0.2)
+    for i, rule in enumerate(ALL_RULES):
+        _points(ax, range(len(labels)), part, "fwer", rule, (i - 1) * 0.2)
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_title("benign-only synthetic; copying (3 of 10 contaminated)", fontsize=9)
     ax.set_ylabel("family-wise error\n(share of federations)")
@@ -543,8 +653,8 @@ def _figure(
             pooled["false_flags"], pooled["federations_run"]
         )
         cells = pooled[pooled["rule"] == RULES[0]]
-        for i, rule in enumerate(RULES):
-            _points(ax, range(len(cells)), pooled, "fwer", rule, (i - 0.5) * 0.2)
+        for i, rule in enumerate(ALL_RULES):
+            _points(ax, range(len(cells)), pooled, "fwer", rule, (i - 1) * 0.2)
         ax.set_xticks(
             range(len(cells)),
             [
@@ -558,12 +668,13 @@ def _figure(
     ax.set_title("contaminated synthetic (pooled patterns)", fontsize=9)
     for ax in axes[0, :2]:
         ax.axhline(ALPHA, color="k", lw=0.8, ls=":")
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.3)  # room for the legend above 1
+        ax.set_yticks(np.linspace(0, 1, 6))
     axes[0, 0].legend(fontsize=7, loc="upper left")
     # (c) calibration of the per-module p-values of benign pairs
     ax = axes[0, 2]
     ax.axhline(1.0, color="k", lw=0.8, ls=":")
-    for rule in RULES:
+    for rule in ALL_RULES:
         line, marker = STYLES[rule]
         for source, colour in (("synthetic", "0.2"), ("copying", "tab:green")):
             rows = calibration.get((source, rule))
@@ -587,7 +698,7 @@ def _figure(
     cells = synthetic[["K", "M"]].drop_duplicates().dropna()
     for ax, strength in zip(axes[1, :2], STRENGTHS, strict=True):
         for colour, (_, cell) in zip(COLOURS, cells.iterrows(), strict=False):
-            for rule in RULES:
+            for rule in ALL_RULES:
                 rows = synthetic[
                     (synthetic["K"] == cell["K"])
                     & (synthetic["M"] == cell["M"])
@@ -613,7 +724,8 @@ def _figure(
         ax.set_ylim(-0.02, 1.02)
         ax.set_ylabel("power (share of contaminated\nclients flagged)")
         ax.set_title(
-            f"synthetic, strength {strength:g} (solid: holm_any, dashed: vote_half)",
+            f"synthetic, strength {strength:g} (solid: holm_any, dashed: "
+            "vote_half, dotted: candidate)",
             fontsize=9,
         )
     axes[1, 0].legend(fontsize=7, loc="lower right")
@@ -621,8 +733,8 @@ def _figure(
     ax = axes[1, 2]
     if len(copying):
         labels = [_label(r) for _, r in copying[copying["rule"] == RULES[0]].iterrows()]
-        for i, rule in enumerate(RULES):
-            _points(ax, range(len(labels)), copying, "power", rule, (i - 0.5) * 0.2)
+        for i, rule in enumerate(ALL_RULES):
+            _points(ax, range(len(labels)), copying, "power", rule, (i - 1) * 0.2)
         ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("copying experiment (K = 10, M = 8)", fontsize=9)
@@ -631,9 +743,12 @@ def _figure(
     n_cop = int(copying["federations_run"].max()) if len(copying) else 0
     caption = (
         f"Family-wise error (top left, middle; dotted: alpha = {ALPHA}) and power "
-        "(bottom) of the two per-module verdict rules, Wilson 95% intervals; top "
+        "(bottom) of the two per-module verdict rules (blue, red) and of the "
+        "candidate fix (green, evaluated on the same energies), Wilson 95% "
+        "intervals; top "
         "right: P(p <= t) / t of the per-module p-values of benign (client, module) "
-        "pairs (empirical null for holm_any, chi-square with the median rule for "
+        "pairs (empirical null for holm_any, pooled-scale null for the candidate, "
+        "chi-square with the median rule for "
         f"vote_half). Up to {n_syn} synthetic federations per point, {n_cop} "
         "copying replicates per experiment." + (" Quick grid." if quick else "")
     )
@@ -677,6 +792,7 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
         The parsed command line (``args.quick``).
     """
     folder.mkdir(parents=True, exist_ok=True)
+    frame = pd.concat([frame, candidate_rows(frame)], ignore_index=True)
     table = summary_table(frame)
     table.to_csv(folder / "summary.csv", index=False)
     (folder / "summary.md").write_text(_markdown(table, frame, args.quick))
