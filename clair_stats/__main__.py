@@ -6,7 +6,7 @@ solver, reports subspace and support recovery, and cross-checks the fast solver
 against the cvxpy reference on a small instance.
 ``adapters`` runs CLAIR per module on K clients' PEFT LoRA adapters, flags
 clients, and writes refined adapters and a JSON report
-(:mod:`clair_stats.lora.adapters`).
+(:mod:`clair_stats.lora.cli`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 from clair_stats import CONTAMINATION_TYPES, FederatedModel, decompose
 from clair_stats.evaluation.metrics import projection_distance
 from clair_stats.experiments.demo import add_arguments, run_demo
-from clair_stats.lora.adapters import add_arguments as add_adapter_arguments
-from clair_stats.lora.adapters import run_command as run_adapters_command
+from clair_stats.lora.cli import add_arguments as add_adapter_arguments
+from clair_stats.lora.cli import run_command as run_adapters_command
 from clair_stats.pipeline.subspace import estimate_subspace
 
 

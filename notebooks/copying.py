@@ -29,8 +29,9 @@
 # Each client ends up with $\Delta W$ merged into the pretrained weights and is
 # scored by masked next-token accuracy on fresh sequences of its own task. Methods:
 # local LoRA, FedAvg over all clients, FedAvg over the true benign set, plain SVD +
-# refinement, CLAIR (per module, `detect="test"`; a client is flagged when at least
-# half of the 8 modules flag it) and oracle CLAIR (true benign set). The study is
+# refinement, CLAIR (per module; a client is flagged when Holm over the 10 x 8
+# (client, module) empirical-null p-values rejects any of its modules,
+# `clair_stats.lora.verdict`) and oracle CLAIR (true benign set). The study is
 # `simulations/copying/study.py` (`python -m simulations.copying`); this report
 # loads the stored full run when all of it is there and runs the quick grid
 # otherwise.
@@ -166,8 +167,8 @@ print(
 # %% [markdown]
 # ## Detection
 #
-# How often CLAIR flags each client, and the mean fraction of the 8 modules whose
-# test flags it (a client is flagged when that fraction reaches one half).
+# How often CLAIR flags each client, and the mean fraction of the 8 modules in which
+# it is rejected (a client is flagged when any module is rejected).
 
 # %%
 display(Image(filename=str(folder / "copying_detection.png")))

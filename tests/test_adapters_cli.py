@@ -6,65 +6,29 @@ import json
 
 import numpy as np
 import pytest
-import scipy.stats
-from safetensors.numpy import save_file
 
 from clair_stats.__main__ import main
-from clair_stats.lora.adapters import energy_p_values, run_adapters
+from clair_stats.lora.cli import run_adapters
 from clair_stats.lora.peft import read_adapters
+from clair_stats.lora.synthetic import MODULES, synthetic_federation
 from clair_stats.pipeline.refine import refine
 
-# module path -> (out, in); every client has LoRA rank R on every module
-MODULES = {
-    "model.layers.0.mlp.down_proj": (16, 32),
-    "model.layers.0.self_attn.q_proj": (24, 16),
-    "model.layers.0.self_attn.v_proj": (24, 16),
-}
-R = 4
-ALPHA = 8
+R = 4  # every client's LoRA rank in every module
 V_PROJ = "model.layers.0.self_attn.v_proj"
+# client 2 is contaminated in down_proj and q_proj, client 5 in v_proj
+CONTAMINATED = {2: set(MODULES) - {V_PROJ}, 5: {V_PROJ}}
 
 
-def _federation(root, seed=0, n_clients=8, contaminated=None, strength=3.0):
-    """K adapter folders. Benign client k, module m: B_km = U_m G_km + 0.1 E_km with
-    U_m (out x R) shared and orthonormal, G_km, E_km iid N(0, 1): the update
-    s B_km A_km lies in span(U_m) up to noise. A contaminated module has B_km
-    = strength E_km, off the shared subspace (strength 3: 30 times the benign
-    noise in Frobenius norm). Default: client 2 in down_proj and q_proj, client 5
-    in v_proj."""
+def _federation(root, seed=0, n_clients=8, contaminated=None):
+    """K adapter folders of :func:`synthetic_federation` (3 modules, LoRA rank 4,
+    contaminated factors 30 times the benign noise); default contamination:
+    :data:`CONTAMINATED`."""
     if contaminated is None:
-        contaminated = {2: set(MODULES) - {V_PROJ}, 5: {V_PROJ}}
-    rng = np.random.default_rng(seed)
-    shared = {
-        m: np.linalg.qr(rng.standard_normal((out, R)))[0]
-        for m, (out, _) in MODULES.items()
-    }
-    folders = []
-    for k in range(n_clients):
-        tensors = {}
-        for m, (out, inp) in MODULES.items():
-            if m in contaminated.get(k, ()):
-                b = strength * rng.standard_normal((out, R))
-            else:
-                b = shared[m] @ rng.standard_normal((R, R))
-                b += 0.1 * rng.standard_normal((out, R))
-            a = rng.standard_normal((R, inp)) / np.sqrt(inp)
-            tensors[f"base_model.model.{m}.lora_A.weight"] = a.astype(np.float32)
-            tensors[f"base_model.model.{m}.lora_B.weight"] = b.astype(np.float32)
-        folder = root / f"client{k}"
-        folder.mkdir(parents=True)
-        save_file(tensors, str(folder / "adapter_model.safetensors"))
-        config = {
-            "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
-            "base_model_name_or_path": "tiny-llama",
-            "r": R,
-            "lora_alpha": ALPHA,
-            "target_modules": ["q_proj", "v_proj", "down_proj"],
-        }
-        (folder / "adapter_config.json").write_text(json.dumps(config))
-        folders.append(folder)
-    return folders
+        contaminated = CONTAMINATED
+    fed = synthetic_federation(
+        n_clients, contaminated=contaminated, rank=R, lora_alpha=8.0, seed=seed
+    )
+    return fed.write(root)
 
 
 def _float32_bound(*arrays) -> float:
@@ -195,34 +159,15 @@ def test_refined_adapters_are_the_spec_refinement(tmp_path, side):
         assert np.all(module.truncation_error <= 1e-10 * module.refined_norm)
 
 
-def test_energy_p_values_are_scale_free_and_monotone():
-    """Rescaling every energy changes nothing; raising one client's energy 1000x
-    shifts its z by log(1000) / (the others' scale) and lowers its p-value;
-    energies <= 0 and a MAD of 0 are refused. (That the p-values are uniform under
-    the null model is checked in theory_checks/test_calibration.py.)"""
-    rng = np.random.default_rng(0)
-    n_clients = 10
-    energies = np.exp(rng.standard_normal(n_clients))
-    z, p = energy_p_values(energies)
-    z2, p2 = energy_p_values(1e-8 * energies)
-    np.testing.assert_allclose(z2, z, rtol=1e-9)
-    np.testing.assert_allclose(p2, p, rtol=1e-9)
-    others = np.log(np.delete(energies, 3))
-    scale = np.median(np.abs(others - np.median(others))) / scipy.stats.norm.ppf(0.75)
-    energies[3] *= 1e3
-    z3, p3 = energy_p_values(energies)
-    assert z3[3] == pytest.approx(z[3] + np.log(1e3) / scale, rel=1e-4)
-    assert p3[3] < p[3]
-    with pytest.raises(ValueError, match="> 0"):
-        energy_p_values(np.array([1.0, 0.0, 2.0, 3.0]))
-    with pytest.raises(ValueError, match="MAD 0"):
-        energy_p_values(np.array([1.0, 1.0, 1.0, 2.0]))
-
-
 def test_command_line_errors_are_usage_errors(tmp_path, capsys):
     """Too few clients, a rank without complement, an existing output and a pickle
     adapter stop with a usage error (exit code 2) that says what to do."""
-    folders = [str(f) for f in _federation(tmp_path / "in", n_clients=4)]
+    folders = [
+        str(f)
+        for f in _federation(
+            tmp_path / "in", n_clients=4, contaminated={2: CONTAMINATED[2]}
+        )
+    ]
     out = str(tmp_path / "out")
     cases = [
         (folders[:2], [], "needs K >= 3"),

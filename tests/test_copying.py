@@ -310,12 +310,18 @@ def _module_updates(rng, off_subspace, p=12, q=10, rank=2, n_clients=10, noise=0
     return updates
 
 
-def test_a_client_is_flagged_by_at_least_half_of_the_modules(torch):
+def test_a_client_off_the_subspace_in_any_module_is_flagged(torch):
+    """The verdict is the library's rule (lora.verdict) on the per-module energies:
+    client 8 is off the subspace in 2 of the 3 modules, client 9 in 1 of 3; both
+    are flagged (one module is enough: their energies are about 10^4 times the
+    benign ones, p-values at the far end of the null law) and no benign client
+    is (Holm at 0.05 over the 30 pairs; fixed seed). Flagged clients keep their
+    local update in every module; the others are refined."""
+    from clair_stats.lora.adapters import fit_module
+    from clair_stats.lora.verdict import client_verdict
     from simulations.copying.federation import clair_per_module
 
     rng = np.random.default_rng(8)
-    # client 8 is off-subspace in 2 of 3 modules (flagged: 2 >= 1.5), client 9 in
-    # 1 of 3 (kept: 1 < 1.5)
     updates = {
         "m0": _module_updates(rng, [8, 9]),
         "m1": _module_updates(rng, [8]),
@@ -325,14 +331,15 @@ def test_a_client_is_flagged_by_at_least_half_of_the_modules(torch):
     assert verdict.n_modules == 3
     np.testing.assert_array_equal(verdict.module_flags[[8, 9]], [2, 1])
     assert verdict.module_flags[:8].max() == 0
-    np.testing.assert_array_equal(np.flatnonzero(verdict.flagged), [8])
+    np.testing.assert_array_equal(np.flatnonzero(verdict.flagged), [8, 9])
+    expected = client_verdict([fit_module(u, 2).energies for u in updates.values()])
+    np.testing.assert_array_equal(verdict.flagged, expected.flagged)
+    np.testing.assert_array_equal(verdict.p_values, expected.p_values)
     # flagged clients keep their local update; the others are refined
     for name, stack in updates.items():
-        np.testing.assert_array_equal(verdict.refined[name][8], stack[8])
+        for k in (8, 9):
+            np.testing.assert_array_equal(verdict.refined[name][k], stack[k])
         assert not np.allclose(verdict.refined[name][0], stack[0])
-    # a lower vote threshold flags client 9 as well
-    lenient = clair_per_module(updates, rank=2, vote=0.3)
-    np.testing.assert_array_equal(np.flatnonzero(lenient.flagged), [8, 9])
 
 
 # ------------------------------------------------------------------ end to end

@@ -40,17 +40,16 @@ into W_0 for evaluation):
 
 FedAvg averages the dense products Delta W_k = s B_k A_k, not the factors.
 
-**CLAIR on LoRA updates** (:func:`clair_per_module`). For each module the (K, p, q)
-stack of Delta W^_k goes to :func:`clair_stats.clair` with
+**CLAIR on LoRA updates** (:func:`clair_per_module`). Steps 1-3 run per module as
+in ``clair adapters`` (:func:`clair_stats.lora.adapters.fit_module` on the (K, p,
+q) stack of Delta W^_k), and the modules are combined into one verdict per client
+by the library's rule (:mod:`clair_stats.lora.verdict`):
 
-* ``mode="exact"`` (P0): the noise level of a LoRA update is unknown, and P0 is
+* P0 (``mode="exact"``): the noise level of a LoRA update is unknown, and P0 is
   positively homogeneous, so lam = c_lam / sqrt(K) needs no scale; P1 would need
-  mu, i.e. a noise level;
-* ``detect="test"`` with sigma estimated by the median rule (valid while fewer
-  than half of the clients are contaminated): the updates are noisy, so the block
-  support of S^ flags every client (measured: P0 gave a nonzero S^_k for all 10
-  clients in all 8 modules), while the off-subspace energy T_k separates the
-  contaminated clients;
+  mu, i.e. a noise level. The block support of S^ cannot serve as the verdict:
+  the updates are noisy, and P0 gave a nonzero S^_k for all 10 clients in all 8
+  modules;
 * ``rank=2``: the benign task is two swaps, and the stacked benign updates show
   it: in the value and output modules the top two singular values carry 70-80% of
   the energy and the third under 5% (measured on one homogeneous replicate; the
@@ -59,40 +58,38 @@ stack of Delta W^_k goes to :func:`clair_stats.clair` with
   +4.2% at r = 1 (homogeneous), +4.1 to +5.3% at r = 2 and +2.6 to +4.7% at r = 1
   (heterogeneous), and less at r = 3, 4 and 6. A larger r keeps more of each
   client's own update (less averaging), a smaller one averages more;
-* ``center=False``: the updates are already relative to the known pretrained
-  weights (Theta_0 = 0 in SPEC §2); the common task update is part of the shared
+* no centre: the updates are already relative to the known pretrained weights
+  (Theta_0 = 0 in SPEC §2); the common task update is part of the shared
   low-rank part;
 * ``side="left"``: the shared subspace is the column space of Delta W (the output
-  space of the module, span of B_k).
+  space of the module, span of B_k);
+* **verdict**: each client's off-subspace energy gets an empirical-null p-value
+  per module, Holm runs over the K x M = 80 (client, module) p-values at
+  ``clair_alpha``, and a client is flagged (outside S^) iff any of its modules is
+  rejected (:func:`clair_stats.lora.verdict.client_verdict`).
 
-The chi-square law of T_k assumes i.i.d. Gaussian errors, which LoRA updates are
-not: the benign T_k spread more than chi^2 with (p - r) q degrees of freedom
-predicts, so one module alone flags some benign clients (measured over 12
-development replicates, 6 per experiment, seeds apart from the study's: a benign
-client was flagged in 20% of the modules, a contaminated one in 66%).
-**Verdict rule**: client k is flagged (outside S^) when at least half of the
-modules flag it (``vote=0.5``: at least ``vote`` x the number of modules, 4 of the
-8); S^ is the rest. If the module verdicts were independent with those rates, a
-benign client would be flagged with probability P(Bin(8, 0.2) >= 4) = 0.06 and a
-contaminated one with P(Bin(8, 0.66) >= 4) = 0.91; a strict majority (5 of 8)
-would give 0.01 and 0.73. On the 12 development replicates the rule flagged 5 of
-84 benign and 34 of 36 contaminated clients. A missed contaminated client enters
-the average of the refinement, a flagged benign client only keeps its local
-update, so the rule leans to recall.
+Until study version 2 the verdict was another rule: SPEC §3's chi-square test per
+module with sigma by the median rule and Holm over the K clients, and a client
+flagged when at least half of the modules flag it. Its family-wise error is far
+above its level, because the chi-square law with (p - r) q degrees of freedom is
+much narrower than the spread of benign LoRA energies;
+``simulations/verdict_rules.py`` measured both rules on these updates (the figures
+are in :mod:`clair_stats.lora.verdict`).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
-from clair_stats import ConvergenceWarning, clair, refine
+from clair_stats import refine
 from clair_stats.core.linalg import top_subspace
 from clair_stats.evaluation.baselines import fedavg, svd_refine
 from clair_stats.evaluation.metrics import detection_scores
+from clair_stats.lora.adapters import fit_module
+from clair_stats.lora.verdict import client_verdict
 from simulations.copying.tasks import CopyBatch, CopyTask
 from simulations.copying.training import (
     FineTuneConfig,
@@ -110,11 +107,13 @@ __all__ = [
     "METHODS",
     "OTHER_SWAPS",
     "Settings",
+    "TrainedClients",
     "clair_per_module",
     "client_tasks",
     "federate",
     "relative_change",
     "run_replicate",
+    "train_clients",
 ]
 
 #: The shared token map of the benign clients.
@@ -174,9 +173,8 @@ class Settings:
     clair_rank : int
         r of the shared subspace of CLAIR, SVD + refinement and the oracle.
     clair_alpha : float
-        Level of the per-module test (Holm).
-    vote : float
-        Flag a client flagged in at least ``vote`` x (number of modules).
+        Family-wise level of the verdict (Holm over the K x M (client, module)
+        p-values).
     """
 
     experiment: str = "homogeneous"
@@ -204,7 +202,6 @@ class Settings:
     copy_weight: float = 10.0
     clair_rank: int = 2
     clair_alpha: float = 0.05
-    vote: float = 0.5
 
     def __post_init__(self) -> None:
         if self.experiment not in EXPERIMENTS:
@@ -233,8 +230,8 @@ class Settings:
             raise ValueError(
                 f"min_swap_fraction must be in [0, 1], got {self.min_swap_fraction}."
             )
-        if not 0.0 < self.vote <= 1.0:
-            raise ValueError(f"vote must be in (0, 1], got {self.vote}.")
+        if not 0.0 < self.clair_alpha < 1.0:
+            raise ValueError(f"clair_alpha must be in (0, 1), got {self.clair_alpha}.")
         if not 1 <= self.clair_rank < self.d_model:
             raise ValueError(
                 f"clair_rank must be in [1, d_model) = [1, {self.d_model}), got "
@@ -363,7 +360,10 @@ class ClairVerdict:
     flagged : numpy.ndarray of bool, shape (K,)
         The combined verdict (outside S^).
     module_flags : numpy.ndarray of int, shape (K,)
-        In how many modules each client was flagged.
+        In how many modules each client was rejected (Holm over K x M).
+    p_values : numpy.ndarray, shape (K,)
+        Each client's combined p-value (the smallest Holm-adjusted p-value over
+        its modules).
     n_modules : int
     unconverged : int
         Modules whose decomposition stopped at ``max_iter`` (their A^ is still
@@ -373,6 +373,7 @@ class ClairVerdict:
     refined: dict[str, np.ndarray]
     flagged: np.ndarray
     module_flags: np.ndarray
+    p_values: np.ndarray
     n_modules: int
     unconverged: int
 
@@ -381,16 +382,16 @@ def clair_per_module(
     updates: dict[str, np.ndarray],
     rank: int,
     alpha: float = 0.05,
-    vote: float = 0.5,
     side: str = "left",
 ) -> ClairVerdict:
     """CLAIR on each module's updates, one verdict per client, refinement.
 
-    For each module: :func:`clair_stats.clair` with ``mode="exact"``,
-    ``detect="test"`` (sigma by the median rule, Holm at ``alpha``),
-    ``center=False``. Client k is flagged when at least ``vote`` x (number of
-    modules) flag it; every module is then refined with its own A^ and the common
-    S^:
+    For each module, steps 1-3 of :func:`clair_stats.lora.adapters.fit_module`
+    (P0, A^ of rank r, the off-subspace energies); the (M, K) energies give one
+    verdict per client by :func:`clair_stats.lora.verdict.client_verdict`
+    (empirical-null p-values, Holm over the K x M pairs at ``alpha``, flagged iff
+    any module is rejected); every module is then refined with its own A^ and
+    the common S^:
 
     .. math:: \\tilde\\Theta_k = P_{\\hat A} \\hat\\Theta_k
               + P_{\\hat A}^\\perp \\bar\\Theta_{\\hat S}, \\quad k \\in \\hat S.
@@ -398,13 +399,11 @@ def clair_per_module(
     Parameters
     ----------
     updates : dict of str to numpy.ndarray
-        Delta W^_k stacked per module, shape (K, p, q).
+        Delta W^_k stacked per module, shape (K, p, q), K >= 3.
     rank : int
         r, the dimension of each module's shared subspace.
     alpha : float
-        Level of the per-module test.
-    vote : float
-        Fraction of the modules in (0, 1] that must flag a client.
+        Family-wise level of the verdict over the K x M (client, module) pairs.
     side : {"left", "right"}
         Column space (default) or row space of Delta W.
 
@@ -415,40 +414,22 @@ def clair_per_module(
     if not updates:
         raise ValueError("updates is empty: give at least one module.")
     names = list(updates)
-    n_clients = next(iter(updates.values())).shape[0]
-    counts = np.zeros(n_clients, dtype=int)
-    subspaces = {}
-    unconverged = 0
-    for name in names:
-        with warnings.catch_warnings():
-            # counted and reported instead of printed once per module (measured:
-            # ADMM met its tolerance in 50-70 iterations on all 96 module solves
-            # of 12 replicates)
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            result = clair(
-                updates[name],
-                rank=rank,
-                mode="exact",
-                detect="test",
-                alpha=alpha,
-                center=False,
-                side=side,
-            )
-        counts += ~result.collaborative
-        subspaces[name] = result.subspace
-        unconverged += not result.decomposition.info.converged
-    flagged = counts >= vote * len(names)
+    fits = {name: fit_module(updates[name], rank, side=side) for name in names}
+    verdict = client_verdict(
+        [fits[name].energies for name in names], alpha, modules=names
+    )
     refined = {}
     for name in names:
         work = updates[name].transpose(0, 2, 1) if side == "right" else updates[name]
-        out = refine(work, subspaces[name], ~flagged)
+        out = refine(work, fits[name].subspace, verdict.collaborative)
         refined[name] = out.transpose(0, 2, 1) if side == "right" else out
     return ClairVerdict(
         refined=refined,
-        flagged=flagged,
-        module_flags=counts,
+        flagged=verdict.flagged,
+        module_flags=verdict.module_flags,
+        p_values=verdict.p_values,
         n_modules=len(names),
-        unconverged=unconverged,
+        unconverged=sum(not fit.solver.converged for fit in fits.values()),
     )
 
 
@@ -478,9 +459,7 @@ def federate(
     verdict : ClairVerdict
     """
     rank = settings.clair_rank
-    verdict = clair_per_module(
-        updates, rank=rank, alpha=settings.clair_alpha, vote=settings.vote
-    )
+    verdict = clair_per_module(updates, rank=rank, alpha=settings.clair_alpha)
     out: dict[str, dict[str, np.ndarray]] = {m: {} for m in METHODS}
     for name, stack in updates.items():
         out["pretrained"][name] = np.zeros_like(stack)
@@ -516,6 +495,67 @@ def _base_model(
     return model, base
 
 
+@dataclass(frozen=True)
+class TrainedClients:
+    """The K clients of one replicate after local LoRA fine-tuning.
+
+    Attributes
+    ----------
+    updates : dict of str to numpy.ndarray
+        Delta W^_k = s B_k A_k stacked per module, shape (K, p, q), in the
+        model's module order (q, k, v, o of each layer).
+    tasks : list of CopyTask
+        Client k's task.
+    kinds : list of str
+        ``"benign"`` or the contamination kind of client k.
+    """
+
+    updates: dict[str, np.ndarray]
+    tasks: list[CopyTask]
+    kinds: list[str]
+
+
+def train_clients(
+    settings: Settings, seed: int, checkpoints: str | None = None
+) -> TrainedClients:
+    """Fine-tune the K clients of one replicate from the common initialisation.
+
+    Parameters
+    ----------
+    settings : Settings
+    seed : int
+        The replicate's seed: its first spawned stream draws the clients' data
+        and minibatches, its third the common adapter initialisation (the second
+        is left to the test sequences of :func:`run_replicate`).
+    checkpoints : str, optional
+        Folder of the pretraining cache (None: pretrain in memory).
+
+    Returns
+    -------
+    TrainedClients
+    """
+    torch.set_num_threads(1)
+    model, _ = _base_model(settings, checkpoints)
+    tasks, kinds = client_tasks(settings)
+    streams = np.random.SeedSequence(seed).spawn(3)
+    data_rng = np.random.default_rng(streams[0])
+    init_seed = int(streams[2].generate_state(1)[0])
+    model.add_adapters(
+        settings.lora_rank,
+        settings.lora_alpha,
+        torch.Generator().manual_seed(init_seed),
+    )
+    init = model.adapter_state()
+    config = settings.fine_tune_config()
+    local = []
+    for task in tasks:
+        batch = task.sample(settings.n_train, data_rng)
+        local.append(fine_tune(model, init, batch, config, data_rng))
+    model.remove_adapters()
+    updates = _stack(local, list(local[0]), "left")
+    return TrainedClients(updates=updates, tasks=tasks, kinds=kinds)
+
+
 def run_replicate(
     settings: Settings, seed: int, checkpoints: str | None = None
 ) -> list[dict]:
@@ -545,30 +585,12 @@ def run_replicate(
         ``exact``, ``n_flagged``, ``flagged`` and ``module_flags`` (lists of K),
         ``n_modules`` and ``unconverged_modules``.
     """
-    torch.set_num_threads(1)
+    clients = train_clients(settings, seed, checkpoints)
+    tasks, kinds, benign = clients.tasks, clients.kinds, settings.benign
     model, base = _base_model(settings, checkpoints)
-    tasks, kinds = client_tasks(settings)
-    benign = settings.benign
-    streams = np.random.SeedSequence(seed).spawn(3)
-    data_rng = np.random.default_rng(streams[0])
-    test_rng = np.random.default_rng(streams[1])
-    init_seed = int(streams[2].generate_state(1)[0])
-    model.add_adapters(
-        settings.lora_rank,
-        settings.lora_alpha,
-        torch.Generator().manual_seed(init_seed),
-    )
-    init = model.adapter_state()
-    config = settings.fine_tune_config()
-    local = []
-    for task in tasks:
-        batch = task.sample(settings.n_train, data_rng)
-        local.append(fine_tune(model, init, batch, config, data_rng))
-    model.remove_adapters()
+    test_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[1])
     tests = [task.sample(settings.n_test, test_rng) for task in tasks]
-    names = list(local[0])
-    updates = _stack(local, names, "left")
-    methods, verdict = federate(updates, benign, settings)
+    methods, verdict = federate(clients.updates, benign, settings)
     accuracy = {m: _evaluate(model, base, methods[m], tests) for m in METHODS}
     model.set_weights(base)
     scores = detection_scores(verdict.flagged, ~benign)

@@ -7,8 +7,9 @@ K = 10 clients fine-tune rank-4 LoRA adapters of the same pretrained attention-o
 Transformer on their own sequence-copying task (Song, Xu and Zhong 2025); 3 of them
 are contaminated. Per replicate we compare, client by client, the masked next-token
 accuracy of local LoRA fine-tuning, FedAvg over all clients, FedAvg over the true
-benign set, plain SVD + refinement, CLAIR (per module; a client is flagged when at
-least half of the 8 adapted modules flag it) and oracle CLAIR, and CLAIR's
+benign set, plain SVD + refinement, CLAIR (per module; a client is flagged when
+Holm over the 10 x 8 (client, module) empirical-null p-values rejects any of its
+modules, :mod:`clair_stats.lora.verdict`) and oracle CLAIR, and CLAIR's
 detection precision and recall. These are the paper's Figures 2 (homogeneous
 benign clients) and 3 (heterogeneous benign clients); the heterogeneous design is
 the one where FedAvg should lose to CLAIR.
@@ -97,7 +98,7 @@ from clair_stats.experiments.study import (  # noqa: E402
 
 NAME = "copying"
 #: Bump when a change alters the results of :func:`run`.
-VERSION = "1"
+VERSION = "2"  # 2: CLAIR's verdict is clair_stats.lora.verdict (was a vote)
 EXPERIMENTS = ("homogeneous", "heterogeneous")
 FULL = {"replicates": 100}
 #: The quick grid's settings (the full grid uses the defaults of ``Settings``).
@@ -198,7 +199,8 @@ def client_frame(frame: pd.DataFrame) -> pd.DataFrame:
         Columns ``experiment``, ``replicate``, ``method``, ``client``, ``kind``,
         ``swap_fraction`` (pi_k of a benign client, else NaN), ``accuracy``,
         ``relative_change``, and for CLAIR's rows (else NaN) ``flagged`` (0/1),
-        ``module_share`` (the fraction of the modules that flag the client) and
+        ``module_share`` (the fraction of the modules in which the verdict's Holm
+        procedure rejects the client) and
         ``n_modules``.
     """
     rows = []
@@ -342,8 +344,9 @@ def _client_figure(
         f"against local LoRA fine-tuning (bottom), mean over {n_reps} replicates "
         "with 95% Monte Carlo intervals; K = 10, contaminated clients shaded. "
         + ("Quick grid (fewer steps). " if quick else "")
-        + "CLAIR: per-module test, a client is flagged by at least half of the 8 "
-        "modules; shared subspace of rank 2 per module."
+        + "CLAIR: per-module empirical-null test, Holm over the K x 8 (client, "
+        "module) pairs, a client is flagged if any module is rejected; shared "
+        "subspace of rank 2 per module."
     )
     return save_figure(fig, folder / f"copying_{experiment}.png", caption)
 
@@ -377,9 +380,8 @@ def _detection_figure(
             "s",
             mfc="none",
             color="tab:gray",
-            label="modules that flag it\n(mean fraction)",
+            label="modules that reject it\n(mean fraction)",
         )
-        ax.axhline(0.5, color="tab:gray", lw=0.8, ls=":", label="verdict threshold")
         _mark_contaminated(ax, info["kind"].tolist(), label=True, short=True)
         ax.set_ylim(-0.05, 1.05)
         ax.set_xticks(range(len(info)), _tick_labels(info, experiment), fontsize=7)
@@ -390,9 +392,9 @@ def _detection_figure(
     n_modules = int(sub["n_modules"].max())
     caption = (
         f"CLAIR's verdicts per client over {n_reps} replicates per experiment "
-        f"(Wilson 95% intervals): a client is flagged when at least half of the "
-        f"{n_modules} modules (dotted line) flag it."
-        + (" Quick grid." if quick else "")
+        f"(Wilson 95% intervals), and the mean fraction of the {n_modules} modules "
+        "in which Holm over the K x M (client, module) p-values rejects it; a client "
+        "is flagged when any module is rejected." + (" Quick grid." if quick else "")
     )
     return save_figure(fig, folder / "copying_detection.png", caption)
 

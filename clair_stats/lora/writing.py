@@ -1,0 +1,155 @@
+"""Step 4 of CLAIR per module and the refined PEFT adapters, one per client.
+
+With the verdict's collaborative set S^ (the same in every module) and each
+module's A^_m, every collaborative client's update is refined (SPEC §3 step 4),
+
+.. math:: \\tilde\\Theta_{km} = P_{\\hat A_m} \\hat\\Theta_{km}
+          + P_{\\hat A_m}^\\perp \\bar\\Theta_{m}, \\qquad
+          \\bar\\Theta_m = \\frac{1}{|\\hat S|}
+          \\sum_{j \\in \\hat S} \\hat\\Theta_{jm},
+
+truncated to a LoRA rank by SVD (:func:`clair_stats.solvers.factored.refine_factored`,
+on the factors), and written as one PEFT adapter per client
+(:func:`clair_stats.lora.peft.write_adapter`, scaling 1). A flagged client keeps
+its local update in every module. Each module's refined factors go to a temporary
+safetensors file first, so that memory holds one module of all clients at a time.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+
+from clair_stats.core.validation import check_choice, check_int
+from clair_stats.lora.peft import AdapterSet, write_adapter
+from clair_stats.lora.report import AdaptersResult
+
+__all__ = ["write_refined"]
+
+_TMP = ".clair_tmp"
+
+
+def write_refined(
+    adapters: AdapterSet,
+    result: AdaptersResult,
+    out: str | PathLike[str],
+    *,
+    out_rank: int | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> AdaptersResult:
+    """Step 4 per module with the combined S^, then one adapter per client.
+
+    Collaborative clients get the rank-t truncated SVD of Theta~_km = P_A^
+    Theta^_km + P_A^^perp Thetabar_m (Thetabar_m over S^); flagged clients their
+    local factors (s_k B_km, A_km). Each module's refined factors go to a
+    temporary safetensors file in ``out`` (so memory holds one module at a
+    time), then each client's adapter is assembled from them and written to
+    ``out/<client name>`` (:func:`clair_stats.lora.peft.write_adapter`, scaling 1).
+
+    Parameters
+    ----------
+    adapters : AdapterSet
+    result : AdaptersResult
+        From :func:`clair_stats.lora.adapters.analyse_adapters` on the same
+        adapters.
+    out : str or path-like
+        The output folder.
+    out_rank : int, optional
+        t, the LoRA rank of every refined module; default each client's own rank.
+    dtype : {"float32", "float16", "float64"}
+    overwrite : bool
+        Replace adapters already in ``out``.
+    progress : bool
+        Show tqdm bars.
+
+    Returns
+    -------
+    AdaptersResult
+        ``result`` with the truncation errors per module and ``outputs``, the K
+        adapter folders written.
+    """
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    from tqdm.auto import tqdm
+
+    from clair_stats.solvers.factored import refine_factored
+
+    if result.names != adapters.names or [m.name for m in result.modules] != list(
+        adapters.module_names
+    ):
+        raise ValueError(
+            "result does not belong to these adapters (different clients or "
+            "modules); run analyse_adapters on them first."
+        )
+    if out_rank is not None:
+        out_rank = check_int(out_rank, "out_rank", 1)
+    dtype = check_choice(dtype, "dtype", ("float32", "float16", "float64"))
+    folder = Path(out)
+    targets = tuple(folder / name for name in result.names)
+    if not overwrite:
+        taken = [str(t) for t in targets if t.exists() and any(t.iterdir())]
+        if taken:
+            raise FileExistsError(
+                f"output folder(s) {taken} already exist and are not empty; choose "
+                "another --out or pass --overwrite."
+            )
+    tmp = folder / _TMP
+    tmp.mkdir(parents=True, exist_ok=True)
+    modules = []
+    try:
+        for i, module in enumerate(
+            tqdm(result.modules, desc="refine per module", disable=not progress)
+        ):
+            updates = adapters.updates(module.name)
+            work = updates.transpose() if result.side == "right" else updates
+            refined = refine_factored(
+                work, module.subspace, result.collaborative, rank=out_rank
+            )
+            if result.side == "right":
+                refined = refined.transpose()
+            modules.append(
+                replace(
+                    module,
+                    truncation_error=np.asarray(refined.truncation_error),
+                    refined_norm=np.asarray(refined.refined_norm),
+                )
+            )
+            save_file(
+                {
+                    f"{k}.{x}": np.ascontiguousarray(f, dtype=np.float64)
+                    for k in range(result.n_clients)
+                    for x, f in (("B", refined.B[k]), ("A", refined.A[k]))
+                },
+                str(tmp / f"{i}.safetensors"),
+            )
+        for k in tqdm(
+            range(result.n_clients), desc="write adapters", disable=not progress
+        ):
+            factors = {}
+            for i, module in enumerate(result.modules):
+                with safe_open(str(tmp / f"{i}.safetensors"), framework="numpy") as f:
+                    factors[module.name] = (
+                        f.get_tensor(f"{k}.B"),
+                        f.get_tensor(f"{k}.A"),
+                    )
+            write_adapter(
+                targets[k],
+                factors,
+                adapters.adapters[k],
+                dtype=dtype,
+                overwrite=overwrite,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return replace(
+        result,
+        modules=tuple(modules),
+        settings=dict(result.settings, out_rank=out_rank, dtype=dtype),
+        outputs=tuple(str(t) for t in targets),
+    )
