@@ -8,7 +8,9 @@ complete and computes nothing.
 
 The copying experiment's quick grid trains 40 clients for 150 steps (about 1.5
 minutes of CPU), so its tests and its report share a tiny grid instead
-(:data:`COPYING_TINY`, two replicates per experiment, seconds).
+(:data:`COPYING_TINY`, two replicates per experiment, seconds). The quick grid of
+``simulations/verdict_rules.py``, whose copying part trains with the copying
+study's quick settings, is stored with the tiny settings too.
 """
 
 from __future__ import annotations
@@ -100,7 +102,14 @@ def quick_grid(study_results: Path) -> Callable[[ModuleType], StoredGrid]:
             parse = script.parser().parse_args
             args = parse(["--quick", "--results", str(study_results)])
             study = script.build(args)
-            path, frame = _store(study, study_results)
+            with pytest.MonkeyPatch.context() as patch:
+                if name == "simulations.verdict_rules":
+                    # its copying replicates train with the copying study's quick
+                    # settings (80 s); the tiny ones take seconds
+                    from simulations.copying import study as copying
+
+                    patch.setattr(copying, "QUICK", dict(COPYING_TINY))
+                path, frame = _store(study, study_results)
             folder = report_folder(study.name, True, study_results)
             done[name] = StoredGrid(study, args, study_results, path, folder, frame)
         return done[name]

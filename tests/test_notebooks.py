@@ -414,6 +414,46 @@ def check_copying(grid, folder: Path, text: str, script) -> None:
             assert ordered(lo, est, hi)
 
 
+def check_verdict_rules(grid, folder: Path, text: str, script) -> None:
+    table = read_table(
+        folder,
+        "summary.csv",
+        ["source", "K", "M", "pattern", "strength", "federations", "experiment"]
+        + ["training", "rule", "federations_run", "false_flags", "benign"]
+        + ["benign_flagged", "contaminated", "contaminated_flagged", "pairs"]
+        + ["pairs_005", "seconds", "fwer", "fwer_lo", "fwer_hi", "power"]
+        + ["power_lo", "power_hi", "benign_flag_rate", "module_false_rate"],
+    )
+    # every configuration of the grid, once per rule (the two rules and the
+    # candidate evaluated on the same energies)
+    assert set(table["rule"]) == {"holm_any", "vote_half", "pooled_scale"}
+    per_rule = table.groupby("rule").size()
+    assert (per_rule == len(grid.study.configs)).all()
+    # counts: flags never exceed what they count, federations as the grid says
+    assert (table["false_flags"] <= table["federations_run"]).all()
+    assert (table["benign_flagged"] <= table["benign"]).all()
+    assert (table["contaminated_flagged"] <= table["contaminated"]).all()
+    assert (table["pairs_005"] <= table["pairs"]).all()
+    for col in ("fwer", "fwer_lo", "fwer_hi", "benign_flag_rate"):
+        assert in_unit_interval(table[col]), col
+    assert ordered(table["fwer_lo"], table["fwer"], table["fwer_hi"])
+    has_power = table["contaminated"] > 0
+    for col in ("power", "power_lo", "power_hi"):
+        assert in_unit_interval(table.loc[has_power, col]), col
+        assert table.loc[~has_power, col].isna().all(), col
+    assert ordered(table["power_lo"], table["power"], table["power_hi"])
+
+    stored = grid.frame.drop_duplicates([*script.KEYS, "replicate", "federation"])
+    (n_fed, n_copy), *_ = numbers(
+        r"quick grid: {x} federations \({x} trained copying ones\)", text
+    )
+    assert int(n_fed) == len(stored)
+    assert int(n_copy) == int((stored["source"] == "copying").sum())
+    # the worst family-wise error per rule, printed, is the table's
+    for rule in ("holm_any", "vote_half", "pooled_scale"):
+        assert re.search(rf"^{rule}\s+{NUMBER}\s+{NUMBER}\s*$", text, re.M), rule
+
+
 CHECKS: dict[str, Callable] = {
     "copying": check_copying,
     "detection": check_detection,
@@ -422,6 +462,7 @@ CHECKS: dict[str, Callable] = {
     "oracle_gain": check_oracle_gain,
     "phase_transition": check_phase_transition,
     "robustness": check_robustness,
+    "verdict_rules": check_verdict_rules,
 }
 #: What each report writes into its folder, besides the tables checked above.
 FILES = {
@@ -437,6 +478,7 @@ FILES = {
     "phase_transition": ["success_gamma_r.png", "success_t1_lam.png"]
     + ["success_gamma_lam.png", "summary.md"],
     "robustness": ["error_by_type.png", "worst_case.png", "worst_case.md"],
+    "verdict_rules": ["verdict_rules.png", "summary.md"],
 }
 
 
