@@ -95,7 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "adapters":
             return run_adapters_command(args)
         return solvers_demo(args)
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        FileNotFoundError,
+        FileExistsError,
+        ImportError,
+    ) as exc:
         parser.error(str(exc))
     return 2
 

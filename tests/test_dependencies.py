@@ -89,3 +89,20 @@ def test_the_study_runner_says_which_extra_to_install(tmp_path):
     )
     assert done.returncode != 0
     assert "pip install 'clair_stats[studies]'" in done.stderr
+
+
+def test_clair_adapters_without_safetensors_names_the_extra(tmp_path):
+    """Without safetensors, ``clair adapters`` stops with one line naming the extra."""
+    from clair_stats.lora.synthetic import synthetic_federation
+
+    folders = synthetic_federation(4, contaminated=(), seed=0).write(tmp_path / "in")
+    argv = ["adapters", *map(str, folders), "--out", str(tmp_path / "out")]
+    done = _run(
+        f"""
+        from clair_stats.__main__ import main
+        main({argv!r})
+        """
+    )
+    assert done.returncode == 2, done.stderr
+    assert "pip install 'clair_stats[lora]'" in done.stderr
+    assert "Traceback" not in done.stderr

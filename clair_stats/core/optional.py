@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 
-__all__ = ["progress", "require"]
+__all__ = ["progress", "require", "require_safetensors"]
 
 T = TypeVar("T")
 
@@ -45,6 +45,12 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
             f"{top} is needed for {purpose} but is not installed; install it with "
             f"pip install 'clair_stats[{extra}]'."
         ) from exc
+
+
+def require_safetensors(submodule: str | None = None) -> ModuleType:
+    """``safetensors`` (or ``safetensors.<submodule>``), from the ``lora`` extra."""
+    name = "safetensors" if submodule is None else f"safetensors.{submodule}"
+    return require(name, "lora", "reading and writing PEFT adapter files")
 
 
 def progress(

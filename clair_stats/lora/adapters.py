@@ -44,6 +44,7 @@ import numpy as np
 from clair_stats.core.exceptions import ConvergenceWarning
 from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.optional import progress as progress_bar
 from clair_stats.core.results import SolverInfo
 from clair_stats.core.validation import check_alpha, check_choice, check_int
 from clair_stats.lora.peft import AdapterSet
@@ -186,8 +187,6 @@ def analyse_adapters(
     -------
     AdaptersResult
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(adapters, AdapterSet):
         raise TypeError(
             "adapters must be an AdapterSet "
@@ -205,8 +204,9 @@ def analyse_adapters(
             "at alpha = 0.05 after Holm over clients and modules)."
         )
     fits, ranks, shapes = [], [], []
-    bar = tqdm(adapters.module_names, desc="CLAIR per module", disable=not progress)
-    for name in bar:
+    for name in progress_bar(
+        adapters.module_names, desc="CLAIR per module", disable=not progress
+    ):
         updates = adapters.updates(name)
         r = rank if rank is not None else int(np.median(updates.ranks))
         try:
@@ -215,7 +215,6 @@ def analyse_adapters(
             raise ValueError(f"module {name!r}: {exc}") from None
         ranks.append(updates.ranks)
         shapes.append((updates.p, updates.q))
-    bar.close()
     names = adapters.module_names
     verdict = client_verdict(
         [fit.energies for fit in fits], alpha, modules=names, draws=draws

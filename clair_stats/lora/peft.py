@@ -58,6 +58,8 @@ from typing import Any
 
 import numpy as np
 
+from clair_stats.core.optional import require_safetensors
+
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
@@ -503,7 +505,7 @@ def write_adapter(
     pathlib.Path
         The folder written.
     """
-    from safetensors.numpy import save_file
+    save_file = require_safetensors("numpy").save_file
 
     if dtype not in _WRITE_DTYPES:
         raise ValueError(
@@ -662,7 +664,7 @@ def _config_problems(config: Mapping[str, Any]) -> list[str]:
 
 def _read_header(weights: Path) -> dict[str, tuple[tuple[int, ...], str]]:
     """{key: (shape, safetensors dtype)} of a safetensors file, no values read."""
-    from safetensors import safe_open
+    safe_open = require_safetensors().safe_open
 
     try:
         with safe_open(str(weights), framework="numpy") as f:
@@ -786,7 +788,7 @@ def _parse_keys(
 
 def _read_tensors(weights: Path, keys: Sequence[str], dtype: str) -> list[np.ndarray]:
     """The named tensors as float64 arrays; bf16 through torch if importable."""
-    from safetensors import safe_open
+    safe_open = require_safetensors().safe_open
 
     if dtype == "BF16":
         try:

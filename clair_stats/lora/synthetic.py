@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.optional import require_safetensors
 from clair_stats.core.validation import check_int, check_positive
 
 __all__ = ["MODULES", "SyntheticFederation", "synthetic_federation"]
@@ -98,7 +99,7 @@ class SyntheticFederation:
         list of pathlib.Path
             The K folders, in client order.
         """
-        from safetensors.numpy import save_file
+        save_file = require_safetensors("numpy").save_file
 
         folders = []
         targets = sorted({m.rsplit(".", 1)[-1] for m in self.modules})

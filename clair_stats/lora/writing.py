@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clair_stats.core.optional import progress as progress_bar
+from clair_stats.core.optional import require_safetensors
 from clair_stats.core.validation import check_choice, check_int
 from clair_stats.lora.peft import AdapterSet, write_adapter
 from clair_stats.lora.report import AdaptersResult
@@ -74,9 +76,8 @@ def write_refined(
         ``result`` with the truncation errors per module and ``outputs``, the K
         adapter folders written.
     """
-    from safetensors import safe_open
-    from safetensors.numpy import save_file
-    from tqdm.auto import tqdm
+    safe_open = require_safetensors().safe_open
+    save_file = require_safetensors("numpy").save_file
 
     from clair_stats.solvers.factored import refine_factored
 
@@ -104,7 +105,7 @@ def write_refined(
     modules = []
     try:
         for i, module in enumerate(
-            tqdm(result.modules, desc="refine per module", disable=not progress)
+            progress_bar(result.modules, desc="refine per module", disable=not progress)
         ):
             updates = adapters.updates(module.name)
             work = updates.transpose() if result.side == "right" else updates
@@ -128,7 +129,7 @@ def write_refined(
                 },
                 str(tmp / f"{i}.safetensors"),
             )
-        for k in tqdm(
+        for k in progress_bar(
             range(result.n_clients), desc="write adapters", disable=not progress
         ):
             factors = {}
