@@ -95,7 +95,7 @@ def test_clair_adapters_without_safetensors_names_the_extra(tmp_path):
     """Without safetensors, ``clair adapters`` stops with one line naming the extra."""
     from clair_stats.lora.synthetic import synthetic_federation
 
-    folders = synthetic_federation(4, contaminated=(), seed=0).write(tmp_path / "in")
+    folders = synthetic_federation(4, contaminated={}, seed=0).write(tmp_path / "in")
     argv = ["adapters", *map(str, folders), "--out", str(tmp_path / "out")]
     done = _run(
         f"""
