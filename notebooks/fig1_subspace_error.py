@@ -57,7 +57,7 @@ regimes.reset_index(drop=True)
 # ## The subspace error against K
 #
 # One panel per regime, log-log axes; lines are Monte Carlo means with 95% t
-# bands. The dashed line is SPEC's first-order prediction
+# bands. The dashed line is the first-order prediction (docs/claims.md §4.6)
 # $\sigma\sqrt{p r / (n q K)} / s$, the dotted line its refined form
 # $\sqrt{2 (p - r) r \sigma^2 / ((n - p - 1) m q s^2)}$ (m = |S|; from
 # `clair_stats.theory.t4`). A slope of -1/2 is the parametric rate; a curve that

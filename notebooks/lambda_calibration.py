@@ -12,7 +12,8 @@
 # # Calibrating c_lam: where does P0 recover exactly?
 #
 # Study `simulations/lambda_calibration.py`, the study behind the default
-# lam = c_lam / sqrt(K) of CLAIR's step 1 (SPEC §3). On noiseless federations
+# lam = c_lam / sqrt(K) of CLAIR's step 1 (docs/programs.md §3.1). On noiseless
+# federations
 # (random or orthogonal contamination), P0 is solved at every c = lam sqrt(K) of
 # a grid *on the same instances* (common random numbers) and at T1's theory
 # value c_T1 = 3 / (7 sqrt(gamma)). Exact recovery: converged, subspace error

@@ -11,7 +11,8 @@
 # %% [markdown]
 # # Oracle gain (T4): where does CLAIR beat local fitting?
 #
-# T4 (SPEC §4) splits the gain of CLAIR's refinement over local fitting into an
+# T4 (docs/claims.md §4) splits the gain of CLAIR's refinement over local fitting into
+# an
 # oracle gain $G = (p - r) q \tau^2 (1 - 1/m)$ (m = |S|) minus the cost of benign
 # heterogeneity, $\eta^2 (1 - 1/m)$, and the cost of estimating the subspace,
 # $r (p - r) \tau^2 / m - r \eta^2 / (q m)$ (first order; formulas in

@@ -11,9 +11,10 @@
 # %% [markdown]
 # # Phase transition of exact recovery by P0
 #
-# Where does CLAIR's step 1, the exact program P0 (SPEC §3), recover the shared
+# Where does CLAIR's step 1, the exact program P0 (docs/programs.md §3.1), recover the
+# shared
 # subspace span(A) *and* the contaminated set exactly on noiseless data, and where does
-# the region guaranteed by Theorem T1 (SPEC §4) lie inside it? The study
+# the region guaranteed by Theorem T1 (docs/claims.md §4) lie inside it? The study
 # (`simulations/phase_transition.py`, its docstring has the grid and the cost) solves
 # P0 on instances of `FederatedModel(p=30, q=2, r, K=100)` for five contamination
 # types, over the contamination fraction gamma and the rank r at the default
@@ -78,7 +79,8 @@ display(counts)
 # recovered the subspace on every replicate. The gap between the two columns is
 # where the subspace is right but the support is not. It is largest for `scaled`:
 # those clients are -3 times a benign-like update with H = 0, so they lie *in*
-# span(A) (delta_k = 0, SPEC §2); they are not identifiable, and P0 cannot be asked to
+# span(A) (delta_k = 0, docs/model.md §2); they are not identifiable, and P0 cannot be
+# asked to
 # flag them, while the shared subspace stays recoverable. `subspace` contamination (a
 # second shared r-dimensional subspace) is the one that breaks the subspace itself
 # once enough clients share it, since together they form a competing low-rank

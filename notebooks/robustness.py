@@ -12,8 +12,9 @@
 # # Robustness: benign-client error under each contamination type
 #
 # Study `simulations/robustness.py`. A fraction gamma of K = 40 clients
-# is contaminated by one of the contamination types of SPEC §2; every method of
-# SPEC §6 and three variants of CLAIR estimate each client's Theta_k from OLS
+# is contaminated by one of the contamination types of docs/model.md §2; every method of
+# docs/pipeline.md §6 and three variants of CLAIR estimate each client's Theta_k from
+# OLS
 # fits, and we measure the error a *benign* client ends up with,
 # ||Theta~_k - Theta_k||_F averaged over k in S, and its relative change against
 # local fitting. The report reads the stored full grid when it is complete and

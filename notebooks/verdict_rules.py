@@ -20,7 +20,7 @@
 #
 # * `holm_any`: empirical-null p-value per (client, module), Holm over all K x M,
 #   a client flagged iff any module is rejected (`clair_stats.lora.verdict`);
-# * `vote_half`: SPEC §3's chi-square test per module with the median rule and
+# * `vote_half`: the chi-square test of step 3 per module with the median rule and
 #   Holm over K, a client flagged iff at least half of the modules flag it (the
 #   copying experiment's former rule);
 # * `pooled_scale`: a candidate fix of `holm_any`, evaluated on the same stored

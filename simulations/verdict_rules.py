@@ -11,7 +11,8 @@ Two rules were in use:
   Holm over all K x M (client, module) p-values at alpha; a client is flagged iff
   any of its modules is rejected;
 * ``vote_half`` (the sequence-copying experiment until this study): per module,
-  SPEC §3's chi-square test with sigma by the median rule and Holm over the K
+  the chi-square test of step 3 (docs/pipeline.md §3.3.2) with sigma by the median rule
+  and Holm over the K
   clients at alpha; a client is flagged iff at least half of the modules flag it.
 
 Which one keeps its family-wise error -- the probability that any client benign in

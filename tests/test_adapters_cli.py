@@ -127,7 +127,7 @@ def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, cap
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_refined_adapters_are_the_spec_refinement(tmp_path, side):
     """With out_rank >= min(out, in) nothing is truncated, so each written adapter
-    is Theta~_k = P_A^ Theta^_k + P_A^^perp Thetabar over S^ (SPEC §3 step 4, on
+    is Theta~_k = P_A^ Theta^_k + P_A^^perp Thetabar over S^ (docs/pipeline.md §3.4, on
     the transposes for side="right"), with A^ the module's subspace and S^ the
     combined verdict; the energies are ||P_A^^perp Theta^_k||_F^2."""
     folders = _federation(tmp_path / "in", seed=1)

@@ -1,8 +1,8 @@
-"""Tests of the SPEC §6 baselines, clair_stats.evaluation.baselines.
+"""Tests of the docs/pipeline.md §6 baselines, clair_stats.evaluation.baselines.
 
 Closed forms on hand-made arrays, the defining property of the geometric median,
 Krum's choice under far outliers, the noiseless fixed point of ``svd_refine`` and
-the SPEC T4 oracle mean squared error of ``oracle_clair``.
+the T4 (docs/claims.md §4.5) oracle mean squared error of ``oracle_clair``.
 """
 
 from __future__ import annotations
@@ -244,7 +244,7 @@ def test_svd_refine_full_rank_returns_updates() -> None:
 
 
 def test_oracle_clair_matches_spec_t4() -> None:
-    """SPEC T4 by Monte Carlo over clients.
+    """T4 (docs/claims.md §4.5) by Monte Carlo over clients.
 
     Benign, Theta_0 = 0, H_k = 0, E_k iid N(0, tau^2) entries. Local error E_k:
     E||E_k||_F^2 = p q tau^2. Oracle error, with P_A^perp Theta_k = 0:

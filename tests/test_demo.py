@@ -34,7 +34,8 @@ def test_demo_runs_every_method_and_writes_the_figure(tmp_path, capsys):
 
 def test_standard_scenario_clair_beats_local_and_fedavg_by_the_t4_margin():
     """Regression scenario (K = 40, 20% contaminated, two types): CLAIR keeps at
-    least half of the oracle gain G = (p - r) q tau^2 (1 - 1/|S|) of SPEC T4.
+    least half of the oracle gain G = (p - r) q tau^2 (1 - 1/|S|) of T4 (docs/claims.md
+    §4.5).
 
     tau^2 is the mean per-entry variance of the OLS fits, sigma^2 tr((X^T X)^-1)
     / p. The costs T4 subtracts (subspace estimation, here ||P_A^ - P_A||_F of a

@@ -1,4 +1,4 @@
-"""clair(): the pipeline of SPEC §3 on simulated federations."""
+"""clair(): the pipeline of docs/pipeline.md §3 on simulated federations."""
 
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ def test_center_recovers_a_large_unknown_backbone():
 
 
 def test_refinement_gain_matches_t4_with_oracle_inputs():
-    """Oracle refinement: benign MSE = r q tau^2 + (p - r) q tau^2 / |S| (SPEC T4).
+    """Oracle refinement: benign MSE = r q tau^2 + (p - r) q tau^2 / |S| (T4
+    (docs/claims.md §4.5)).
 
     Over R replicates, the mean of the per-client squared errors has a standard
     error estimated from the replicates; the formula must lie within 4 of them.

@@ -1,4 +1,4 @@
-"""CLAIR on LoRA factors (SPEC §5, "LoRA scale") against the dense path.
+"""CLAIR on LoRA factors (docs/programs.md §5, "LoRA scale") against the dense path.
 
 The factored path solves P0/P1 on the core C_k = Q^T Theta^_k W_k, where Q and
 W_k have orthonormal columns. Every quantity the solvers use (nuclear norm, block
@@ -74,7 +74,7 @@ def random_factors(seed: int = 0, p: int = 24, q: int = 18) -> LowRankUpdates:
 
 
 def model_factors(seed: int = 3) -> LowRankUpdates:
-    """Noiseless SPEC §2 model (rank 2): each Theta_k = B_k A_k from its SVD.
+    """Noiseless docs/model.md §2 model (rank 2): each Theta_k = B_k A_k from its SVD.
 
     The benign column spaces all lie in span(A): the stack of B_k is rank
     deficient, which the reduction must handle exactly.

@@ -1,4 +1,5 @@
-"""Tests of the metrics of SPEC §7 (clair_stats.evaluation.metrics) by hand."""
+"""Tests of the metrics of docs/pipeline.md §7 (clair_stats.evaluation.metrics) by
+hand."""
 
 from __future__ import annotations
 

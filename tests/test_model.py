@@ -1,4 +1,4 @@
-"""Tests of the SPEC section 2 generator, clair_stats.simulate.model."""
+"""Tests of the docs/model.md §2 generator, clair_stats.simulate.model."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Tests of the SPEC 2 (b) regression generator, clair_stats.simulate.regression."""
+"""Tests of the docs/model.md §2.3 (b) regression generator,
+clair_stats.simulate.regression."""
 
 from __future__ import annotations
 
@@ -162,8 +163,9 @@ def test_ols_error_matches_gram_trace() -> None:
     sigma^2 q tr_k has mean 0 and the d_k are independent over clients and
     replicates (fresh X_k and eps_k; E_k does not involve Theta_k): their mean lies
     within 4 standard errors (sd of the d_k / sqrt(count)) of 0. Second, for
-    Sigma = I, E tr(G^{-1}) = p / (n - p - 1) (inverse Wishart mean), the SPEC
-    approximation: the mean of the stored traces lies within 4 of its standard
+    Sigma = I, E tr(G^{-1}) = p / (n - p - 1) (inverse Wishart mean), the
+    approximation of docs/model.md §2.3 (b): the mean of the stored traces lies within 4
+    of its standard
     errors of it.
     """
     sigma, n, reps = 0.8, 30, 25

@@ -148,7 +148,8 @@ def test_recovery_above_the_ceiling_flags_nobody():
 
 
 def test_inside_t1_condition_t1_lam_recovers_orthogonal_contamination():
-    """Theorem T1 (SPEC §4) with orthogonal contamination, Xu et al.'s setting:
+    """Theorem T1 (docs/claims.md §4) with orthogonal contamination, Xu et al.'s
+    setting:
     every instance meeting the condition is recovered exactly at T1's lam."""
     config = {"contamination": "orthogonal", "gamma": 0.01, "r": 1}
     inside = 0

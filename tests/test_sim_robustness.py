@@ -1,5 +1,6 @@
 """Tests of the robustness study (simulations/robustness.py): one replicate's rows,
-determinism in the seed, the SPEC T4 mean squared errors of local and oracle CLAIR
+determinism in the seed, the T4 (docs/claims.md §4.5) mean squared errors of local and
+oracle CLAIR
 under the regression generator, the grids and the report."""
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def test_run_is_deterministic_in_the_seed() -> None:
 
 
 def test_local_and_oracle_mse_match_spec_t4() -> None:
-    """Monte Carlo check of the mean squared errors of SPEC T4 under OLS fits.
+    """Monte Carlo check of the mean squared errors of T4 (docs/claims.md §4.5) under
+    OLS fits.
 
     With Theta_k = A B_k^T on S (H_k = 0, no centre), OLS errors E_k with
     Cov(vec E_k | X_k) = sigma^2 I_q (x) (X_k^T X_k)^{-1} and

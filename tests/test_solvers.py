@@ -198,7 +198,8 @@ class TestP0SCS(CheckAgainstCvxpy):
         self.check(*instance)
 
 
-# Regimes of SPEC §3 (random model; p 30-80, q 1-10, K 20-100, r 2-5, gamma
+# Regimes of docs/programs.md §3.1 (random model; p 30-80, q 1-10, K 20-100, r 2-5,
+# gamma
 # 0.1-0.4) where the default lam = 4 / sqrt(K) recovers exactly. At q = 1 the
 # default is outside the working window for K = 20 and for gamma = 0.4 (measured by
 # simulations/lambda_calibration.py); the q = 1 regime below uses lam sqrt(K) = 5.

@@ -1,6 +1,6 @@
 """Shared hypothesis strategies and instance builders of theory_checks.
 
-T1 (SPEC §4, exact recovery): :func:`t1_instances` draws noiseless instances
+T1 (docs/claims.md §4, exact recovery): :func:`t1_instances` draws noiseless instances
 whose condition gamma/(1-gamma) <= 9/(121 mu r) holds by construction up to a
 rejection when a draw admits no contaminated client; the tests recompute mu
 from the SVD of L0 and check the condition with ``hypothesis.assume``. The

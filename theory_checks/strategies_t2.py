@@ -1,4 +1,5 @@
-"""Instances and hypothesis strategies of the T2 checks (stable recovery, SPEC §4).
+"""Instances and hypothesis strategies of the T2 checks (stable recovery, docs/claims.md
+§4).
 
 T2 is the noisy form of T1 (Xu, Caramanis, Sanghavi 2012, Theorem 2 after
 Theorem 1): its hypotheses are those of T1, gamma/(1-gamma) <= 9/(121 mu r) with

@@ -1,4 +1,4 @@
-"""Helpers of the T3 (detection), T4 (oracle gain) and rate checks (SPEC §4).
+"""Helpers of the T3 (detection), T4 (oracle gain) and rate checks (docs/claims.md §4).
 
 Everything here is a deterministic function of its arguments (fixed seeds): the
 Monte Carlo runs, the Wilson intervals and the first-order predictions the tests

@@ -1,4 +1,5 @@
-r"""Calibration of CLAIR's tests (SPEC §3, step 3): error rates over many replicates.
+r"""Calibration of CLAIR's tests (docs/pipeline.md §3.3): error rates over many
+replicates.
 
 Step 3 of CLAIR tests each client with T_k = ||P_A^^perp (Theta^_k - c^)||_F^2 /
 sigma^2, chi^2 with (p - r) q degrees of freedom under "k benign" when the error
@@ -59,7 +60,7 @@ def _test_p_values(
 
 def test_holm_fwer_with_every_client_benign_is_at_most_alpha():
     """Property: with every client benign (the global null), Holm at alpha = 0.05
-    flags some client with probability at most alpha (SPEC §3, step 3).
+    flags some client with probability at most alpha (docs/pipeline.md §3.3).
 
     p = 20, q = 2, r = 2, K = 20 clients, no contamination, iid N(0, tau^2) noise,
     tau = 0.1 given as sigma. Each replicate gives an independent indicator of
@@ -81,7 +82,7 @@ def test_holm_fwer_with_every_client_benign_is_at_most_alpha():
 
 def test_bh_fdr_with_margin_contamination_is_at_most_alpha():
     """Property: Benjamini-Hochberg at alpha = 0.1 keeps the false discovery rate
-    at most alpha (SPEC §3, step 3), here with 4 of 20 clients contaminated.
+    at most alpha (docs/pipeline.md §3.3), here with 4 of 20 clients contaminated.
 
     p = 20, q = 2, r = 2, K = 20, 4 ``margin`` clients whose off-subspace part has
     norm 0.8 (moderate: some are missed, so discoveries and false ones mix), iid

@@ -1,9 +1,11 @@
-r"""Rates (SPEC §4, the paper's Figure 1): ||P_A^ - P_A||_F falls with K and n.
+r"""Rates (docs/claims.md §4, the paper's Figure 1): ||P_A^ - P_A||_F falls with K and
+n.
 
-Regression generator (SPEC §2 (b)), 10% contaminated clients of type
+Regression generator (docs/model.md §2.3 (b)), 10% contaminated clients of type
 ``orthogonal``, CLAIR with ``rank=r``, ``detect="test"``, ``sigma=local_sd``.
 
-SPEC's first-order prediction is :math:`\sigma\sqrt{p r / (n q K)} / s`: slope
+The first-order prediction (docs/claims.md §4.6) is :math:`\sigma\sqrt{p r / (n q K)} /
+s`: slope
 -1/2 in log K and in log n. Its refined form, used for the level: with the benign
 stack :math:`A B^T + N`, :math:`\hat A - A \approx P_A^\perp N B (B^TB)^{-1}`,
 :math:`\|P_{\hat A} - P_A\|_F^2 \approx 2 \|P_A^\perp \hat A\|_F^2`,
@@ -131,7 +133,7 @@ def paths():
             f" (p,q,r)={config[:3]} {'n=' + str(n0) if axis == 'K' else 'K=40'} "
             f"log {axis}: {row['slope']:.3f} [{lo:.3f}, {hi:.3f}] (refined "
             f"{row['pred_slope']:.3f})  err/refined "
-            f"{row['ratio']:.2f}  err/SPEC {row['means'][0][1] / spec[0]:.2f}"
+            f"{row['ratio']:.2f}  err/first-order {row['means'][0][1] / spec[0]:.2f}"
             f"  means {pts}"
         )
     return out
@@ -140,12 +142,13 @@ def paths():
 @pytest.mark.parametrize("axis", ["K", "n"])
 @pytest.mark.parametrize("config", CONFIGS)
 def test_subspace_error_rate(paths, config, axis):
-    """Property: ||P_A^ - P_A||_F falls like (K n)^(-1/2) (SPEC §4 rates, Figure 1).
+    """Property: ||P_A^ - P_A||_F falls like (K n)^(-1/2) (the rates of docs/claims.md
+    §4.6, Figure 1).
 
     (i) The mean error decreases along the grid (each step down, by more than
     nothing: the mean at the next grid value is below the current one);
     (ii) the 95% OLS confidence interval of the slope of log error on log K
-    (log n) contains -0.5 (SPEC), or contains the slope of the refined prediction
+    (log n) contains -0.5 (first order), or contains the slope of the refined prediction
     over the same grid (-0.5 in K; -0.54 to -0.57 in n, from the (n - p - 1) of
     OLS), or lies inside [-0.7, -0.3];
     (iii) the level agrees with the first-order prediction: mean of error /

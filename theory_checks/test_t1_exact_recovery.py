@@ -1,4 +1,5 @@
-"""T1, exact recovery (SPEC §4): noiseless P0 with the theory lam recovers span(A)
+"""T1, exact recovery (docs/claims.md §4): noiseless P0 with the theory lam recovers
+span(A)
 and the contaminated set whenever gamma/(1-gamma) <= 9/(121 mu r).
 
 The instances (``theory_checks.strategies.t1_instances``) are noiseless, with
@@ -124,7 +125,8 @@ def explicit_certificate(inst, lam: float) -> tuple[np.ndarray, float, float]:
 def test_t1_exact_recovery_proximal(inst):
     """Property: inside T1's condition, P0 solved by ADMM recovers span(A) and S^c.
 
-    SPEC §4 T1: if gamma/(1-gamma) <= 9/(121 mu r) and lam = 3/(7 sqrt(gamma K)),
+    T1 (docs/claims.md §4.2): if gamma/(1-gamma) <= 9/(121 mu r) and lam = 3/(7
+    sqrt(gamma K)),
     every solution of P0 has col(L^) = span(A) and block support S^c.
     """
     assume(_in_condition(inst))
@@ -152,7 +154,7 @@ def test_t1_exact_recovery_cvxpy(inst):
     span(A) and S^c (the exact reference; p * Kq <= 400 and Kq <= 48, 800 and 64
     in full mode).
 
-    SPEC §4 T1, as in ``test_t1_exact_recovery_proximal``.
+    T1 (docs/claims.md §4.2), as in ``test_t1_exact_recovery_proximal``.
     """
     assume(_in_condition(inst))
     result = decompose(
@@ -172,7 +174,7 @@ def test_t1_truth_is_optimal_dual_certificate(inst):
     """Property: inside T1's condition the truth (L0, S0) is the optimum of P0,
     certified by a strict dual Y = U V^T + lam H (Xu et al., Lemma 1).
 
-    SPEC §4 T1. Checks: (i) the KKT equalities P_T(Y) = U V^T and
+    T1 (docs/claims.md §4.2). Checks: (i) the KKT equalities P_T(Y) = U V^T and
     Y_k = lam S0_k/||S0_k|| on S^c; (ii) the strict inequalities
     ||P_U^perp Y P_V^perp||_op < 1 and ||Y_k||_F < lam on S (uniqueness);
     (iii) the library's duality gap of (L0, S0) with this Y, and with the dual
@@ -217,7 +219,7 @@ def test_t1_truth_is_optimal_dual_certificate(inst):
 def test_t1_pinned_cases(case):
     """Property: T1's conclusion on pinned instances inside its condition.
 
-    SPEC §4 T1. Each case is rebuilt from its seed
+    T1 (docs/claims.md §4.2). Each case is rebuilt from its seed
     (``regressions/t1_cases.py``); a case outside the condition is mis-pinned.
     """
     inst = make_t1_instance(**case)
@@ -237,7 +239,8 @@ def test_outside_condition_certificate_predicts_recovery():
     contamination, theory lam) recovery holds whenever the explicit certificate
     Y = U V^T + lam H is strict; the success rate is measured and printed.
 
-    SPEC §4 T1 (beyond its condition; the empirical phase transition is mapped by
+    T1 (docs/claims.md §4.2) (beyond its condition; the empirical phase transition is
+    mapped by
     simulations/phase_transition.py). The
     certificate's margins do not depend on the solver: a failure here with a
     strict certificate would be a solver or certificate error. The grid mixes

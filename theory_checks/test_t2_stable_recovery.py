@@ -1,4 +1,5 @@
-r"""T2 stable recovery (SPEC §4): the P1c solution moves at most linearly with eps.
+r"""T2 stable recovery (docs/claims.md §4): the P1c solution moves at most linearly with
+eps.
 
 Claim. Under the conditions of T1 (gamma/(1-gamma) <= 9/(121 mu r),
 lam = 3/(7 sqrt(gamma K))), if ||M - (L0 + S0)||_F <= eps then the P1c solution
@@ -23,10 +24,10 @@ How it is checked.
 * Two consequences are checked as well. (a) Benign blocks: L0_S = M_S - E_S and
   feasibility ||M - L^ - S^||_F <= eps give
   ||L^_S - L0_S||_F <= eps + ||S^_S||_F + ||E_S||_F <= (18 sqrt(K) + 2) eps
-  <= 20 sqrt(K) eps. (b) The subspace bound of the SPEC: by (a),
+  <= 20 sqrt(K) eps. (b) The subspace bound of T2 (docs/claims.md §4.3): by (a),
   sigma_r(L^) >= sigma_r(L0) - 20 sqrt(K) eps and, A^ spanning the top-r left
   singular vectors of L^, sin Theta(A^, A) <= ||P_A^perp L^||_op / sigma_r(L^),
-  which is the SPEC bound without its factor 2.
+  which is T2's stated bound without its factor 2.
 * Instances are drawn inside the T1 condition by construction
   (:mod:`theory_checks.strategies_t2`: mu = 1 exactly, K at or above the least
   K the condition allows), with lam = 3/(7 sqrt(gamma K)), the T1 value: T2's
@@ -107,7 +108,7 @@ def assert_t2_bounds(inst: T2Instance, q: dict[str, float], where: str) -> None:
     assert q["off_subspace"] <= q["bound_low_rank"], f"{where} ||P_A^perp L^||: {show}"
     assert q["sparse_on_benign"] <= q["bound_sparse"], f"{where} ||S^_S||: {show}"
     assert q["benign_low_rank"] <= q["bound_low_rank"], f"{where} ||L^_S-L0_S||: {show}"
-    # inf when sigma_r(L0) <= 20 sqrt(K) eps: the SPEC bound says nothing there
+    # inf when sigma_r(L0) <= 20 sqrt(K) eps: T2's bound says nothing there
     assert q["subspace_op"] <= q["bound_subspace"], f"{where} subspace: {show}"
 
 
@@ -124,7 +125,8 @@ def _check_condition(inst: T2Instance) -> None:
 @settings(max_examples=60 if FULL else 12, derandomize=True, deadline=None)
 @given(inst=t2_cvxpy_instances())
 def test_t2_bounds_p1c_cvxpy(inst: T2Instance) -> None:
-    """Property: SPEC §4 T2 on P1c (cvxpy/Clarabel), inside the T1 condition.
+    """Property: T2 (docs/claims.md §4.3) on P1c (cvxpy/Clarabel), inside the T1
+    condition.
 
     lam = 3/(7 sqrt(gamma K)) (T1's value: T2 inherits T1's hypotheses), the
     program's eps = ||E||_F exactly; asserts ||P_A^perp L^||_F <= 20 sqrt(K) eps,
@@ -179,7 +181,7 @@ def _solve_p1_covering_noise(inst: T2Instance) -> tuple[object, float]:
 @settings(max_examples=60 if FULL else 12, derandomize=True, deadline=None)
 @given(inst=t2_proximal_instances())
 def test_t2_bounds_p1_proximal(inst: T2Instance) -> None:
-    """Property: SPEC §4 T2 transferred to P1 (block-coordinate descent).
+    """Property: T2 (docs/claims.md §4.3) transferred to P1 (block-coordinate descent).
 
     The P1 solution solves P1c at eps' = ||M - L^ - S^||_F, and mu is chosen so
     that eps' >= ||E||_F (module docstring), so T2 applies with eps'. Asserts the
@@ -238,7 +240,7 @@ def test_t2_check_rejects_lam_outside_theorem(lam_kind: str, violated: str) -> N
 
 # Instance families of the linearity check: (p, q, r, K, gamma, contamination
 # type). Each lies in the exact-recovery regime of the default lam = 4/sqrt(K)
-# (SPEC §3 scan: lam sqrt(K) in [3, 5] recovers for p 30-80, q 1-10, K 20-100),
+# (the first lam scan: lam sqrt(K) in [3, 5] recovers for p 30-80, q 1-10, K 20-100),
 # so the error at eps = 0 is zero and "linear in eps" is the claim to test.
 _FAMILIES = [(30, 2, 2, 40, 0.1, "random")]
 if FULL:
@@ -254,7 +256,8 @@ def _linearity_data(family: tuple, robust: bool) -> tuple[np.ndarray, np.ndarray
     Every (eps, replicate) has its own instance and noise draw, so the points are
     independent. Noise E = eps Z / ||Z||_F, Z iid N(0, 1); P1 with
     mu = 2 eps (sqrt(p) + sqrt(Kq)) / sqrt(pKq) (twice the operator norm of such
-    noise, tau (sqrt(p) + sqrt(Kq)) with tau = eps / sqrt(pKq); SPEC §3) and the
+    noise, tau (sqrt(p) + sqrt(Kq)) with tau = eps / sqrt(pKq); docs/programs.md §3.1)
+    and the
     default lam. ``robust=False`` replaces CLAIR by the plain SVD of M.
     """
     p, q, r, K, gamma, kind = family
@@ -299,7 +302,7 @@ def _slope_interval(log_eps: np.ndarray, log_err: np.ndarray) -> tuple[float, ..
     "family", _FAMILIES, ids=lambda f: "p{}-q{}-r{}-K{}-g{}-{}".format(*f)
 )
 def test_t2_subspace_error_is_linear_in_eps(family: tuple) -> None:
-    """Statistical check: SPEC §4 T2, the subspace error is linear in eps.
+    """Statistical check: T2 (docs/claims.md §4.3), the subspace error is linear in eps.
 
     Model: log ||P_A^ - P_A||_op = a + b log eps + e. To first order the P1
     solution is L0 + eps D(Z) (mu is proportional to eps, and its shrinkage bias

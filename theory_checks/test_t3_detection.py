@@ -1,6 +1,9 @@
-"""T3 consistent detection (SPEC §4): delta_min fixed, n -> infinity => P(S^ = S) -> 1.
+"""T3 consistent detection (docs/claims.md §4.4): delta_min fixed, n -> inf.
 
-Model: the regression generator (SPEC §2 (b)) with contaminated clients of type
+With delta_min fixed and n -> infinity, P(S^ = S) -> 1.
+
+Model: the regression generator (docs/model.md §2.3 (b)) with contaminated clients of
+type
 ``margin`` (in-subspace part plus an off-subspace part of norm exactly delta, so
 delta_min = delta), CLAIR with ``rank=r``, ``detect="test"`` and
 ``sigma=sample.local_sd`` (the fits' own standard errors). Detection
@@ -77,7 +80,7 @@ def n_path():
 
 
 def test_exact_recovery_nondecreasing_in_n(n_path):
-    """Property: P(S^ = S) is nondecreasing in n (SPEC §4 T3), up to Monte Carlo error.
+    """Property: P(S^ = S) is nondecreasing in n (T3), up to Monte Carlo error.
 
     For every pair n < n', the Wilson 95% upper bound at n' is not below the
     Wilson 95% lower bound at n (an estimated decrease larger than both intervals
@@ -90,7 +93,7 @@ def test_exact_recovery_nondecreasing_in_n(n_path):
 
 
 def test_exact_recovery_tends_to_one(n_path):
-    """Property: with delta_min fixed, P(S^ = S) -> 1 as n grows (SPEC §4 T3).
+    """Property: with delta_min fixed, P(S^ = S) -> 1 as n grows (T3, §4.4).
 
     At the largest n: the estimate is >= 0.95 and its Wilson 95% lower bound > 0.9
     (level alpha_n, see the module docstring). The curve must also rise: at the
@@ -107,7 +110,7 @@ def test_exact_recovery_tends_to_one(n_path):
 
 def test_power_tends_to_one_at_fixed_alpha(n_path):
     """Property: at fixed alpha = 0.05 every contaminated client is flagged with
-    probability -> 1 as n grows (the power half of SPEC §4 T3).
+    probability -> 1 as n grows (the power half of T3 (docs/claims.md §4.4)).
 
     At the largest n: estimate >= 0.95 and Wilson 95% lower bound > 0.9.
     """
@@ -186,7 +189,8 @@ def ratio_map():
 
 
 def test_detection_reliable_above_ratio_threshold(ratio_map):
-    """Property: above a separation ratio of 1.6 R* detection is reliable (SPEC §4 T3).
+    """Property: above a separation ratio of 1.6 R* detection is reliable (T3
+    (docs/claims.md §4.4)).
 
     R*(p, q, r, n, K) solves predicted_power = 0.95, the power of the chi-square
     test at Holm's first-step level alpha / K when A is known (noncentral

@@ -1,7 +1,9 @@
-r"""T4 oracle gain (SPEC §4): CLAIR beats local fine-tuning iff the oracle gain exceeds
+r"""T4 oracle gain (docs/claims.md §4): CLAIR beats local fine-tuning iff the oracle
+gain exceeds
 the costs of heterogeneity and subspace estimation.
 
-Direct-noise model (SPEC §2 (a)): :math:`\hat\Theta_k = \Theta_k + E_k`, E_k iid
+Direct-noise model (docs/model.md §2.3 (a)): :math:`\hat\Theta_k = \Theta_k + E_k`, E_k
+iid
 N(0, tau^2) entries, benign :math:`\Theta_k = A B_k^T + H_k` with
 :math:`\|H_k\|_F = \eta` and :math:`H_k = \eta P_A^\perp G / \|P_A^\perp G\|_F`
 (isotropic in the complement, zero mean by the symmetry G -> -G). MSE is the mean
@@ -70,7 +72,7 @@ def _mse(estimates: np.ndarray, truth: np.ndarray, clients: np.ndarray) -> float
 )
 def test_oracle_and_local_mse_match_formulas(p, q, r, n_clients, n_bad, tau, eta):
     """Property: local MSE = p q tau^2 and oracle-CLAIR MSE = r q tau^2 +
-    (p - r) q tau^2 / |S| + eta^2 (1 - 1/|S|) (SPEC §4 T4, known A and S).
+    (p - r) q tau^2 / |S| + eta^2 (1 - 1/|S|) (T4, docs/claims.md §4.5, known A and S).
 
     The per-client errors of one replicate share the mean Thetabar, so the
     standard error is taken over replicates of the per-replicate mean; the
@@ -171,8 +173,9 @@ def regime_map():
 
 def test_gain_sign_with_estimated_subspace(regime_map):
     """Property: with A estimated by CLAIR and S known, sign(local MSE - CLAIR MSE)
-    = sign(G - het - sub) outside the band |G - het - sub| < 0.25 G (SPEC §4 T4),
-    and the first-order prediction is within 0.2 G + 2 SE of the Monte Carlo mean.
+    = sign(G - het - sub) outside the band |G - het - sub| < 0.25 G (T4,
+    docs/claims.md §4.5), and the first-order prediction is within 0.2 G + 2 SE of the
+    Monte Carlo mean.
 
     0.2 G is the stated accuracy of the first-order subspace cost: it is first
     order in ||N|| / ||A B^T|| where N holds the noise *and* the heterogeneity, so
@@ -189,7 +192,7 @@ def test_gain_sign_with_estimated_subspace(regime_map):
 
 def test_clair_beats_local_iff_gain_exceeds_costs(regime_map):
     """Property: CLAIR (A and S estimated, ``detect="test"``) beats local iff
-    G > het + sub (SPEC §4 T4), outside the band |G - het - sub| < 0.25 G.
+    G > het + sub (T4, docs/claims.md §4.5), outside the band |G - het - sub| < 0.25 G.
 
     Stated form: predicted gain >= 0.25 G -> local - CLAIR > 2 SE (beats local
     beyond Monte Carlo error); predicted gain <= -0.25 G -> local - CLAIR <=

@@ -473,7 +473,7 @@ def oracle_clair(updates: object, subspace: object, benign: object) -> FloatArra
     clients outside S keep their local estimate (and with S empty nothing
     changes). With iid :math:`N(0, \tau^2)` noise and no heterogeneity its
     mean squared error per benign client is
-    :math:`r q \tau^2 + (p - r) q \tau^2 / |S|` (T4 (docs/claims.md §4.5)).
+    :math:`r q \tau^2 + (p - r) q \tau^2 / |S|` (T4, docs/claims.md §4.5).
 
     Parameters
     ----------

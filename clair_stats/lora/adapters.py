@@ -70,7 +70,7 @@ class ModuleFit:
     rank : int
         r.
     df : int
-        (p - r) q, the degrees of freedom of SPEC §3's chi-square test (for
+        (p - r) q, the degrees of freedom of the chi-square test of step 3 (for
         comparison; the verdict does not use them).
     solver : SolverInfo
         Step 1's solver statistics (``converged`` records non-convergence).

@@ -1,4 +1,4 @@
-"""PEFT LoRA adapters in and out: Theta_k = Delta W_k = s_k B_k A_k (SPEC §1).
+"""PEFT LoRA adapters in and out: Theta_k = Delta W_k = s_k B_k A_k (docs/model.md §1).
 
 A PEFT LoRA adapter is a folder holding
 

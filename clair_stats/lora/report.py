@@ -32,7 +32,7 @@ REPORT_FORMAT = "clair_stats.lora.adapters/1"
 
 @dataclass(frozen=True)
 class ModuleReport:
-    """CLAIR on one module (SPEC §3 steps 1-3 and the refinement's truncation).
+    """CLAIR on one module (steps 1-3 and the truncation of docs/pipeline.md §3).
 
     Attributes
     ----------

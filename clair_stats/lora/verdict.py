@@ -1,7 +1,7 @@
 """The per-module verdict rule: one verdict per client from M modules' energies.
 
 A LoRA federation is M CLAIR problems, one per adapted module, on the same K
-clients. Each module m gives the off-subspace energies E_km (SPEC §3 step 3,
+clients. Each module m gives the off-subspace energies E_km (docs/pipeline.md §3.3,
 :func:`clair_stats.lora.adapters.fit_module`); this module turns the (M, K) array
 of energies into one verdict per client, the collaborative set S^ shared by all
 modules. It is the rule of ``clair adapters`` and of the sequence-copying
@@ -31,7 +31,8 @@ than by a rule that pools the modules.
 
 **Measured** (``simulations/verdict_rules.py``, alpha = 0.05, Wilson 95%
 intervals; the study also ran the former rule of the copying experiment, "vote":
-SPEC §3's chi-square test per module with the median-rule sigma, Holm over the K
+the chi-square test of step 3 (docs/pipeline.md §3.3.2) per module with the median-rule
+sigma, Holm over the K
 clients, flagged when at least half of the modules flag it).
 
 * Family-wise error, benign-only synthetic federations

@@ -1,7 +1,7 @@
 """Step 4 of CLAIR per module and the refined PEFT adapters, one per client.
 
 With the verdict's collaborative set S^ (the same in every module) and each
-module's A^_m, every collaborative client's update is refined (SPEC §3 step 4),
+module's A^_m, every collaborative client's update is refined (docs/pipeline.md §3.4),
 
 .. math:: \\tilde\\Theta_{km} = P_{\\hat A_m} \\hat\\Theta_{km}
           + P_{\\hat A_m}^\\perp \\bar\\Theta_{m}, \\qquad

@@ -1,6 +1,7 @@
 """The empirical-null test of the off-subspace energies: no noise level needed.
 
-SPEC §3's chi-square test divides E_k = ||P_{A^}^perp Theta^_k||_F^2 by a noise
+The chi-square test of step 3 (docs/pipeline.md §3.3.2) divides E_k = ||P_{A^}^perp
+Theta^_k||_F^2 by a noise
 variance and compares it with chi^2_{(p - r) q}. That law assumes iid noise in all
 p q entries; a LoRA update has rank r_k, and benign clients differ by the scale of
 their training more than by chi-square sampling. On benign-only federations of
@@ -15,7 +16,8 @@ scored against the others,
 .. math:: z_k = \\frac{\\log E_k - \\operatorname{med}_{j \\ne k} \\log E_j}
           {1.4826\\, \\operatorname{MAD}_{j \\ne k} \\log E_j},
 
-robust to fewer than half contaminated clients (as the median rule of SPEC §3).
+robust to fewer than half contaminated clients (as the median rule of docs/pipeline.md
+§3.3.3).
 Under the model z_k is pivotal: its law depends on K only. The p-value p_k =
 P(Z >= z_k) comes from that law (:func:`null_law`): with X_1..X_{K-1} iid N(0, 1)
 and (m, s) their median and normalised MAD, P(Z >= z) = E[Phi-bar(m + z s)],

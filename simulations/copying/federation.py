@@ -59,7 +59,7 @@ by the library's rule (:mod:`clair_stats.lora.verdict`):
   (heterogeneous), and less at r = 3, 4 and 6. A larger r keeps more of each
   client's own update (less averaging), a smaller one averages more;
 * no centre: the updates are already relative to the known pretrained weights
-  (Theta_0 = 0 in SPEC §2); the common task update is part of the shared
+  (Theta_0 = 0 in docs/model.md §2); the common task update is part of the shared
   low-rank part;
 * ``side="left"``: the shared subspace is the column space of Delta W (the output
   space of the module, span of B_k);
@@ -68,7 +68,8 @@ by the library's rule (:mod:`clair_stats.lora.verdict`):
   ``clair_alpha``, and a client is flagged (outside S^) iff any of its modules is
   rejected (:func:`clair_stats.lora.verdict.client_verdict`).
 
-Until study version 2 the verdict was another rule: SPEC §3's chi-square test per
+Until study version 2 the verdict was another rule: the chi-square test of step 3
+(docs/pipeline.md §3.3.2) per
 module with sigma by the median rule and Holm over the K clients, and a client
 flagged when at least half of the modules flag it. Its family-wise error is far
 above its level, because the chi-square law with (p - r) q degrees of freedom is

@@ -9,7 +9,7 @@ LoRA (Hu et al. 2022), as in PEFT: a linear map y = W x of a module gets a
 trainable update, y = W x + s B A x with A in R^{r x d_in} initialised like PEFT
 (uniform on [-1/sqrt(d_in), 1/sqrt(d_in)], Kaiming with a = sqrt 5), B in
 R^{d_out x r} initialised to 0, and s = lora_alpha / r; W is frozen. The module's
-dense update is Delta W = s B A in R^{d_out x d_in}: the Theta_k of SPEC §1 for
+dense update is Delta W = s B A in R^{d_out x d_in}: the Theta_k of docs/model.md §1 for
 that module (p = d_out, q = d_in). Merging Delta W into W gives the same map.
 
 The adapted modules are the query, key, value and output maps of every layer,
