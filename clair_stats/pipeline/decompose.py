@@ -183,16 +183,16 @@ def decompose(
     data = check_updates(updates)
     settings = _Settings.checked(
         data.shape[0],
-        lam,
-        mode,
-        mu,
-        eps,
-        center,
-        weights,
-        solver,
-        tol,
-        max_iter,
-        cvxpy_solver,
+        lam=lam,
+        mode=mode,
+        mu=mu,
+        eps=eps,
+        center=center,
+        weights=weights,
+        solver=solver,
+        tol=tol,
+        max_iter=max_iter,
+        cvxpy_solver=cvxpy_solver,
     )
     scaled = _Scaled.of(data)
     warm = _warm_start(init, data.shape, scaled.scale, settings)
@@ -244,19 +244,24 @@ class _Settings:
     @classmethod
     def checked(
         cls,
-        n_clients,
-        lam,
-        mode,
-        mu,
-        eps,
-        center,
-        weights,
-        solver,
-        tol,
-        max_iter,
-        cvxpy_solver,
+        n_clients: int,
+        *,
+        lam: float | None,
+        mode: str,
+        mu: float | None,
+        eps: float | None,
+        center: bool,
+        weights: np.ndarray | None,
+        solver: str,
+        tol: float | None,
+        max_iter: int | None,
+        cvxpy_solver: str,
     ) -> _Settings:
-        """Validate every option; fill the defaults (lam, tol, max_iter)."""
+        """Validate every option of :func:`decompose`; fill the defaults.
+
+        The defaults: lam = c_lam / sqrt(K), tol 1e-7 (proximal) or 1e-8 (cvxpy),
+        max_iter 5000 (proximal) or 100000 (cvxpy).
+        """
         check_choice(mode, "mode", MODES)
         check_choice(solver, "solver", _SOLVERS)
         if (
