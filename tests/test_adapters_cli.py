@@ -67,7 +67,7 @@ def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, cap
         "clients",
         "modules",
     }
-    assert report["format"] == "clair_stats.lora.adapters/1"
+    assert report["format"] == "clair_stats.adapters/1"
     assert (report["n_clients"], report["n_modules"]) == (8, 3)
     assert report["base_model"] == "tiny-llama"
     assert {"side", "alpha", "rank", "out_rank", "lam", "draws", "dtype"} <= set(

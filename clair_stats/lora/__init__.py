@@ -15,3 +15,36 @@ here import :mod:`clair_stats.pipeline`, :mod:`clair_stats.solvers` and
 :mod:`clair_stats.core`; the safetensors package is needed for the files (the
 ``lora`` extra).
 """
+
+from clair_stats.lora.adapters import analyse_adapters, fit_module
+from clair_stats.lora.cli import run_adapters
+from clair_stats.lora.peft import (
+    Adapter,
+    AdapterSet,
+    LoraModule,
+    ModuleSpec,
+    read_adapter,
+    read_adapters,
+    write_adapter,
+)
+from clair_stats.lora.report import AdaptersResult, ModuleReport
+from clair_stats.lora.verdict import ClientVerdict, client_verdict
+from clair_stats.lora.writing import write_refined
+
+__all__ = [
+    "Adapter",
+    "AdapterSet",
+    "AdaptersResult",
+    "ClientVerdict",
+    "LoraModule",
+    "ModuleReport",
+    "ModuleSpec",
+    "analyse_adapters",
+    "client_verdict",
+    "fit_module",
+    "read_adapter",
+    "read_adapters",
+    "run_adapters",
+    "write_adapter",
+    "write_refined",
+]

@@ -6,7 +6,7 @@ adapters are written, the truncation errors); :class:`AdaptersResult` holds one
 verdict per client (:mod:`clair_stats.lora.verdict`), the module reports, the
 tables a person reads (:meth:`AdaptersResult.summary`) and the JSON report.
 
-JSON report (``clair_report.json``, format ``clair_stats.lora.adapters/1``):
+JSON report (``clair_report.json``, format ``clair_stats.adapters/1``):
 ``format``, ``clair_stats_version``, ``settings`` (side, alpha, rank, out_rank,
 lam, draws, dtype, combination), ``base_model``, ``n_clients``, ``n_modules``,
 ``clients`` (per client: name, path, flagged, p_value, rejected_modules,
@@ -27,7 +27,7 @@ from clair_stats.lora.verdict import RULE
 __all__ = ["REPORT_FORMAT", "REPORT_NAME", "AdaptersResult", "ModuleReport"]
 
 REPORT_NAME = "clair_report.json"
-REPORT_FORMAT = "clair_stats.lora.adapters/1"
+REPORT_FORMAT = "clair_stats.adapters/1"  # a format name: unchanged by the move
 
 
 @dataclass(frozen=True)
