@@ -2,7 +2,8 @@
 
 :mod:`~clair_stats.lora.peft` reads and writes PEFT adapters (safetensors only,
 never pickle), with the rules of the file format in
-:mod:`~clair_stats.lora.peft_format`; :mod:`~clair_stats.lora.adapters` runs CLAIR steps 1-3 per module on
+:mod:`~clair_stats.lora.peft_format`; :mod:`~clair_stats.lora.adapters` runs CLAIR steps
+1-3 per module on
 the factors (:func:`~clair_stats.lora.adapters.fit_module`,
 :func:`~clair_stats.lora.adapters.analyse_adapters`);
 :mod:`~clair_stats.lora.verdict` is the one rule that turns the per-module energies
