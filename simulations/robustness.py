@@ -323,8 +323,9 @@ def worst_case(frame: pd.DataFrame) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``method``, ``gamma``, ``type`` (the worst), ``mean``, ``lo``,
-        ``hi`` (its benign error and interval), ``change``, ``change_lo``,
-        ``change_hi`` (its relative change against local).
+        ``hi``, ``n`` (its benign error, interval and replicate count),
+        ``change``, ``change_lo``, ``change_hi`` (its relative change against
+        local).
     """
     table = summary_table(frame)
     idx = table.groupby(["method", "gamma"])["mean"].idxmax()
