@@ -203,6 +203,22 @@ def vote_half(
     return rejected.sum(axis=0) >= vote * len(tests), rejected, p_values
 
 
+def _outcome(flagged: np.ndarray, bad: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """What a rule did on one federation: its false flag, the counts of flagged
+    benign and contaminated clients, and how many benign (module, client)
+    p-values of ``p`` (M, K) fall below each threshold."""
+    benign_p = p[:, ~bad]
+    return {
+        "false_flag": bool(flagged[~bad].any()),
+        "n_benign": int((~bad).sum()),
+        "n_benign_flagged": int(flagged[~bad].sum()),
+        "n_contaminated": int(bad.sum()),
+        "n_contaminated_flagged": int(flagged[bad].sum()),
+        "benign_pairs": int(benign_p.size),
+        "benign_pairs_below": [int((benign_p <= t).sum()) for t in THRESHOLDS],
+    }
+
+
 def _rows(
     energies: np.ndarray, dfs: list[int], contaminated: np.ndarray
 ) -> list[dict[str, Any]]:
@@ -215,20 +231,13 @@ def _rows(
         ("holm_any", verdict.flagged, verdict.rejected, verdict.module_p_values),
         ("vote_half", flagged_v, rejected_v, p_v),
     ):
-        benign_p = p[:, ~bad]
         rows.append(
             {
                 "rule": rule,
                 "flagged": flagged.tolist(),
                 "contaminated": bad.tolist(),
                 "module_flags": rejected.sum(axis=0).tolist(),
-                "false_flag": bool(flagged[~bad].any()),
-                "n_benign": int((~bad).sum()),
-                "n_benign_flagged": int(flagged[~bad].sum()),
-                "n_contaminated": int(bad.sum()),
-                "n_contaminated_flagged": int(flagged[bad].sum()),
-                "benign_pairs": int(benign_p.size),
-                "benign_pairs_below": [int((benign_p <= t).sum()) for t in THRESHOLDS],
+                **_outcome(flagged, bad, p),
                 # the federation's evidence, once (other rules can be evaluated
                 # on it later without a rerun)
                 "energies": energies.tolist() if rule == RULES[0] else None,
@@ -476,19 +485,12 @@ def candidate_rows(frame: pd.DataFrame) -> pd.DataFrame:
         p = pooled_scale_p_values(energies)
         rejected = reject(p.ravel(), ALPHA, "holm")[0].reshape(p.shape)
         flagged = rejected.any(axis=0)
-        benign_p = p[:, ~bad]
         rows.append(
             {
                 **{key: record[key] for key in (*KEYS, "replicate", "seconds")},
                 "rule": CANDIDATE,
                 "federation": record["federation"],
-                "false_flag": bool(flagged[~bad].any()),
-                "n_benign": int((~bad).sum()),
-                "n_benign_flagged": int(flagged[~bad].sum()),
-                "n_contaminated": int(bad.sum()),
-                "n_contaminated_flagged": int(flagged[bad].sum()),
-                "benign_pairs": int(benign_p.size),
-                "benign_pairs_below": [int((benign_p <= t).sum()) for t in THRESHOLDS],
+                **_outcome(flagged, bad, p),
             }
         )
     return pd.DataFrame(rows)
