@@ -61,6 +61,10 @@ modules, as in the copying experiment: with K = 10 each z_km is scored against
 9 others, whose MAD is noisy, so the null law has heavy tails and Holm's first
 threshold alpha / (K M) = 6e-4 (M = 8) needs z_km >= 10.3, where a normal law
 would need 3.2 (at K = 50: 1.25e-4, z_km >= 4.6 against 3.7).
+In the full copying experiment (100 replicates per design) this rule found 25%
+and 7% of the contaminated clients, and CLAIR lost to local fine-tuning (-7.7%
+and -5.6% benign accuracy) where oracle CLAIR gained +1.3% and +4.7%
+(docs/findings.md §F7).
 
 Measured fix (a candidate, evaluated in the study on the same energies, not yet
 the library's rule): pool the scale of the log energies over
