@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clair_stats.core.validation import is_real_dtype
+
 __all__ = ["LowRankUpdates"]
 
 
@@ -256,9 +258,7 @@ def _real_array(x: object, name: str) -> np.ndarray:
         ) from exc
     if np.iscomplexobj(arr):
         raise TypeError(f"{name} must be real, got dtype {arr.dtype}.")
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if not is_real_dtype(arr.dtype):
         raise TypeError(
             f"{name} must hold real numbers, got dtype {arr.dtype}; convert it "
             "with np.asarray(x, dtype=float) if the values are real."

@@ -27,7 +27,17 @@ __all__ = [
     "check_real_array",
     "check_updates",
     "check_weights",
+    "is_real_dtype",
 ]
+
+
+def is_real_dtype(dtype: np.dtype) -> bool:
+    """True for the dtypes the library takes as real numbers: floats and integers.
+
+    Booleans, complex numbers, strings and objects are not (``np.bool_`` is not an
+    integer type for numpy); each caller says in its own error what to pass.
+    """
+    return bool(np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
 
 
 def check_updates(updates: object, name: str = "updates") -> np.ndarray:
@@ -72,9 +82,7 @@ def check_updates(updates: object, name: str = "updates") -> np.ndarray:
             f"{name} must hold real numbers, got dtype {arr.dtype}; CLAIR works on "
             f"real matrices. If the imaginary parts are zero, pass {name}.real."
         )
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if not is_real_dtype(arr.dtype):
         raise TypeError(
             f"{name} must hold real numbers, got dtype {arr.dtype}; convert with "
             f"np.asarray({name}, dtype=float) if the values are real."
@@ -195,9 +203,7 @@ def check_weights(weights: object, n_clients: int) -> np.ndarray:
             f"weights must be an array of shape (K,) = ({n_clients},), one real "
             f"number per client; could not convert {type(weights).__name__}: {exc}"
         ) from exc
-    if w.dtype == object or not (
-        np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)
-    ):
+    if not is_real_dtype(w.dtype):
         raise TypeError(
             f"weights must be real numbers, got dtype {w.dtype}; pass one positive "
             "float per client."
@@ -230,9 +236,7 @@ def check_orthonormal(
     the required number of rows, ``min_rank`` the least number of columns.
     """
     arr = np.asarray(basis)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if not is_real_dtype(arr.dtype):
         raise TypeError(
             f"{name} must be a real array of shape (p, r), got dtype {arr.dtype}."
         )
@@ -351,9 +355,7 @@ def check_real_array(
     if isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be a number or an array of numbers, not a bool.")
     arr = np.asarray(value)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if not is_real_dtype(arr.dtype):
         raise TypeError(
             f"{name} must be real numbers, got {value!r} (dtype {arr.dtype})."
         )
@@ -386,9 +388,7 @@ def check_noise_levels(
     if isinstance(sigma, bool | np.bool_):
         raise TypeError(f"{name} must be a positive number or K numbers, not a bool.")
     arr = np.asarray(sigma)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if not is_real_dtype(arr.dtype):
         kind = "complex" if np.iscomplexobj(arr) else f"dtype {arr.dtype}"
         raise TypeError(
             f"{name} must be real numbers, got {kind}; pass one positive float or "

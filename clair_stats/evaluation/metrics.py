@@ -27,6 +27,7 @@ from clair_stats.core.validation import (
     check_mask,
     check_orthonormal,
     check_updates,
+    is_real_dtype,
 )
 
 __all__ = [
@@ -238,9 +239,7 @@ def client_errors(estimates: object, truth: object) -> FloatArray:
 def _check_errors(errors: object, name: str) -> FloatArray:
     """Return ``errors`` as a finite, nonnegative float64 array of shape (K,)."""
     arr = np.asarray(errors)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if not is_real_dtype(arr.dtype):
         raise TypeError(f"{name} must be real numbers, got dtype {arr.dtype}.")
     if arr.ndim != 1:
         raise ValueError(

@@ -56,7 +56,7 @@ import numpy as np
 import scipy.stats
 from scipy.special import logsumexp
 
-from clair_stats.core.validation import check_int
+from clair_stats.core.validation import check_int, is_real_dtype
 
 __all__ = ["DRAWS", "MAD_SCALE", "NullLaw", "energy_p_values", "null_law", "robust_z"]
 
@@ -142,9 +142,7 @@ def null_law(n_clients: int, draws: int = DRAWS, seed: int = 0) -> NullLaw:
 def _log_energies(energies: object) -> np.ndarray:
     """log E as float64 (..., K), K >= 3, with messages that say what to do."""
     arr = np.asarray(energies)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
+    if not is_real_dtype(arr.dtype):
         raise TypeError(f"energies must be real numbers, got dtype {arr.dtype}.")
     arr = arr.astype(np.float64)
     if arr.ndim < 1 or arr.shape[-1] < 3:

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clair_stats.core.validation import check_alpha, check_choice
+from clair_stats.core.validation import check_alpha, check_choice, is_real_dtype
 
 __all__ = ["METHODS", "adjusted_p_values", "reject"]
 
@@ -44,9 +44,7 @@ METHODS: tuple[str, ...] = ("holm", "fdr_bh", "bonferroni")
 def _p_values(p_values: object) -> np.ndarray:
     """p-values as a float64 array with at least one test, all in [0, 1]."""
     p = np.asarray(p_values)
-    if p.dtype == object or not (
-        np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)
-    ):
+    if not is_real_dtype(p.dtype):
         raise TypeError(f"p_values must be real numbers, got dtype {p.dtype}.")
     p = p.astype(np.float64)
     if p.ndim == 0 or p.shape[-1] == 0:
