@@ -52,6 +52,7 @@ from clair_stats.lora.report import AdaptersResult, ModuleReport
 from clair_stats.lora.verdict import client_verdict
 from clair_stats.pipeline.decompose import decompose
 from clair_stats.pipeline.empirical_null import DRAWS
+from clair_stats.pipeline.paths import as_updates
 from clair_stats.pipeline.subspace import estimate_subspace
 
 __all__ = ["ModuleFit", "analyse_adapters", "fit_module"]
@@ -119,14 +120,7 @@ def fit_module(
         ``solver.converged`` records it, and the callers warn once per run.
     """
     side = check_choice(side, "side", ("left", "right"))
-    if side == "right":
-        work = (
-            updates.transpose()
-            if isinstance(updates, LowRankUpdates)
-            else np.asarray(updates).transpose(0, 2, 1)
-        )
-    else:
-        work = updates
+    work = as_updates(updates).oriented(side).data
     _, p, q = work.shape
     rank = check_int(rank, "rank", 1)
     if rank >= p:

@@ -29,6 +29,7 @@ from clair_stats.core.optional import require_safetensors
 from clair_stats.core.validation import check_choice, check_int
 from clair_stats.lora.peft import AdapterSet, write_adapter
 from clair_stats.lora.report import AdaptersResult
+from clair_stats.pipeline.paths import FactoredUpdates
 
 __all__ = ["write_refined"]
 
@@ -107,13 +108,13 @@ def write_refined(
         for i, module in enumerate(
             progress_bar(result.modules, desc="refine per module", disable=not progress)
         ):
-            updates = adapters.updates(module.name)
-            work = updates.transpose() if result.side == "right" else updates
-            refined = refine_factored(
-                work, module.subspace, result.collaborative, rank=out_rank
+            work = FactoredUpdates(adapters.updates(module.name)).oriented(result.side)
+            refined = work.restore(
+                refine_factored(
+                    work.data, module.subspace, result.collaborative, rank=out_rank
+                ),
+                result.side,
             )
-            if result.side == "right":
-                refined = refined.transpose()
             modules.append(
                 replace(
                     module,

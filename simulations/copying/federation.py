@@ -91,6 +91,7 @@ from clair_stats.evaluation.baselines import fedavg, svd_refine
 from clair_stats.evaluation.metrics import detection_scores
 from clair_stats.lora.adapters import fit_module
 from clair_stats.lora.verdict import client_verdict
+from clair_stats.pipeline.paths import as_updates
 from simulations.copying.tasks import CopyBatch, CopyTask
 from simulations.copying.training import (
     FineTuneConfig,
@@ -421,9 +422,9 @@ def clair_per_module(
     )
     refined = {}
     for name in names:
-        work = updates[name].transpose(0, 2, 1) if side == "right" else updates[name]
-        out = refine(work, fits[name].subspace, verdict.collaborative)
-        refined[name] = out.transpose(0, 2, 1) if side == "right" else out
+        work = as_updates(updates[name]).oriented(side)
+        out = refine(work.data, fits[name].subspace, verdict.collaborative)
+        refined[name] = work.restore(out, side)
     return ClairVerdict(
         refined=refined,
         flagged=verdict.flagged,
