@@ -92,7 +92,6 @@ import argparse
 import os
 import sys
 import time
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -104,10 +103,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import scipy.stats  # noqa: E402
-from scipy.special import logsumexp  # noqa: E402
 
-from clair_stats.core.exceptions import ConvergenceWarning  # noqa: E402
 from clair_stats.experiments.plotting import save_figure  # noqa: E402
 from clair_stats.experiments.study import (  # noqa: E402
     Study,
@@ -120,7 +116,7 @@ from clair_stats.lora.adapters import fit_module  # noqa: E402
 from clair_stats.lora.synthetic import MODULES, synthetic_federation  # noqa: E402
 from clair_stats.lora.verdict import client_verdict  # noqa: E402
 from clair_stats.pipeline.detection import energy_test  # noqa: E402
-from clair_stats.pipeline.empirical_null import MAD_SCALE  # noqa: E402
+from clair_stats.pipeline.empirical_null import MAD_SCALE, NullLaw  # noqa: E402
 from clair_stats.pipeline.multitest import reject  # noqa: E402
 
 NAME = "verdict_rules"
@@ -248,10 +244,9 @@ def _rows(
 
 
 def _fit(updates: Any, rank: int) -> tuple[np.ndarray, int, bool]:
-    """Energies, df and convergence of one module (steps 1-3 of clair adapters)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # recorded below
-        fit = fit_module(updates, rank)
+    """Energies, df and convergence of one module (steps 1-3 of clair adapters;
+    fit_module records non-convergence instead of warning)."""
+    fit = fit_module(updates, rank)
     return fit.energies, fit.df, bool(fit.solver.converged)
 
 
@@ -448,8 +443,9 @@ def pooled_scale_z(energies: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=32)
-def _pooled_law(n_clients: int, n_modules: int) -> tuple[np.ndarray, np.ndarray]:
-    """log P(Z >= z) of :func:`pooled_scale_z` on the null model, on a grid."""
+def _pooled_law(n_clients: int, n_modules: int) -> NullLaw:
+    """The law of :func:`pooled_scale_z` on the null model (conditional Monte
+    Carlo over the location and the pooled scale of client 0 of module 0)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((CANDIDATE_DRAWS, n_modules, n_clients))
     others = x[:, 0, 1:]  # client 0 of module 0 is scored
@@ -458,20 +454,13 @@ def _pooled_law(n_clients: int, n_modules: int) -> tuple[np.ndarray, np.ndarray]
     rest = np.abs(x[:, 1:, :] - np.median(x[:, 1:, :], axis=2, keepdims=True))
     pool = np.concatenate([rest.reshape(CANDIDATE_DRAWS, -1), own], axis=1)
     scale = MAD_SCALE * np.median(pool, axis=1)
-    top = np.arcsinh(1e4)
-    grid = np.sinh(np.linspace(-top, top, 241))
-    # P(Z >= z) = E[P(X >= location + z scale)], X ~ N(0, 1) independent
-    log_sf = np.array(
-        [logsumexp(scipy.stats.norm.logsf(location + z * scale)) for z in grid]
-    ) - np.log(CANDIDATE_DRAWS)
-    return grid, log_sf
+    return NullLaw.from_draws(location, scale, n_clients=n_clients, seed=0)
 
 
 def pooled_scale_p_values(energies: np.ndarray) -> np.ndarray:
     """p_km = P(Z >= z_km) under the candidate's null law, shape (M, K)."""
     z = pooled_scale_z(energies)
-    grid, log_sf = _pooled_law(z.shape[1], z.shape[0])
-    return np.minimum(np.exp(np.interp(np.arcsinh(z), np.arcsinh(grid), log_sf)), 1.0)
+    return _pooled_law(z.shape[1], z.shape[0]).sf(z)
 
 
 def candidate_rows(frame: pd.DataFrame) -> pd.DataFrame:

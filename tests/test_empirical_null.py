@@ -7,6 +7,7 @@ import pytest
 import scipy.stats
 
 from clair_stats.pipeline.empirical_null import (
+    NullLaw,
     energy_p_values,
     null_law,
     robust_z,
@@ -93,3 +94,29 @@ def test_null_law_matches_direct_simulation_of_the_score():
 def test_bad_energies_are_refused(energies, error, message):
     with pytest.raises(error, match=message):
         energy_p_values(energies)
+
+
+def test_law_from_known_location_and_scale_is_normal_and_shifted():
+    """With every draw at (m, s) = (0, 1), Z = X is N(0, 1); with (m, s) = (1, 2),
+    P(Z >= z) = Phi-bar(1 + 2 z).
+
+    Tolerance: sf interpolates f(u) = log P(Z >= sinh u) linearly on a grid of
+    step h = asinh(1e4) / 120 = 0.0825, so |error of log P| <= h^2 / 8 max |f''|.
+    With g = log Phi-bar and w = a + b sinh u, f'' = g''(w) b^2 cosh^2 u + g'(w) b
+    sinh u; over z in [-3, 6] (a, b = 0, 1) |f''| <= 73.1, and over z in [-3, 3]
+    (a, b = 1, 2, where P > 1e-12) |f''| <= 82.1 (both at the right end, where
+    |g''| -> 1 and |g'(w)| ~ w). So the relative error is at most
+    exp(0.0825^2 x 82.1 / 8) - 1 = 0.073.
+    """
+    z = np.linspace(-3.0, 6.0, 37)
+    draws = np.ones(100)
+    standard = NullLaw.from_draws(0 * draws, draws, n_clients=5, seed=0)
+    shifted = NullLaw.from_draws(draws, 2 * draws, n_clients=5, seed=0)
+    assert standard.draws == 100
+    assert standard.n_clients == 5
+    np.testing.assert_allclose(standard.sf(z), scipy.stats.norm.sf(z), rtol=0.073)
+    keep = scipy.stats.norm.sf(1 + 2 * z) > 1e-12
+    assert z[keep].max() >= 3.0
+    np.testing.assert_allclose(
+        shifted.sf(z[keep]), scipy.stats.norm.sf(1 + 2 * z[keep]), rtol=0.073
+    )

@@ -92,6 +92,41 @@ class NullLaw:
     grid: np.ndarray = field(repr=False)
     log_sf: np.ndarray = field(repr=False)
 
+    @classmethod
+    def from_draws(
+        cls, location: np.ndarray, scale: np.ndarray, *, n_clients: int, seed: int
+    ) -> NullLaw:
+        """The law of Z = (X - m) / s for X ~ N(0, 1) independent of (m, s).
+
+        .. math:: P(Z \\ge z) = E[\\bar\\Phi(m + z s)]
+                  \\approx \\frac{1}{D} \\sum_{d=1}^{D} \\bar\\Phi(m_d + z s_d),
+
+        over D simulated (location, scale) pairs, tabulated on the grid. Any
+        robust score whose location and scale do not involve the scored value has
+        this law (conditional Monte Carlo); :func:`null_law` is one.
+
+        Parameters
+        ----------
+        location, scale : numpy.ndarray, shape (D,)
+            Simulated (m_d, s_d), s_d > 0.
+        n_clients : int
+            K, recorded with the law.
+        seed : int
+            The seed of the simulation, recorded with the law.
+
+        Returns
+        -------
+        NullLaw
+        """
+        top = np.arcsinh(_GRID_MAX)
+        grid = np.sinh(np.linspace(-top, top, _GRID_SIZE))
+        log_sf = np.array(
+            [logsumexp(scipy.stats.norm.logsf(location + z * scale)) for z in grid]
+        ) - np.log(location.size)
+        grid.setflags(write=False)
+        log_sf.setflags(write=False)
+        return cls(n_clients, location.size, seed, grid, log_sf)
+
     def sf(self, z: np.ndarray) -> np.ndarray:
         """P(Z >= z), interpolated linearly in (asinh z, log P); any shape."""
         z = np.asarray(z, dtype=float)
@@ -106,15 +141,7 @@ def _null_law(n_clients: int, draws: int, seed: int) -> NullLaw:
     med = np.median(x, axis=1)
     mad = MAD_SCALE * np.median(np.abs(x - med[:, None]), axis=1)
     mad = np.maximum(mad, np.finfo(float).tiny)
-    top = np.arcsinh(_GRID_MAX)
-    grid = np.sinh(np.linspace(-top, top, _GRID_SIZE))
-    # P(Z >= z) = E[P(X >= m + z s | m, s)] with X ~ N(0, 1) independent of (m, s)
-    log_sf = np.array(
-        [logsumexp(scipy.stats.norm.logsf(med + z * mad)) for z in grid]
-    ) - np.log(draws)
-    grid.setflags(write=False)
-    log_sf.setflags(write=False)
-    return NullLaw(n_clients, draws, seed, grid, log_sf)
+    return NullLaw.from_draws(med, mad, n_clients=n_clients, seed=seed)
 
 
 def null_law(n_clients: int, draws: int = DRAWS, seed: int = 0) -> NullLaw:
