@@ -20,10 +20,13 @@ DOCS = ROOT / "docs"
 TEXT_SUFFIXES = {".py", ".md", ".txt", ".toml", ".cfg", ".ini", ".rst"}
 
 # "docs/pipeline.md §3.3.2", "`docs/pipeline.md` §3.3", "docs/findings.md §F7",
-# also when a line break and a comment marker fall between page and section.
+# also when a line break and a comment marker fall between page and section, and
+# lists or ranges on one page: "docs/findings.md §F2, §F6", "§F7-§F8".
+SECTION = r"§\s*[0-9F][0-9]*(?:\.[0-9]+)*"
 POINTER = re.compile(
-    r"docs/([A-Za-z0-9_-]+)\.md`?(?:[\s#*]*§\s*([0-9F][0-9]*(?:\.[0-9]+)*))?"
+    rf"docs/([A-Za-z0-9_-]+)\.md`?((?:[\s#*]*{SECTION})(?:\s*(?:,|-|and)\s*{SECTION})*)?"
 )
+SECTION_ID = re.compile(r"§\s*([0-9F][0-9]*(?:\.[0-9]+)*)")
 HEADING = re.compile(r"^#+ .*?§([0-9F][0-9]*(?:\.[0-9]+)*)", re.MULTILINE)
 
 
@@ -37,50 +40,55 @@ def _tracked_text_files() -> list[Path]:
     return [p for p in paths if p.suffix in TEXT_SUFFIXES and p.is_file()]
 
 
-def _sections(page: Path) -> set[str]:
-    return set(HEADING.findall(page.read_text(encoding="utf-8")))
-
-
-def _pointers() -> list[tuple[str, str, str]]:
-    """(file, page, section or '') for every pointer outside docs/."""
+def _pointers(inside_docs: bool) -> list[tuple[str, str, str]]:
+    """(file, page, section or '') for every pointer in the tracked files inside
+    or outside docs/, one entry per section of a list."""
     found = []
     for path in _tracked_text_files():
-        if DOCS in path.parents:
+        if (DOCS in path.parents) != inside_docs:
             continue
+        where = str(path.relative_to(ROOT))
         text = path.read_text(encoding="utf-8", errors="replace")
-        for page, section in POINTER.findall(text):
-            found.append((str(path.relative_to(ROOT)), page, section))
+        for page, sections in POINTER.findall(text):
+            ids = SECTION_ID.findall(sections) or [""]
+            found += [(where, page, section) for section in ids]
     return found
 
 
+def _dangling(pointers: list[tuple[str, str, str]]) -> list[str]:
+    """The pointers whose page does not exist or has no heading of the section."""
+    sections = {
+        page.stem: set(HEADING.findall(page.read_text(encoding="utf-8")))
+        for page in DOCS.glob("*.md")
+    }
+    return sorted(
+        {
+            f"{where}: docs/{page}.md" + (f" §{section}" if section else "")
+            for where, page, section in pointers
+            if page not in sections or (section and section not in sections[page])
+        }
+    )
+
+
 def test_pointers_are_found():
-    # the scan itself must see the pointers it is meant to check
-    pointers = _pointers()
+    # the scan itself must see the pointers it is meant to check, lists included
+    pointers = _pointers(inside_docs=False)
     assert len(pointers) >= 100
     assert any(section for _, _, section in pointers)
+    assert ("clair_stats/core/lowrank.py", "programs", "5") in pointers
 
 
 def test_every_pointer_resolves():
-    sections = {page.stem: _sections(page) for page in DOCS.glob("*.md")}
-    dangling = [
-        f"{where}: docs/{page}.md §{section}" if section else f"{where}: docs/{page}.md"
-        for where, page, section in _pointers()
-        if page not in sections or (section and section not in sections[page])
-    ]
+    dangling = _dangling(_pointers(inside_docs=False))
     assert not dangling, "pointers to missing pages or sections:\n" + "\n".join(
-        sorted(set(dangling))
+        dangling
     )
 
 
 def test_pointers_inside_docs_resolve():
-    # docs pages cite each other as "`docs/claims.md` §4.5" or "(§F8)" in-page
-    sections = {page.stem: _sections(page) for page in DOCS.glob("*.md")}
-    dangling = []
-    for page in DOCS.glob("*.md"):
-        for target, section in POINTER.findall(page.read_text(encoding="utf-8")):
-            if target not in sections or (section and section not in sections[target]):
-                dangling.append(f"{page.name}: docs/{target}.md §{section}")
-    assert not dangling, "\n".join(sorted(set(dangling)))
+    # docs pages cite each other as "`docs/claims.md` §4.5"
+    dangling = _dangling(_pointers(inside_docs=True))
+    assert not dangling, "\n".join(dangling)
 
 
 def test_no_pointer_to_unseen_sources():

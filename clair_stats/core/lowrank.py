@@ -1,4 +1,6 @@
-"""Client updates given as LoRA factors: Theta^_k = s_k B_k A_k (docs/model.md §1, §5).
+"""Client updates given as LoRA factors: Theta^_k = s_k B_k A_k.
+
+Notation in docs/model.md §1, the factored solver in docs/programs.md §5.
 
 A LoRA adapter of one p x q module sends two thin factors, B_k (p x r_k) and A_k (r_k x
 q), and PEFT applies them with a scaling s_k = lora_alpha / r_k (or lora_alpha /

@@ -292,7 +292,9 @@ def spec_prediction(
     sigma: float = 1.0,
     signal_scale: float = 1.0,
 ) -> FloatOrArray:
-    r"""First-order subspace error :math:`\sigma\sqrt{p r/(n q K)}/s` (§4.6 of claims).
+    r"""First-order subspace error :math:`\sigma\sqrt{p r/(n q K)}/s`.
+
+    The rate of docs/claims.md §4.6.
 
     Parameters
     ----------
