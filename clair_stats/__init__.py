@@ -8,7 +8,12 @@ the benign clients. The notation and the mathematics are in ``docs/`` (start at
 """
 
 from clair_stats.core.certificates import Certificate, duality_gap
-from clair_stats.core.exceptions import ClairWarning, ConvergenceWarning
+from clair_stats.core.exceptions import (
+    AssumptionWarning,
+    ClairWarning,
+    ConvergenceWarning,
+    PerformanceWarning,
+)
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.penalties import BlockFrobenius, NuclearNorm, svt
 from clair_stats.core.problems import Problem
@@ -19,7 +24,7 @@ from clair_stats.core.results import (
     SolverInfo,
 )
 from clair_stats.pipeline.decompose import DEFAULT_C_LAM, decompose, default_lam
-from clair_stats.pipeline.detection import ChiSquareTest, chi_square_test
+from clair_stats.pipeline.detection import ClientTest, chi_square_test
 from clair_stats.pipeline.estimator import ClairResult, clair
 from clair_stats.pipeline.refine import refine
 from clair_stats.pipeline.subspace import estimate_subspace
@@ -32,9 +37,10 @@ __all__ = [
     "DEFAULT_C_LAM",
     "BlockFrobenius",
     "Certificate",
-    "ChiSquareTest",
+    "AssumptionWarning",
     "ClairResult",
     "ClairWarning",
+    "ClientTest",
     "ConvergenceWarning",
     "Decomposition",
     "FactoredDecomposition",
@@ -42,6 +48,7 @@ __all__ = [
     "FederatedSample",
     "LowRankUpdates",
     "NuclearNorm",
+    "PerformanceWarning",
     "Problem",
     "RefinedFactors",
     "SolverInfo",

@@ -105,7 +105,7 @@ def test_clair_beats_local_and_fedavg_on_the_standard_scenario():
         ({"side": "up"}, "side"),
         ({"detect": "vote"}, "detect"),
         ({"mode": "constrained"}, "mode"),
-        ({"mode": "penalized"}, "mu or sigma"),
+        ({"mode": "penalized"}, "noiseless"),
         ({"rank": 0}, "rank"),
         ({"rank": 2.5}, "rank"),
         ({"detect": "test", "alpha": 1.5}, "alpha"),

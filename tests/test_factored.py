@@ -333,9 +333,18 @@ def test_clair_factored_equals_dense(make, mode, mu, center, side):
     kwargs = dict(
         rank=2, mode=mode, mu=mu, center=center, side=side, detect=detect, tol=1e-10
     )
-    dense = _quiet(clair, upd.dense(), **kwargs)
-    fact = _quiet(clair, upd, **kwargs)
-    full = _quiet(clair, upd, refined_rank=min(upd.p, upd.q), **kwargs)
+    dense = _quiet(clair, upd.dense(), test="chi2", **kwargs)
+    fact = _quiet(clair, upd, test="chi2", **kwargs)
+    if detect == "test":  # the default test, the empirical null, agrees too
+        z_dense = _quiet(clair, upd.dense(), **kwargs).statistics
+        z_fact = _quiet(clair, upd, **kwargs).statistics
+        # z = (log E - med) / s: a relative change REL of every E_k moves log E,
+        # the median and s by at most REL, 2 REL / s, so z by (2 + 2 |z|) REL / s
+        logs = np.log(dense.statistics)
+        spread = 1.4826 * np.median(np.abs(logs - np.median(logs)))
+        bound = (2 + 2 * np.abs(z_dense)) * REL / spread
+        assert np.all(np.abs(z_fact - z_dense) <= bound)
+    full = _quiet(clair, upd, test="chi2", refined_rank=min(upd.p, upd.q), **kwargs)
     assert _projection_distance(fact.subspace, dense.subspace) <= REL
     np.testing.assert_array_equal(fact.collaborative, dense.collaborative)
     assert not dense.collaborative.all()  # there is something to flag
@@ -389,12 +398,13 @@ def test_clair_factored_support_detection_on_noiseless_model():
 def test_clair_factored_median_rule_uses_the_full_degrees_of_freedom():
     """sigma^2 = median_k E_k / median(chi^2_{(p - r) q}) with the original p, q."""
     upd = random_factors()
-    fact = _quiet(clair, upd, rank=2, detect="test", tol=1e-10)
+    fact = _quiet(clair, upd, rank=2, detect="test", test="chi2", tol=1e-10)
     p, q = upd.p, upd.q
     assert fact.test.df == (p - 2) * q
-    energy = fact.statistics * fact.test.noise_variance
+    variance = fact.test.noise_sd**2
+    energy = fact.statistics * variance
     expected = np.median(energy) / scipy.stats.chi2.median((p - 2) * q)
-    np.testing.assert_allclose(fact.test.noise_variance, expected, rtol=1e-12)
+    np.testing.assert_allclose(variance, expected, rtol=1e-12)
 
 
 def test_clair_factored_sigma_rule_for_mu_uses_the_full_shape():

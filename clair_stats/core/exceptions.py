@@ -8,7 +8,12 @@ to do. (As scikit-learn gathers its warnings in ``sklearn.exceptions``.)
 
 from __future__ import annotations
 
-__all__ = ["ClairWarning", "ConvergenceWarning"]
+__all__ = [
+    "AssumptionWarning",
+    "ClairWarning",
+    "ConvergenceWarning",
+    "PerformanceWarning",
+]
 
 
 class ClairWarning(UserWarning):
@@ -17,3 +22,20 @@ class ClairWarning(UserWarning):
 
 class ConvergenceWarning(ClairWarning):
     """A solver stopped at ``max_iter`` before its certificate met ``tol``."""
+
+
+class AssumptionWarning(ClairWarning):
+    """The data look inconsistent with an assumption of CLAIR or with an argument.
+
+    Issued by :func:`clair_stats.clair` when half or more of the clients are
+    flagged (CLAIR assumes a benign majority), when the low-rank part L^ is zero
+    or has a lower rank than requested, when a given noise level (``sigma``,
+    ``noise_cov`` or ``mu``) is inconsistent with the off-subspace energies, and
+    when the noise is at round-off relative to the data (a test would then flag
+    clients on numerical error). The result is still returned; the message says
+    what to check or pass instead.
+    """
+
+
+class PerformanceWarning(ClairWarning):
+    """A call is expected to take long, with the expected time and a faster option."""

@@ -19,6 +19,8 @@ __all__ = [
     "check_int",
     "check_interval",
     "check_mask",
+    "check_noise_cov",
+    "check_noise_df",
     "check_noise_levels",
     "check_nonnegative",
     "check_orthonormal",
@@ -407,6 +409,59 @@ def check_noise_levels(
             f"{bad.tolist()} have {arr[bad].tolist()}."
         )
     return arr.copy()
+
+
+def check_noise_cov(noise_cov: object, n_clients: int, p: int) -> np.ndarray:
+    """C_k as a float64 array of shape (K, p, p): finite, symmetric, PSD, nonzero.
+
+    ``noise_cov`` is one (p, p) covariance for every client or K of them, the
+    covariance of each column of Theta^_k - Theta_k.
+    """
+    arr = np.asarray(noise_cov)
+    if not is_real_dtype(arr.dtype):
+        raise TypeError(f"noise_cov must be real numbers, got dtype {arr.dtype}.")
+    if arr.shape not in ((p, p), (n_clients, p, p)):
+        raise ValueError(
+            f"noise_cov must have shape (p, p) = ({p}, {p}) or (K, p, p) = "
+            f"({n_clients}, {p}, {p}): the covariance of each column of Theta^_k "
+            f"(for side='right', of each row); got shape {arr.shape}."
+        )
+    cov = np.broadcast_to(arr.astype(np.float64), (n_clients, p, p))
+    if not np.all(np.isfinite(cov)):
+        raise ValueError("noise_cov must be finite (no NaN or inf).")
+    peak = np.max(np.abs(cov), axis=(1, 2))
+    asym = np.max(np.abs(cov - cov.transpose(0, 2, 1)), axis=(1, 2))
+    bad = np.flatnonzero(asym > 1e-10 * peak)
+    if bad.size:
+        raise ValueError(
+            f"noise_cov must be symmetric; client(s) {bad[:5].tolist()} are not "
+            f"(max |C - C^T| = {asym[bad[0]]:.3g}); pass (C + C^T) / 2."
+        )
+    cov = (cov + cov.transpose(0, 2, 1)) / 2
+    # PSD up to round-off, relative to each C_k's own scale (scale-free)
+    lowest = np.linalg.eigvalsh(
+        cov / np.maximum(peak, np.finfo(float).tiny)[:, None, None]
+    )[:, 0]
+    bad = np.flatnonzero((lowest < -1e-10) | (peak == 0))
+    if bad.size:
+        raise ValueError(
+            f"noise_cov must be positive semidefinite and nonzero; client(s) "
+            f"{bad[:5].tolist()} are not (smallest eigenvalue relative to the "
+            f"largest entry {lowest[bad[0]]:.3g})."
+        )
+    return cov
+
+
+def check_noise_df(noise_df: object, n_clients: int) -> np.ndarray:
+    """nu_k as a float64 array of shape (K,), each finite and >= 1."""
+    arr = check_real_array(noise_df, "noise_df", minimum=1.0)
+    if arr.shape not in ((), (n_clients,)):
+        raise ValueError(
+            f"noise_df must be a number or have shape (K,) = ({n_clients},), the "
+            f"residual degrees of freedom of each client's variance estimate; got "
+            f"shape {arr.shape}."
+        )
+    return np.broadcast_to(arr, (n_clients,)).copy()
 
 
 def check_interval(

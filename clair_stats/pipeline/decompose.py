@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from clair_stats.core.exceptions import ConvergenceWarning
+from clair_stats.core.exceptions import ConvergenceWarning, PerformanceWarning
 from clair_stats.core.linalg import stack, unstack
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.problems import MODES, Problem
@@ -48,6 +48,14 @@ __all__ = ["DEFAULT_C_LAM", "decompose", "default_lam"]
 DEFAULT_C_LAM = 4.0
 
 _SOLVERS = ("proximal", "cvxpy")
+#: solver="cvxpy" warns from this many entries of M (p x Kq) on. Measured with
+#: the default tol (SCS, 2-core machine): 27 s at 60 x 500 and 96 s at
+#: 100 x 1000, about 1 ms per entry and growing slightly faster than linearly;
+#: the proximal solvers took 15-45 ms on the same instances
+#: (benchmarks/results/solvers.md).
+CVXPY_WARN_SIZE = 10_000
+#: Seconds per entry of M of solver="cvxpy" at the default tol (see above).
+CVXPY_SECONDS_PER_ENTRY = 1e-3
 _DEFAULT_MAX_ITER = {"proximal": 5000, "cvxpy": 100_000}
 
 
@@ -195,6 +203,7 @@ def decompose(
         cvxpy_solver=cvxpy_solver,
     )
     scaled = _Scaled.of(data)
+    _warn_size(settings, scaled.matrix.shape)
     warm = _warm_start(init, data.shape, scaled.scale, settings)
     out, seconds = _run_solver(settings, scaled, warm, verbose)
     info = _solver_info(out, settings, scaled.scale, seconds)
@@ -307,8 +316,15 @@ class _Settings:
         return scale if self.mode == "penalized" else 1.0
 
     def value_scale(self, scale: float) -> float:
-        """Objective and gap are of degree 1 in M for P0 and P1c, 2 for P1."""
-        return scale**2 if self.mode == "penalized" else scale
+        """Objective and gap are of degree 1 in M for P0 and P1c, 2 for P1.
+
+        For P1 on data of order 1e300 the objective is not representable: inf
+        (the relative gap, which is scale-free, still certifies the solution).
+        """
+        if self.mode != "penalized":
+            return scale
+        with np.errstate(over="ignore"):
+            return float(np.float64(scale) ** 2)
 
     @property
     def solver_name(self) -> str:
@@ -367,6 +383,22 @@ class _Scaled:
         peak = float(np.max(np.abs(matrix))) if matrix.size else 0.0
         scale = 2.0 ** np.round(np.log2(peak)) if peak > 0 else 1.0
         return cls(matrix=matrix / scale, scale=float(scale))
+
+
+def _warn_size(settings: _Settings, shape: tuple[int, int]) -> None:
+    """PerformanceWarning before a cvxpy solve of more than CVXPY_WARN_SIZE entries."""
+    size = shape[0] * shape[1]
+    if settings.solver != "cvxpy" or size < CVXPY_WARN_SIZE:
+        return
+    warnings.warn(
+        f"solver='cvxpy' on M of size {shape[0]} x {shape[1]} ({size} entries): "
+        f"expect about {size * CVXPY_SECONDS_PER_ENTRY:.0f} s or more (measured "
+        "about 1 ms per entry: 27 s at 60 x 500, 96 s at 100 x 1000). The "
+        "default solver='proximal' solves the same program to a certified "
+        "duality gap in milliseconds; cvxpy is the reference for small instances.",
+        PerformanceWarning,
+        stacklevel=3,
+    )
 
 
 def _warm_start(
@@ -435,6 +467,12 @@ def _run_solver(
     return out, time.perf_counter() - start
 
 
+def _times(value: float, scale: float) -> float:
+    """value * scale, inf (not an error) when it overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return float(np.float64(value) * np.float64(scale))
+
+
 def _solver_info(
     out: SolverOutput, settings: _Settings, scale: float, seconds: float
 ) -> SolverInfo:
@@ -445,10 +483,10 @@ def _solver_info(
         problem=settings.problem().name,
         converged=bool(out.converged),
         iterations=int(out.iterations),
-        objective=float(out.objective) * value_scale,
+        objective=_times(float(out.objective), value_scale),
         primal_residual=float(out.primal_residual),
         dual_residual=float(out.dual_residual),
-        duality_gap=float(out.duality_gap) * value_scale,
+        duality_gap=_times(float(out.duality_gap), value_scale),
         relative_gap=float(out.relative_gap),
         seconds=seconds,
         message=out.message,

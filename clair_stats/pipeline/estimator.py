@@ -1,11 +1,29 @@
-"""The CLAIR estimator end to end: decompose -> subspace -> detect -> refine."""
+"""The CLAIR estimator end to end: decompose -> subspace -> detect -> refine.
+
+The rules of its "auto" defaults (docs/pipeline.md §3.5), each recorded in the
+result:
+
+- the noise level: ``sigma`` or ``noise_cov`` when given, else estimated by the
+  median rule (:mod:`clair_stats.pipeline.noise`);
+- ``mode="auto"``: P1 with mu = the noise operator norm when the data are noisy,
+  P0 when they are noiseless (the scale-free rule rho <= rho_0);
+- ``rank=None``: for P1 the number of singular values of L^ at least mu (those of
+  M - S^ - c^ 1^T at least twice the noise operator norm); for P0 the numerical
+  rank of L^;
+- ``detect="auto"``: the test on noisy data, the support of S^ on noiseless data;
+- ``test="auto"``: the weighted chi-square with ``noise_cov``, the chi-square
+  with ``sigma``, else the empirical null (no noise level needed).
+"""
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from clair_stats.core.exceptions import AssumptionWarning
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.results import (
     Decomposition,
@@ -13,19 +31,47 @@ from clair_stats.core.results import (
     RefinedFactors,
 )
 from clair_stats.core.validation import (
+    check_alpha,
     check_choice,
-    check_noise_levels,
+    check_int,
     check_positive,
 )
-from clair_stats.pipeline.detection import ChiSquareTest, energy_test
+from clair_stats.pipeline.detection import (
+    TESTS,
+    ClientTest,
+    empirical_energy_test,
+    energy_test,
+    median_rule,
+    weighted_energy_test,
+)
+from clair_stats.pipeline.multitest import METHODS, reject
+from clair_stats.pipeline.noise import (
+    GivenNoise,
+    NoiseLevel,
+    noise_norm,
+    noiseless_threshold,
+    optimal_threshold,
+)
 from clair_stats.pipeline.paths import Updates, as_updates
 from clair_stats.pipeline.subspace import estimate_subspace
 
 __all__ = ["ClairResult", "clair"]
 
 SIDES: tuple[str, ...] = ("left", "right")
-DETECT_RULES: tuple[str, ...] = ("support", "test")
+DETECT_RULES: tuple[str, ...] = ("auto", "support", "test")
 PROGRAM_MODES: tuple[str, ...] = ("auto", "exact", "penalized")
+#: A given noise level is flagged when the median energy ratio leaves
+#: [1 / 4, 4] (a factor 2 on the standard deviation; docs/pipeline.md §3.5).
+NOISE_RATIO_LIMIT = 4.0
+#: Re-estimate the noise level at P1's subspace until it moves by less than this.
+NOISE_RTOL = 0.1
+#: Solves of P1 while re-estimating the noise level, at most.
+MAX_NOISE_ROUNDS = 3
+#: Holm level of the lower-tail check of the benign majority (false alarms at
+#: most this often on data that satisfy the model).
+MAJORITY_LEVEL = 1e-3
+#: Relative tolerance of the numerical rank of L^.
+RANK_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -35,7 +81,7 @@ class ClairResult:
     Attributes
     ----------
     subspace : numpy.ndarray, shape (p, r) (``side="right"``: (q, r))
-        A^, orthonormal columns.
+        A^, orthonormal columns (r = 0 when no shared direction was found).
     rank : int
         r.
     collaborative : numpy.ndarray of bool, shape (K,)
@@ -45,10 +91,19 @@ class ClairResult:
         B~_k A~_k of the truncated SVD of Theta~_k with the truncation errors.
     decomposition : Decomposition or FactoredDecomposition
         Step 1 (on the transposes when ``side="right"``).
-    test : ChiSquareTest or None
+    test : ClientTest or None
         The per-client test (``detect="test"``).
     detect : str
+        The rule used: ``"support"`` or ``"test"`` (``"auto"`` resolved).
     side : str
+    mode : str
+        The program solved: ``"exact"`` (P0) or ``"penalized"`` (P1).
+    mu : float or None
+        mu of P1 (None for P0).
+    noise : NoiseLevel
+        The noise level, where it came from, and the noiseless rule.
+    rules : dict of str to str
+        How each "auto" default was resolved, in words.
     """
 
     subspace: np.ndarray = field(repr=False)
@@ -56,13 +111,17 @@ class ClairResult:
     collaborative: np.ndarray = field(repr=False)
     refined: np.ndarray | RefinedFactors = field(repr=False)
     decomposition: Decomposition | FactoredDecomposition = field(repr=False)
-    test: ChiSquareTest | None = field(repr=False)
+    test: ClientTest | None = field(repr=False)
     detect: str
     side: str
+    mode: str = "exact"
+    mu: float | None = None
+    noise: NoiseLevel | None = field(default=None, repr=False)
+    rules: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def statistics(self) -> np.ndarray | None:
-        """T_k of the test (``detect="test"``), else None."""
+        """The test's statistics (``detect="test"``), else None."""
         return None if self.test is None else self.test.statistics
 
     @property
@@ -76,31 +135,41 @@ class ClairResult:
         return np.nonzero(~self.collaborative)[0]
 
     def __repr__(self) -> str:
+        test = "" if self.test is None else f", test={self.test.method!r}"
         return (
             f"ClairResult(rank={self.rank}, collaborative="
             f"{int(self.collaborative.sum())}/{self.collaborative.size}, "
-            f"flagged={self.flagged.tolist()}, detect={self.detect!r}, "
-            f"side={self.side!r})"
+            f"flagged={self.flagged.tolist()}, detect={self.detect!r}{test}, "
+            f"mode={self.mode!r}, side={self.side!r})"
         )
 
     def summary(self) -> str:
-        """A readable table: rank, lam, flagged clients, solver diagnostics."""
+        """A readable table: rules, rank, lam, flagged clients, solver diagnostics."""
         d = self.decomposition
+        n_clients = self.collaborative.size
+        program = f"program {d.problem.name}"
+        if self.mu is not None:
+            program += f", mu = {self.mu:.5g}"
         lines = [
             "CLAIR",
-            f"  clients K = {self.collaborative.size}, rank r = {self.rank}, "
-            f"side = {self.side}, detect = {self.detect}",
+            f"  clients K = {n_clients}, rank r = {self.rank}, side = {self.side}, "
+            f"detect = {self.detect}",
             f"  lam = {d.problem.lam:.5g} (lam sqrt(K) = "
-            f"{d.problem.lam * np.sqrt(self.collaborative.size):.3g}), "
-            f"program {d.problem.name}",
-            f"  collaborative: {int(self.collaborative.sum())}, flagged: "
-            f"{self.flagged.size}",
+            f"{d.problem.lam * np.sqrt(n_clients):.3g}), {program}",
         ]
+        if self.noise is not None:
+            lines.append(f"  {self.noise.describe()}")
+        for name, rule in self.rules.items():
+            lines.append(f"  {name}: {rule}")
+        lines.append(
+            f"  collaborative: {int(self.collaborative.sum())}, flagged: "
+            f"{self.flagged.size}"
+        )
         if self.flagged.size:
             lines.append("  flagged clients:")
             header = "    client  ||S_k||_F"
             if self.test is not None:
-                header += "    T_k        p-value    adjusted"
+                header += "    statistic  p-value    adjusted"
             lines.append(header)
             norms = d.block_norms
             for k in self.flagged:
@@ -113,10 +182,7 @@ class ClairResult:
                     )
                 lines.append(row)
         if self.test is not None:
-            lines.append(
-                f"  test: chi^2 with {self.test.df} df, noise variance "
-                f"{'estimated (median rule)' if self.test.estimated_noise else 'given'}"
-            )
+            lines.append(f"  test: {self.test.describe()}")
         lines.append(f"  solver: {d.info!r}")
         return "\n".join(lines)
 
@@ -124,17 +190,21 @@ class ClairResult:
 def clair(
     updates: np.ndarray | LowRankUpdates,
     rank: int | None = None,
+    *,
     lam: float | None = None,
     mode: str = "auto",
-    detect: str = "support",
+    detect: str = "auto",
+    test: str = "auto",
     alpha: float = 0.05,
     correction: str = "holm",
     sigma: float | np.ndarray | None = None,
+    noise_cov: np.ndarray | None = None,
+    noise_df: float | np.ndarray | None = None,
+    mu: float | None = None,
     center: bool = False,
     side: str = "left",
     weights: np.ndarray | None = None,
     solver: str = "proximal",
-    mu: float | None = None,
     support_tol: float = 1e-6,
     refined_rank: int | None = None,
     **solver_options,
@@ -143,11 +213,22 @@ def clair(
 
     Step 1 decomposes M = [Theta^_1, ..., Theta^_K] into L^ + S^ (+ c^ 1^T)
     (:func:`clair_stats.decompose`); step 2 takes A^ = top-r left singular
-    vectors of L^; step 3 finds S^ from the block support of S^ or by the
-    chi-square test; step 4 refines, for k in S^,
+    vectors of L^; step 3 finds S^ by a test of the off-subspace energies
+    E_k = ||P_A^perp (Theta^_k - c^)||_F^2 or from the block support of S^;
+    step 4 refines, for k in S^,
 
     .. math:: \\tilde\\Theta_k = P_{\\hat A}\\hat\\Theta_k
               + P_{\\hat A}^\\perp \\bar\\Theta_{\\hat S}.
+
+    With no argument but ``updates``, every choice follows a documented rule
+    (module docstring, docs/pipeline.md §3.5) recorded in ``result.rules``: the
+    noise level is estimated, P1 is solved with mu at the noise operator norm
+    (P0 on noiseless data), the rank is read off L^ at that threshold, and the
+    clients are tested by the empirical null. A
+    :class:`~clair_stats.core.exceptions.AssumptionWarning` says when the data
+    contradict an assumption or an argument (half or more of the clients
+    flagged, L^ zero or of lower rank than requested, a noise level
+    inconsistent with the energies, noise at round-off).
 
     Parameters
     ----------
@@ -157,19 +238,40 @@ def clair(
         statistics are computed there with the degrees of freedom of the full
         p x q blocks, and the refined updates come back as factors.
     rank : int, optional
-        r; default the numerical rank of L^.
+        r. Default: for P1 the number of singular values of L^ at least mu;
+        for P0 the numerical rank of L^.
     lam : float, optional
         Default c_lam / sqrt(K) (:func:`clair_stats.default_lam`).
     mode : {"auto", "exact", "penalized"}
-        P0 or P1. ``"auto"``: P1 when ``sigma`` is given (mu = sigma (sqrt(p) +
-        sqrt(Kq)), the noise operator norm), else P0.
-    detect : {"support", "test"}
-        How S^ is formed (docs/pipeline.md §3.3).
+        P0 or P1. ``"auto"``: P1 when a noise level is given (``sigma``,
+        ``noise_cov``, ``mu``) or the data are noisy, P0 on noiseless data.
+    detect : {"auto", "support", "test"}
+        How S^ is formed (docs/pipeline.md §3.3): ``"auto"`` tests on noisy
+        data and reads the support of S^ on noiseless data.
+    test : {"auto", "chi2", "weighted_chi2", "empirical"}
+        The law of the energies under the null (:mod:`clair_stats.pipeline.detection`).
+        ``"auto"``: ``"weighted_chi2"`` with ``noise_cov``, ``"chi2"`` with
+        ``sigma``, else ``"empirical"``. ``"chi2"`` without ``sigma`` uses the
+        median rule.
     alpha, correction
-        Level and correction of the test (``"holm"``, ``"fdr_bh"``).
+        Level and correction of the test (``"holm"``, ``"fdr_bh"``,
+        ``"bonferroni"``).
     sigma : float or array of shape (K,), optional
-        Per-entry noise standard deviation; estimated by the median rule in the
-        test when omitted.
+        Per-entry noise standard deviation of the updates (for regression fits,
+        ``sample.local_sd``, not the noise of the responses): the penalty of P1
+        (mu = the noise operator norm) and the chi-square test.
+    noise_cov : array of shape (p, p) or (K, p, p), optional
+        C_k, the covariance of each column of Theta^_k - Theta_k (for
+        ``side="right"``, of each row): the exact weighted chi-square test, and
+        sigma_k = sqrt(tr(C_k) / p) for the penalty. Dense updates only. For OLS
+        fits C_k = sigma^_k^2 (X_k^T X_k)^{-1} (``sample.noise_cov``).
+    noise_df : float or array of shape (K,), optional
+        nu_k, when C_k holds a variance estimated from residuals with nu_k
+        degrees of freedom (OLS: q (n_k - p); ``sample.noise_df``): the test is
+        then of the ratio law, exact with an estimated variance.
+    mu : float, optional
+        mu of P1; overrides the noise rule for the penalty only (the test keeps
+        ``sigma``/``noise_cov`` or its default).
     center : bool
         Estimate an unknown common backbone.
     side : {"left", "right"}
@@ -177,8 +279,6 @@ def clair(
     weights : array_like, shape (K,), optional
         Block weights w_k.
     solver : {"proximal", "cvxpy"}
-    mu : float, optional
-        mu of P1 (overrides the ``sigma`` rule).
     support_tol : float
         Relative tolerance of ``detect="support"``.
     refined_rank : int, optional
@@ -192,106 +292,543 @@ def clair(
     -------
     ClairResult
 
+    Warns
+    -----
+    AssumptionWarning
+        When the data contradict an assumption or an argument (above).
+    ConvergenceWarning
+        When step 1 stops before its certificate meets ``tol``.
+
     References
     ----------
     He, Chen, Feng (2026). Federated LoRA fine-tuning for LLMs via collaborative
     alignment. arXiv:2605.21217.
     Xu, Caramanis, Sanghavi (2012). Robust PCA via outlier pursuit. IEEE TIT.
+    Imhof (1961). Computing the distribution of quadratic forms in normal
+    variables. Biometrika 48, 419-426.
+
+    Examples
+    --------
+    >>> from clair_stats import FederatedModel, clair
+    >>> model = FederatedModel(p=30, q=5, rank=3, n_clients=40, contamination=0.2)
+    >>> sample = model.sample_regression(n=200, sigma=1.0, seed=0)
+    >>> result = clair(sample.updates)
+    >>> result.rank, bool((result.collaborative == sample.benign).all())
+    (3, True)
     """
     data = as_updates(updates)
-    _check_options(data, detect, mode, side, refined_rank)
+    _check_options(data, detect, test, mode, side, refined_rank, noise_cov)
+    alpha = check_alpha(alpha)
+    check_choice(correction, "correction", METHODS)
     support_tol = check_positive(support_tol, "support_tol")
+    mu = None if mu is None else check_positive(mu, "mu")
+    rank = None if rank is None else check_int(rank, "rank", 1)
     work = data.oriented(side)
-    mode, mu = _program(mode, sigma, mu, work.shape)
-    decomposition = work.decompose(
+    n_clients, p, q = work.shape
+    given = GivenNoise.checked(sigma, noise_cov, noise_df, n_clients, p)
+    solve = functools.partial(
+        work.decompose,
         lam=lam,
-        mode=mode,
-        mu=mu,
         center=center,
         weights=weights,
         solver=solver,
         **solver_options,
     )
-    subspace, _ = estimate_subspace(decomposition, rank=rank)
-    collaborative, test = _collaborative_set(
-        work, decomposition, subspace, detect, support_tol, sigma, alpha, correction
+    tol = solver_options.get("tol") or (1e-7 if solver == "proximal" else 1e-8)
+    fit = _Fit.run(work, solve, mode, rank, given, mu, noiseless_threshold(tol))
+    collaborative, test_result, detect_used, rules = _detect(
+        fit, work, given, detect, test, alpha, correction, support_tol
     )
-    refined = work.refine(decomposition, subspace, collaborative, refined_rank)
+    if rank is None and fit.mode == "penalized" and detect_used == "test":
+        # the rank of the clients the test keeps (a direction that only
+        # flagged clients share is not a shared direction); then test again
+        shared = fit.shared_rank(collaborative, given)
+        fit.rules["rank"] = (
+            f"None -> {shared} (singular values of the collaborative clients' "
+            f"updates above the optimal threshold for the noise level; "
+            f"provisional {fit.rank}: numerical rank of L^)"
+        )
+        if shared != fit.rank:
+            fit = fit.with_rank(shared)
+            collaborative, test_result, _, more = _detect(
+                fit, work, given, detect_used, test, alpha, correction, support_tol
+            )
+            rules.update(more)
+    if test_result is not None:
+        _check_given_noise(fit, given, test_result)
+    _check_majority(collaborative, detect_used, fit, test_result)
+    refined = work.refine(fit.decomposition, fit.subspace, collaborative, refined_rank)
     return ClairResult(
-        subspace=subspace,
-        rank=subspace.shape[1],
+        subspace=fit.subspace,
+        rank=fit.subspace.shape[1],
         collaborative=collaborative,
         refined=work.restore(refined, side),
-        decomposition=decomposition,
-        test=test,
-        detect=detect,
+        decomposition=fit.decomposition,
+        test=test_result,
+        detect=detect_used,
         side=side,
+        mode=fit.mode,
+        mu=fit.mu,
+        noise=fit.noise_level(given),
+        rules={**fit.rules, **rules},
     )
 
 
 def _check_options(
-    data: Updates, detect: str, mode: str, side: str, refined_rank: int | None
+    data: Updates,
+    detect: str,
+    test: str,
+    mode: str,
+    side: str,
+    refined_rank: int | None,
+    noise_cov: object,
 ) -> None:
     """Raise on an unknown option or one that does not apply to ``data``."""
     check_choice(side, "side", SIDES)
     check_choice(detect, "detect", DETECT_RULES)
+    check_choice(test, "test", ("auto", *TESTS))
     check_choice(mode, "mode", PROGRAM_MODES)
     if refined_rank is not None and not data.factored:
         raise ValueError(
             "refined_rank applies to LowRankUpdates (factored updates) only; the "
             "refined dense updates are not truncated."
         )
+    if noise_cov is not None and data.factored:
+        raise ValueError(
+            "noise_cov applies to dense updates (K, p, q); for LowRankUpdates use "
+            "the default test (the empirical null) or sigma."
+        )
+    if test == "weighted_chi2" and noise_cov is None:
+        raise ValueError("test='weighted_chi2' needs noise_cov (and noise_df).")
 
 
-def _program(
-    mode: str,
-    sigma: float | np.ndarray | None,
-    mu: float | None,
-    shape: tuple[int, int, int],
-) -> tuple[str, float | None]:
-    """Step 1's program and mu (docs/programs.md §3.1): the rule of ``mode="auto"``.
+def _unit(decomposition: Decomposition | FactoredDecomposition) -> float:
+    """A power of two near the root-mean-square client norm ||M||_F / sqrt(K).
 
-    ``"auto"`` is P1 when ``sigma`` or ``mu`` is given, else P0. P1 without mu
-    takes mu = max_k sigma_k (sqrt(p) + sqrt(Kq)), the operator norm of iid
-    N(0, sigma^2) noise on the p x Kq matrix M.
+    Energies are computed in this unit, so that they neither overflow (updates
+    of order 1e300) nor underflow (1e-300); dividing by a power of two is exact.
     """
-    n_clients, p, q = shape
-    if mode == "auto":
-        mode = "penalized" if (sigma is not None or mu is not None) else "exact"
-    if mode != "penalized":
-        return mode, None
-    if mu is None:
-        if sigma is None:
-            raise ValueError(
-                "mode='penalized' needs mu or sigma (mu = sigma (sqrt(p) + "
-                "sqrt(Kq)) is used when sigma is given)."
+    rms = decomposition.data_norm / np.sqrt(decomposition.n_clients)
+    return float(2.0 ** np.round(np.log2(rms))) if rms > 0 else 1.0
+
+
+def _warn(message: str) -> None:
+    # stacklevel 4: the user's call of clair() (helper -> _Fit/_detect -> clair)
+    warnings.warn(message, AssumptionWarning, stacklevel=4)
+
+
+@dataclass
+class _Fit:
+    """Steps 1 and 2 with the noise rule: the program, mu, L^, A^ and rho."""
+
+    work: Updates
+    decomposition: Decomposition | FactoredDecomposition
+    mode: str
+    mu: float | None
+    subspace: np.ndarray
+    unit: float
+    threshold: float
+    rules: dict[str, str]
+
+    @classmethod
+    def run(
+        cls,
+        work: Updates,
+        solve,
+        mode: str,
+        rank: int | None,
+        given: GivenNoise,
+        mu: float | None,
+        threshold: float,
+    ) -> _Fit:
+        n_clients, p, q = work.shape
+        rules: dict[str, str] = {}
+        if mode == "auto" and (given.sd is not None or mu is not None):
+            mode = "penalized"
+            rules["mode"] = "auto -> penalized (P1: a noise level was given)"
+        if mode == "exact" or (
+            mode == "penalized" and (given.sd is not None or mu is not None)
+        ):
+            if mode == "penalized" and mu is None:
+                mu = noise_norm(given.sd, p, n_clients, q)
+                rules["mu"] = f"noise operator norm of {given.source}: {mu:.5g}"
+            fit = cls._at(work, solve(mode=mode, mu=mu), mode, mu, rank, threshold)
+            fit.rules = {**rules, **fit.rules}
+            return fit
+        # no noise level given: a pilot P0 (which needs none) tells noiseless
+        # data from noisy data and gives the subspace of the first estimate
+        pilot = cls._at(work, solve(mode="exact"), "exact", None, rank, threshold)
+        if pilot.rho <= threshold:
+            if mode == "penalized":
+                raise ValueError(
+                    f"the updates are noiseless (share of energy outside the "
+                    f"subspace rho = {pilot.rho:.2g} <= {threshold:.0e}), so P1 "
+                    "has no noise level to set mu from: use mode='exact' (or "
+                    "'auto'), or pass mu."
+                )
+            pilot.rules["mode"] = (
+                f"auto -> exact (P0: noiseless, rho = {pilot.rho:.2g} <= "
+                f"{threshold:.0e})"
             )
-        tau = check_noise_levels(sigma, n_clients)
-        mu = float(np.max(tau)) * (np.sqrt(p) + np.sqrt(n_clients * q))
-    return mode, mu
+            return pilot
+        sd = pilot.median_sd()
+        fit = pilot
+        for _ in range(MAX_NOISE_ROUNDS):
+            mu_k = noise_norm(np.array([sd]), p, n_clients, q)
+            fit = cls._at(
+                work,
+                solve(mode="penalized", mu=mu_k),
+                "penalized",
+                mu_k,
+                rank,
+                threshold,
+            )
+            new = fit.median_sd()
+            if abs(new / sd - 1.0) <= NOISE_RTOL:
+                break
+            sd = new
+        fit.rules = {
+            "mode": "auto -> penalized (P1: noisy data; noise level estimated)",
+            "mu": (
+                f"noise operator norm sigma^ (sqrt(p) + sqrt(Kq)) = {fit.mu:.5g}, "
+                "sigma^ by the median rule (pilot: P0)"
+            ),
+            **fit.rules,
+        }
+        return fit
+
+    @classmethod
+    def _at(
+        cls,
+        work: Updates,
+        decomposition: Decomposition | FactoredDecomposition,
+        mode: str,
+        mu: float | None,
+        rank: int | None,
+        threshold: float,
+    ) -> _Fit:
+        subspace, rule = _subspace(decomposition, work.shape[1], mode, mu, rank)
+        return cls(
+            work,
+            decomposition,
+            mode,
+            mu,
+            subspace,
+            _unit(decomposition),
+            threshold,
+            {"rank": rule},
+        )
+
+    @property
+    def rank(self) -> int:
+        return self.subspace.shape[1]
+
+    def with_rank(self, rank: int) -> _Fit:
+        """The same fit with A^ = the top-``rank`` directions of L^."""
+        p = self.subspace.shape[0]
+        if rank == 0:
+            subspace = np.zeros((p, 0))
+        else:
+            subspace, _ = estimate_subspace(self.decomposition, rank=rank)
+        return _Fit(
+            self.work,
+            self.decomposition,
+            self.mode,
+            self.mu,
+            subspace,
+            self.unit,
+            self.threshold,
+            dict(self.rules),
+        )
+
+    def shared_rank(self, collaborative: np.ndarray, given: GivenNoise) -> int:
+        """Singular values of the collaborative clients' stack above the threshold.
+
+        Gavish-Donoho's optimal hard threshold
+        (:func:`clair_stats.pipeline.noise.optimal_threshold`) for the p x |S^| q
+        stack of Theta^_k - c^, k in S^, with the noise level given or estimated;
+        at most the provisional rank (L^ has no more directions). Warns when no
+        direction clears it.
+        """
+        _, p, q = self.work.shape
+        kept = np.flatnonzero(collaborative)
+        if kept.size == 0 or self.rank == 0:
+            return self.rank
+        if given.sd is not None:
+            sd = float(np.sqrt(np.mean(given.sd[kept] ** 2))) / self.unit
+        else:
+            sd = self.median_sd() / self.unit
+        sv = self.work.singular_values(self.decomposition, kept, self.unit)
+        cut = optimal_threshold((p, kept.size * q), sd)
+        shared = min(int(np.sum(sv > cut)), self.rank)
+        if shared == 0:
+            _warn(
+                f"no direction of the collaborative clients' updates stands out of "
+                f"the noise (largest singular value {sv[0] * self.unit:.4g}, "
+                f"threshold {cut * self.unit:.4g}), so no subspace is shared and "
+                "the refinement averages the collaborative clients. Either the "
+                "signal is weak (pass rank=r to keep the top r directions anyway), "
+                "or more than half of the clients are contaminated, which inflates "
+                "the estimated noise level (CLAIR assumes a benign majority)."
+            )
+        return shared
+
+    @functools.cached_property
+    def energies(self) -> np.ndarray:
+        """E_k / unit^2 at A^."""
+        return self.work.energies(self.decomposition, self.subspace, self.unit)
+
+    @functools.cached_property
+    def rho(self) -> float:
+        """Share of the typical client's energy outside span(A^)."""
+        empty = np.zeros((self.subspace.shape[0], 0))
+        total = self.work.energies(self.decomposition, empty, self.unit)
+        med = float(np.median(total))
+        return float(np.median(self.energies)) / med if med > 0 else 0.0
+
+    @property
+    def df(self) -> int:
+        _, p, q = self.work.shape
+        return (p - self.subspace.shape[1]) * q
+
+    def median_sd(self) -> float:
+        """sigma^ by the median rule at A^, in the units of the updates."""
+        if self.df == 0:
+            return 0.0
+        return float(np.sqrt(median_rule(self.energies, self.df))) * self.unit
+
+    def noise_level(self, given: GivenNoise) -> NoiseLevel:
+        n_clients = self.work.shape[0]
+        if given.sd is not None:
+            sd, source = given.sd, given.source
+        else:
+            sd, source = np.full(n_clients, self.median_sd()), "estimated"
+        return NoiseLevel(
+            sd=sd,
+            source=source,
+            relative_energy=self.rho,
+            threshold=self.threshold,
+        )
 
 
-def _collaborative_set(
-    work: Updates,
+def _subspace(
     decomposition: Decomposition | FactoredDecomposition,
-    subspace: np.ndarray,
+    p: int,
+    mode: str,
+    mu: float | None,
+    rank: int | None,
+) -> tuple[np.ndarray, str]:
+    """A^ by the rank rule of the module docstring, with the guards on L^."""
+    _, sv = estimate_subspace(decomposition, rank=None, tol=RANK_TOL)
+    numerical = int(np.sum(sv > RANK_TOL * decomposition.data_norm))
+    if numerical == 0:
+        _warn(
+            "the low-rank part L^ is zero: no direction is shared by the clients "
+            "at this penalty"
+            + (
+                f" (mu = {mu:.4g} is at least the largest singular value of M - S^)"
+                if mu is not None
+                else ""
+            )
+            + ". The subspace is not identified and the refinement averages the "
+            "collaborative clients. If a noise level was given, check that it is "
+            "the per-entry sd of the updates (e.g. sample.local_sd, not the "
+            "regression noise sample.sigma); or pass a smaller mu, or lam."
+        )
+    if rank is None:
+        r = numerical
+        rule = f"None -> {r} (numerical rank of L^, tol {RANK_TOL:g} ||M||_F)"
+    else:
+        r = rank
+        rule = f"{r} (given)"
+        if 0 < numerical < r:
+            _warn(
+                f"the low-rank part L^ has rank {numerical}, lower than rank = {r}: "
+                f"the last {r - numerical} direction(s) of A^ are arbitrary. "
+                "Pass a smaller rank (or rank=None), or a smaller mu or sigma."
+            )
+    if r == 0:
+        return np.zeros((p, 0)), rule
+    subspace, _ = estimate_subspace(decomposition, rank=r)
+    return subspace, rule
+
+
+def _detect(
+    fit: _Fit,
+    work: Updates,
+    given: GivenNoise,
     detect: str,
-    support_tol: float,
-    sigma: float | np.ndarray | None,
+    test: str,
     alpha: float,
     correction: str,
-) -> tuple[np.ndarray, ChiSquareTest | None]:
-    """Step 3: S^ from the support of S^, or by the test on the energies E_k."""
+    support_tol: float,
+) -> tuple[np.ndarray, ClientTest | None, str, dict[str, str]]:
+    """Step 3: S^ by the rule of ``detect`` and the law of ``test``."""
+    rules: dict[str, str] = {}
+    n_clients, p, q = work.shape
+    noiseless = fit.rho <= fit.threshold
+    if detect == "auto":
+        detect = "support" if noiseless else "test"
+        rules["detect"] = (
+            f"auto -> {detect} ({'noiseless' if noiseless else 'noisy'} data: rho = "
+            f"{fit.rho:.3g} {'<=' if noiseless else '>'} {fit.threshold:.0e})"
+        )
     if detect == "support":
-        return ~decomposition.support(tol=support_tol), None
-    _, p, q = work.shape
-    r = subspace.shape[1]
+        return ~fit.decomposition.support(tol=support_tol), None, detect, rules
+    r = fit.subspace.shape[1]
     if r >= p:
         raise ValueError(
             f"the test needs r < p (an off-subspace complement); got r = {r}, p = {p}."
         )
-    energy = work.energies(decomposition, subspace)
-    test = energy_test(
-        energy, (p - r) * q, sigma=sigma, alpha=alpha, correction=correction
-    )
-    return ~test.rejected, test
+    if noiseless:
+        _warn(
+            f"the updates lie in span(A^) up to round-off (share of energy outside "
+            f"it rho = {fit.rho:.2g} <= {fit.threshold:.0e}): a test would flag "
+            "clients on numerical error. The data look noiseless: use "
+            "detect='support' (detect='auto' does)."
+        )
+    if test == "auto":
+        if given.cov is not None:
+            test = "weighted_chi2"
+        elif given.sd is not None:
+            test = "chi2"
+        else:
+            test = "empirical" if n_clients >= 3 else "chi2"
+        rules["test"] = f"auto -> {test}"
+    energy = fit.energies
+    if test == "empirical":
+        result = empirical_energy_test(energy, alpha=alpha, correction=correction)
+    elif test == "chi2":
+        sd = None if given.sd is None else given.sd / fit.unit
+        result = energy_test(
+            energy, fit.df, sigma=sd, alpha=alpha, correction=correction
+        )
+        result = _in_units(result, fit.unit)
+    else:
+        from clair_stats.pipeline.weighted_chi2 import projected_eigenvalues
+
+        eig = projected_eigenvalues(given.cov / fit.unit**2, fit.subspace)
+        result = weighted_energy_test(
+            energy, eig, q, noise_df=given.df, alpha=alpha, correction=correction
+        )
+        result = _with_sd(result, given.sd)
+    return ~result.rejected, result, detect, rules
+
+
+def _in_units(result: ClientTest, unit: float) -> ClientTest:
+    from dataclasses import replace
+
+    return replace(result, noise_sd=result.noise_sd * unit)
+
+
+def _with_sd(result: ClientTest, sd: np.ndarray) -> ClientTest:
+    from dataclasses import replace
+
+    return replace(result, noise_sd=sd)
+
+
+def _check_given_noise(fit: _Fit, given: GivenNoise, result: ClientTest) -> None:
+    """Warn when a given sigma, noise_cov or mu contradicts the energies.
+
+    Under the null each E_k has mean e_k = sigma_k^2 (p - r) q (or q tr(P_A^perp
+    C_k)); the median of E_k / e_k over the clients is about 1 (and stays within
+    a factor 2 of it with fewer than half contaminated and df >= 2 with K >= 10).
+    A ratio outside [1/4, 4] means the level is off by more than a factor 2 in
+    standard deviation.
+    """
+    if result.method == "empirical":
+        ratio, what = None, None
+    elif result.method == "chi2" and result.estimated_noise:
+        ratio, what = None, None
+    else:
+        ratio = float(np.median(result.statistics))
+        if result.method == "chi2":
+            ratio /= result.df
+        what = given.source
+    if ratio is not None and not (1 / NOISE_RATIO_LIMIT <= ratio <= NOISE_RATIO_LIMIT):
+        _warn(
+            f"the given noise level ({what}) is inconsistent with the data: the "
+            f"median client's off-subspace energy is {ratio:.3g} times what it "
+            "implies (about 1 expected). It must be the noise of the updates "
+            "themselves: for regression fits sample.local_sd or sample.noise_cov "
+            "(not the noise of the responses, sample.sigma). Omit it to have it "
+            "estimated."
+        )
+    if fit.mu is not None and given.sd is None and fit.rules.get("mu") is None:
+        # mu given by the caller: compare with the noise the energies show
+        n_clients, p, q = fit.work.shape
+        sd = fit.median_sd()
+        if sd > 0 and fit.subspace.shape[1] > 0:
+            implied = noise_norm(np.array([sd]), p, n_clients, q)
+            ratio = fit.mu / implied
+            if not (1 / NOISE_RATIO_LIMIT <= ratio <= NOISE_RATIO_LIMIT):
+                _warn(
+                    f"mu = {fit.mu:.4g} is {ratio:.3g} times the noise operator "
+                    f"norm the energies show ({implied:.4g}, from sigma^ = "
+                    f"{sd:.4g} by the median rule). Omit mu to have it set from "
+                    "the estimated noise level."
+                )
+
+
+def _check_majority(
+    collaborative: np.ndarray, detect: str, fit: _Fit, test: ClientTest | None
+) -> None:
+    """Warn when the benign-majority assumption looks violated.
+
+    Two signs: half or more of the clients are flagged; or, with a noise level
+    estimated from the clients themselves, some clients have off-subspace
+    energies far *below* the others' (the lower tail of the same null law,
+    Holm at level MAJORITY_LEVEL = 0.001; under the null this warns with
+    probability at most 0.001). Such clients fit the shared subspace much better than the
+    majority: if they are the benign ones, the majority is contaminated and the
+    median-based noise level and scores are theirs.
+    """
+    n_clients = collaborative.size
+    flagged = int(n_clients - collaborative.sum())
+    if flagged and 2 * flagged >= n_clients:
+        hint = (
+            "On noisy data the support of S^ holds the noise of every client: use "
+            "detect='test' (detect='auto' does)."
+            if detect == "support" and fit.rho > fit.threshold
+            else "If the noise level was given, check that it is the per-entry sd "
+            "of the updates; else more than half of the clients may be "
+            "contaminated, which no method that assumes a benign majority can "
+            "resolve."
+        )
+        _warn(
+            f"{flagged} of {n_clients} clients are flagged: CLAIR assumes that "
+            "fewer than half are contaminated (a benign majority), so the flags "
+            f"and the refinement are unreliable. {hint}"
+        )
+        return
+    low = _lower_tail(test)
+    if low is None:
+        return
+    rejected, _ = reject(low, MAJORITY_LEVEL, "holm")
+    if rejected.any():
+        which = np.flatnonzero(rejected)
+        _warn(
+            f"client(s) {which[:10].tolist()} have off-subspace energies far below "
+            f"the others' (lower-tail p-values down to {low.min():.2g}): they fit "
+            "the shared subspace much better than the majority. If they are the "
+            "benign clients, more than half are contaminated and CLAIR's benign-"
+            "majority assumption fails (the noise level and the scores are then "
+            "the contaminated clients'). If their noise is smaller (more data), "
+            "pass per-client sigma or noise_cov."
+        )
+
+
+def _lower_tail(test: ClientTest | None) -> np.ndarray | None:
+    """P(statistic <= observed) under the null, when the noise is self-estimated."""
+    if test is None:
+        return None
+    if test.method == "empirical":
+        from clair_stats.pipeline.empirical_null import null_law
+
+        # Z = (X - m) / s is symmetric: P(Z <= z) = P(Z >= -z)
+        return null_law(test.statistics.size).sf(-test.statistics)
+    if test.method == "chi2" and test.estimated_noise:
+        import scipy.stats
+
+        return scipy.stats.chi2.cdf(test.statistics, test.df)
+    return None

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from clair_stats.core.linalg import off_subspace_energy
+from clair_stats.core.linalg import off_subspace_energy, stack
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.results import (
     Decomposition,
@@ -50,9 +50,24 @@ class Updates(Protocol):
         """Step 1 (:func:`clair_stats.decompose` with ``options``)."""
 
     def energies(
-        self, decomposition: Decomposition | FactoredDecomposition, subspace: np.ndarray
+        self,
+        decomposition: Decomposition | FactoredDecomposition,
+        subspace: np.ndarray,
+        scale: float = 1.0,
     ) -> np.ndarray:
-        """E_k = ||P_A^perp (Theta^_k - c^)||_F^2, shape (K,)."""
+        """E_k / scale^2 = ||P_A^perp (Theta^_k - c^) / scale||_F^2, shape (K,).
+
+        ``scale`` (a power of two) keeps the squares clear of over- and
+        underflow: the energies of updates of order 1e300 or 1e-300.
+        """
+
+    def singular_values(
+        self,
+        decomposition: Decomposition | FactoredDecomposition,
+        clients: np.ndarray,
+        scale: float = 1.0,
+    ) -> np.ndarray:
+        """Singular values of [Theta^_k - c^ : k in clients] / scale, decreasing."""
 
     def refine(
         self,
@@ -89,9 +104,20 @@ class DenseUpdates:
         return decompose(self.data, **options)
 
     def energies(
-        self, decomposition: Decomposition, subspace: np.ndarray
+        self, decomposition: Decomposition, subspace: np.ndarray, scale: float = 1.0
     ) -> np.ndarray:
-        return off_subspace_energy(self.data, subspace, decomposition.center)
+        center = decomposition.center
+        return off_subspace_energy(
+            self.data / scale, subspace, None if center is None else center / scale
+        )
+
+    def singular_values(
+        self, decomposition: Decomposition, clients: np.ndarray, scale: float = 1.0
+    ) -> np.ndarray:
+        blocks = self.data[clients] / scale
+        if decomposition.center is not None:
+            blocks = blocks - decomposition.center / scale
+        return np.linalg.svd(stack(blocks), compute_uv=False)
 
     def refine(
         self,
@@ -126,15 +152,32 @@ class FactoredUpdates:
         return decompose(self.data, **options)
 
     def energies(
-        self, decomposition: FactoredDecomposition, subspace: np.ndarray
+        self,
+        decomposition: FactoredDecomposition,
+        subspace: np.ndarray,
+        scale: float = 1.0,
     ) -> np.ndarray:
         # A^ = Q A_c lies in span(Q): the energies of the core, with the centre
         # of the core solve
+        center = decomposition.core.center
         return core_energies(
-            decomposition.core_data,
+            decomposition.core_data / scale,
             decomposition.basis.T @ subspace,
-            decomposition.core.center,
+            None if center is None else center / scale,
         )
+
+    def singular_values(
+        self,
+        decomposition: FactoredDecomposition,
+        clients: np.ndarray,
+        scale: float = 1.0,
+    ) -> np.ndarray:
+        # Q and W_k are isometries: the singular values of the core blocks
+        blocks = decomposition.core_data[clients] / scale
+        center = decomposition.core.center
+        if center is not None:
+            blocks = blocks - center / scale
+        return np.linalg.svd(stack(blocks), compute_uv=False)
 
     def refine(
         self,

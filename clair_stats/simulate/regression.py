@@ -65,6 +65,11 @@ class LocalFit:
         :math:`\mathrm{tr}(H)`, :math:`H = X (X^T X + \alpha I)^{-1} X^T`: p for OLS.
     n : int
         Number of observations.
+    gram_inverse : ndarray, shape (p, p)
+        OLS: :math:`(X^T X)^{-1}`; ridge:
+        :math:`(X^T X + \alpha I)^{-1} X^T X (X^T X + \alpha I)^{-1}`. Each
+        column of :math:`\hat\Theta - E\hat\Theta` has covariance
+        :math:`\sigma^2` times it; its trace is ``gram_inverse_trace``.
     """
 
     estimate: FloatArray
@@ -72,6 +77,7 @@ class LocalFit:
     gram_inverse_trace: float
     df: float
     n: int
+    gram_inverse: FloatArray
 
 
 def _fit(X: FloatArray, Y: FloatArray, alpha: float) -> LocalFit:
@@ -104,6 +110,7 @@ def _fit(X: FloatArray, Y: FloatArray, alpha: float) -> LocalFit:
         gram_inverse_trace=float(np.sum(gain**2)),
         df=df,
         n=n,
+        gram_inverse=(Vt.T * gain**2) @ Vt,
     )
 
 
@@ -181,6 +188,12 @@ class RegressionSample(FederatedSample):
         OLS: :math:`\mathrm{tr}((X_k^T X_k)^{-1})`, so that
         :math:`E[\|E_k\|_F^2 \mid X_k] = \sigma^2 q` times it. Ridge: the trace of
         the variance part, see :class:`LocalFit`.
+    gram_inverse : ndarray, shape (K, p, p)
+        OLS: :math:`(X_k^T X_k)^{-1}`, so that each column of :math:`E_k` has
+        covariance :math:`\sigma^2` times it. Ridge: see :class:`LocalFit`.
+    residual_df : ndarray, shape (K,)
+        :math:`n_k - \mathrm{df}_k` (:math:`n_k - p` for OLS): per response
+        column, the degrees of freedom of :math:`\hat\sigma^2_k`.
     estimator : str
         ``"ols"`` or ``"ridge"``.
     ridge : float or None
@@ -196,6 +209,8 @@ class RegressionSample(FederatedSample):
     sigma: float
     sigma2_hat: FloatArray
     gram_inverse_trace: FloatArray
+    gram_inverse: FloatArray
+    residual_df: FloatArray
     estimator: str
     ridge: float | None
     designs: tuple[FloatArray, ...] | None = None
@@ -210,6 +225,27 @@ class RegressionSample(FederatedSample):
         the fits' own residuals.
         """
         return np.sqrt(self.sigma2_hat * self.gram_inverse_trace / self.p)
+
+    @property
+    def noise_cov(self) -> np.ndarray:
+        """Estimated covariance of each column of Theta^_k - Theta_k, (K, p, p).
+
+        sigma^_k^2 (X_k^T X_k)^{-1} for OLS: with :attr:`noise_df` it makes the
+        test of :func:`clair_stats.clair` exact
+        (``clair(sample.updates, noise_cov=sample.noise_cov,
+        noise_df=sample.noise_df)``). For ridge it is the variance part only
+        (ridge is biased) and the test is approximate.
+        """
+        return self.sigma2_hat[:, None, None] * self.gram_inverse
+
+    @property
+    def noise_df(self) -> np.ndarray:
+        """nu_k = q (n_k - df_k): degrees of freedom of sigma^_k^2, shape (K,).
+
+        For OLS, nu_k sigma^_k^2 / sigma^2 ~ chi^2_{nu_k}, independent of
+        Theta^_k.
+        """
+        return self.q * self.residual_df
 
     def __repr__(self) -> str:
         n = (
@@ -388,6 +424,8 @@ def sample_regression(
     updates = np.empty((K, p, q))
     sigma2_hat = np.empty(K)
     traces = np.empty(K)
+    gram_inverse = np.empty((K, p, p))
+    residual_df = np.empty(K)
     designs: list[FloatArray] = []
     responses: list[FloatArray] = []
     for k in range(K):
@@ -401,6 +439,7 @@ def sample_regression(
             fit.sigma2_hat,
             fit.gram_inverse_trace,
         )
+        gram_inverse[k], residual_df[k] = fit.gram_inverse, sizes[k] - fit.df
         if keep_data:
             designs.append(readonly(X))
             responses.append(readonly(Y))
@@ -418,6 +457,8 @@ def sample_regression(
         sigma=sig,
         sigma2_hat=readonly(sigma2_hat),
         gram_inverse_trace=readonly(traces),
+        gram_inverse=readonly(gram_inverse),
+        residual_df=readonly(residual_df),
         estimator="ols" if alpha == 0.0 else "ridge",
         ridge=None if alpha == 0.0 else alpha,
         designs=tuple(designs) if keep_data else None,
