@@ -17,6 +17,7 @@ import pytest
 
 from clair_stats.experiments.study import (
     ResultStore,
+    StoreError,
     Study,
     derive_seed,
     grid,
@@ -375,3 +376,145 @@ def test_load_or_run_prefers_a_complete_full_grid(tmp_path):
     assert folder == tmp_path / "small"
     with pytest.raises(ValueError, match="mode must be"):
         load_or_run(script, "fast", tmp_path)
+
+
+# ---------------------------------------------------------------- damaged stores
+
+
+def _damage(path: Path, how: str) -> None:
+    """Make ``path`` a results file that cannot be used, in one of four ways."""
+    if how == "random bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(8192))
+    elif how == "truncated":
+        run_study(small_study(), path, progress=False).close()
+        data = path.read_bytes()
+        assert len(data) > 8192  # several pages, so half of them are missing
+        path.write_bytes(data[: len(data) // 2])
+    elif how == "other schema":
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE runs (a, b)")
+            db.execute("CREATE TABLE meta (k, v)")
+        db.close()
+    else:  # another program's database
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE photos (name TEXT, data BLOB)")
+            db.execute("INSERT INTO photos VALUES ('a', x'00')")
+        db.close()
+
+
+DAMAGES = ["random bytes", "truncated", "other schema", "another program"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_store_is_refused_naming_the_file_and_fresh(tmp_path, how):
+    """Not SQLite, truncated, other columns, other tables: one StoreError (a
+    ValueError) that names the file and the two ways out, and the file is left
+    as it was (another program's database gains no tables)."""
+    path = tmp_path / "r.sqlite"
+    _damage(path, how)
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as info:
+        ResultStore(path, "small")
+    message = str(info.value)
+    assert str(path) in message
+    assert "--fresh" in message
+    assert "move it away" in message
+    assert isinstance(info.value, ValueError)
+    assert path.read_bytes() == before
+    with pytest.raises(StoreError):
+        run_study(small_study(), path, progress=False)
+
+
+@pytest.mark.parametrize("how", ["random bytes", "truncated"])
+def test_study_main_prints_one_line_for_a_damaged_store_and_fresh_recovers(
+    tmp_path, capsys, how
+):
+    script = FakeScript()
+    path = tmp_path / "small" / "results.sqlite"
+    path.parent.mkdir()
+    _damage(path, how)
+    argv = ["--results", str(tmp_path), "--no-progress"]
+    for extra in ([], ["--report-only"]):
+        code = study_main(script.build, script.report, script.parser(), argv + extra)
+        assert code == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1
+        assert str(path) in err
+        assert "--fresh" in err
+        assert "Traceback" not in err
+    assert script.reports == []
+    code = study_main(script.build, script.report, script.parser(), [*argv, "--fresh"])
+    assert code == 0
+    assert script.reports[-1][0] == 24
+
+
+def test_study_main_names_an_unusable_results_folder(tmp_path, capsys):
+    """A results folder that cannot be created (here: it is a file; a read-only
+    folder fails the same way for a user without root): one line naming it."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    script = FakeScript()
+    argv = ["--results", str(blocker), "--no-progress"]
+    assert study_main(script.build, script.report, script.parser(), argv) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert str(blocker / "small") in err
+    assert "--results" in err
+
+
+# ---------------------------------------------------------------- orphaned workers
+
+
+def _session(sid: int) -> list[int]:
+    """The live (not zombie) processes of session ``sid`` other than ``sid``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == sid:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[3]) == sid and fields[0] != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize(
+    "signum", [signal.SIGKILL, signal.SIGTERM], ids=["KILL", "TERM"]
+)
+def test_no_worker_outlives_a_killed_jobs_2_run(tmp_path, signum):
+    """Kill only the parent of a --jobs 2 run (as the OOM killer or `kill` does):
+    its joblib workers and loky's trackers end too. Before the fix they lived on
+    for loky's idle timeout (measured 330 s), so the 20 s bound below fails."""
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW_SCRIPT)
+    db, log = tmp_path / "slow.sqlite", tmp_path / "started.log"
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(db), str(log), "2"],
+        env=env,
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while _stored(db) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, "the study ended before it could be killed"
+            time.sleep(0.01)
+        workers = _session(proc.pid)
+        assert len(workers) >= 2  # the two workers (and loky's resource trackers)
+        os.kill(proc.pid, signum)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while _session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _session(proc.pid) == []
+    finally:
+        for pid in [proc.pid, *_session(proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
