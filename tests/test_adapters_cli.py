@@ -70,9 +70,16 @@ def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, cap
     assert report["format"] == "clair_stats.adapters/1"
     assert (report["n_clients"], report["n_modules"]) == (8, 3)
     assert report["base_model"] == "tiny-llama"
-    assert {"side", "alpha", "rank", "out_rank", "lam", "draws", "dtype"} <= set(
-        report["settings"]
-    )
+    assert {
+        "side",
+        "alpha",
+        "rank",
+        "out_rank",
+        "lam",
+        "draws",
+        "dtype",
+        "solver_options",
+    } <= set(report["settings"])
     assert "Holm" in report["settings"]["combination"]
     flagged = {c["name"] for c in report["clients"] if c["flagged"]}
     assert flagged == {"client2", "client5"}
@@ -84,9 +91,13 @@ def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, cap
             "p_value",
             "rejected_modules",
             "worst_modules",
+            "zero_update_modules",
+            "uninformative",
             "output",
         }
         assert (client["p_value"] <= 0.05) == client["flagged"]
+        assert client["zero_update_modules"] == []
+        assert not client["uninformative"]
         assert len(client["worst_modules"]) == 3
     by_name = {c["name"]: c for c in report["clients"]}
     assert by_name["client5"]["rejected_modules"] == [V_PROJ]
@@ -97,6 +108,8 @@ def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, cap
             "shape",
             "rank",
             "client_ranks",
+            "tested",
+            "zero_update_clients",
             "rejected_clients",
             "energies",
             "z",
@@ -107,6 +120,8 @@ def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, cap
             "refined_norm",
         } == set(module)
         assert module["rank"] == R
+        assert module["tested"]
+        assert module["zero_update_clients"] == []
         assert module["solver"]["converged"]
         assert len(module["p_values"]) == len(module["truncation_error"]) == 8
 
@@ -193,3 +208,191 @@ def test_command_line_errors_are_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["adapters", *folders, str(pickled), "--out", str(tmp_path / "o2")])
     assert "safe_serialization=True" in capsys.readouterr().err
+
+
+def _small(root, **kwargs):
+    """K = 4 adapter folders without contamination (fast: about 0.2 s a run)."""
+    return _federation(root, n_clients=4, contaminated={}, **kwargs)
+
+
+# -- zero updates (untrained modules) -----------------------------------------------
+
+Q_PROJ = "model.layers.0.self_attn.q_proj"
+
+
+def _with_zero_updates(root, n_clients, zero, seed=0, contaminated=None):
+    """Adapter folders of :func:`synthetic_federation` in which client k's factor
+    ``x`` ("B", PEFT's initialisation, or "A") is 0 in module m, for every
+    (k, m, x) in ``zero``."""
+    fed = synthetic_federation(
+        n_clients, contaminated=contaminated or {}, rank=R, lora_alpha=8.0, seed=seed
+    )
+    for k, m, x in zero:
+        fed.factors[m][0 if x == "B" else 1][k][:] = 0.0
+    return fed.write(root)
+
+
+def test_zero_updates_are_left_out_named_and_kept(tmp_path):
+    """Client 3 never trained q_proj (B = 0), client 6 nothing (A = 0 in every
+    module): the run goes on; q_proj is fit and tested on the six others (the
+    same A^ as fitting them alone), Holm runs over the p-values there are,
+    client 6 is uninformative (no p-value, not flagged), both keep their zero
+    updates, the others are refined as usual, and the warning, the summary and
+    the report name them."""
+    from clair_stats.core.exceptions import ClairWarning
+    from clair_stats.core.lowrank import LowRankUpdates
+    from clair_stats.lora.adapters import fit_module
+    from clair_stats.pipeline.multitest import reject
+
+    zero = [(3, Q_PROJ, "B")] + [(6, m, "A") for m in MODULES]
+    folders = _with_zero_updates(tmp_path / "in", 8, zero, contaminated=CONTAMINATED)
+    with pytest.warns(ClairWarning, match="client3 in model.layers.0.self_attn.q_proj"):
+        result = run_adapters(folders, tmp_path / "out", out_rank=16, progress=False)
+
+    assert result.uninformative.tolist() == [k == 6 for k in range(8)]
+    assert not result.flagged[6]
+    assert np.isnan(result.p_values[6])
+    assert np.isfinite(np.delete(result.p_values, 6)).all()
+    by_name = {m.name: m for m in result.modules}
+    q = by_name[Q_PROJ]
+    assert np.flatnonzero(q.zero_update).tolist() == [3, 6]
+    assert np.isnan(q.p_values[[3, 6]]).all()
+    assert q.energies[3] == q.energies[6] == 0.0
+    kept = [0, 1, 2, 4, 5, 7]
+    assert np.isfinite(q.p_values[kept]).all()
+    for m in MODULES:
+        if m != Q_PROJ:
+            assert np.flatnonzero(by_name[m].zero_update).tolist() == [6]
+    # q_proj's A^ is the one of the six clients with a nonzero update
+    inputs = read_adapters(folders)
+    upd = inputs.updates(Q_PROJ)
+    alone = fit_module(
+        LowRankUpdates(
+            [upd.B[k] for k in kept], [upd.A[k] for k in kept], upd.scaling[kept]
+        ),
+        R,
+    )
+    np.testing.assert_allclose(
+        q.subspace @ q.subspace.T, alone.subspace @ alone.subspace.T, atol=1e-8
+    )
+    np.testing.assert_allclose(q.energies[kept], alone.energies, rtol=1e-8)
+    # Holm over the 8 x 3 - 4 p-values there are
+    p = np.array([m.p_values for m in result.modules])
+    adjusted = np.array([m.adjusted_p_values for m in result.modules])
+    present = np.isfinite(p)
+    assert present.sum() == 8 * 3 - 4
+    _, expected = reject(p[present], 0.05, "holm")
+    np.testing.assert_array_equal(adjusted[present], expected)
+    assert np.isnan(adjusted[~present]).all()
+
+    outputs = read_adapters(result.outputs)
+    for m in MODULES:
+        after = outputs.dense(m)
+        assert not after[6].any()
+        if m == Q_PROJ:
+            assert not after[3].any()
+            # the others: refined among themselves (no truncation at rank 16)
+            work = inputs.dense(m)[kept]
+            expected = refine(work, q.subspace, result.collaborative[kept])
+            np.testing.assert_allclose(
+                after[kept], expected, rtol=0, atol=_float32_bound(expected)
+            )
+        else:
+            assert not np.allclose(after[3], inputs.dense(m)[3])  # refined
+
+    summary = result.summary()
+    assert "uninformative: ['client6']" in summary
+    assert "zero update (untrained module: B = 0 or A = 0) of client3" in summary
+    assert "client6  -        -          uninformative" in summary
+    report = json.loads((tmp_path / "out" / "clair_report.json").read_text())
+    clients = {c["name"]: c for c in report["clients"]}
+    assert clients["client6"]["uninformative"] is True
+    assert clients["client6"]["p_value"] is None
+    assert clients["client6"]["zero_update_modules"] == list(MODULES)
+    assert clients["client3"]["zero_update_modules"] == [Q_PROJ]
+    assert not clients["client3"]["uninformative"]
+    modules = {m["name"]: m for m in report["modules"]}
+    assert modules[Q_PROJ]["zero_update_clients"] == ["client3", "client6"]
+    assert modules[Q_PROJ]["p_values"][3] is None
+    assert modules[Q_PROJ]["energies"][3] == 0.0
+
+
+def test_a_module_with_fewer_than_three_nonzero_updates_is_not_tested(tmp_path):
+    """K = 4 and two clients untrained in v_proj: v_proj is neither fit nor
+    tested, every client keeps its update there, the other modules run as
+    usual."""
+    from clair_stats.core.exceptions import ClairWarning
+
+    zero = [(0, V_PROJ, "B"), (1, V_PROJ, "A")]
+    folders = _with_zero_updates(tmp_path / "in", 4, zero)
+    with pytest.warns(ClairWarning, match="not tested: module"):
+        result = run_adapters(folders, tmp_path / "out", progress=False)
+    by_name = {m.name: m for m in result.modules}
+    v = by_name[V_PROJ]
+    assert not v.tested
+    assert v.solver is None
+    assert v.rank == 0
+    assert np.isnan(v.p_values).all()
+    assert not v.rejected.any()
+    assert all(by_name[m].tested for m in MODULES if m != V_PROJ)
+    assert not result.uninformative.any()
+    inputs, outputs = read_adapters(folders), read_adapters(result.outputs)
+    before, after = inputs.dense(V_PROJ), outputs.dense(V_PROJ)
+    np.testing.assert_allclose(after, before, rtol=0, atol=_float32_bound(before))
+    report = json.loads((tmp_path / "out" / "clair_report.json").read_text())
+    module = next(m for m in report["modules"] if m["name"] == V_PROJ)
+    assert module["tested"] is False
+    assert module["solver"] is None
+    assert module["rank"] == 0
+    assert "not fit" in result.module_table()
+
+
+def test_the_rule_with_gaps_is_client_verdict_without_them():
+    """With every (client, module) energy present the verdict is client_verdict's;
+    with one missing, that module's p-values are client_verdict's on its other
+    clients and Holm runs over the rest."""
+    from clair_stats.lora.adapters import _verdict
+    from clair_stats.lora.verdict import client_verdict
+    from clair_stats.pipeline.multitest import reject
+
+    rng = np.random.default_rng(3)
+    energies = np.exp(rng.normal(size=(3, 7)))
+    energies[1, 4] *= 1e12
+    names = ("a", "b", "c")
+    full = client_verdict(energies, 0.05, modules=names, draws=4000)
+    same = _verdict(list(energies), 0.05, names, 4000, 7)
+    np.testing.assert_array_equal(same.adjusted_p_values, full.adjusted_p_values)
+    np.testing.assert_array_equal(same.flagged, full.flagged)
+    assert same.flagged[4]
+
+    gappy = energies.copy()
+    gappy[1, 2] = np.nan
+    gap = _verdict(list(gappy), 0.05, names, 4000, 7)
+    alone = client_verdict([np.delete(energies[1], 2)], 0.05, draws=4000)
+    np.testing.assert_array_equal(
+        np.delete(gap.module_p_values[1], 2), alone.module_p_values[0]
+    )
+    np.testing.assert_array_equal(
+        gap.module_p_values[[0, 2]], full.module_p_values[[0, 2]]
+    )
+    present = np.isfinite(gap.module_p_values)
+    _, adjusted = reject(gap.module_p_values[present], 0.05, "holm")
+    np.testing.assert_array_equal(gap.adjusted_p_values[present], adjusted)
+    assert np.isnan(gap.adjusted_p_values[1, 2])
+    assert gap.flagged[4]
+    untested = _verdict([energies[0], None, energies[2]], 0.05, names, 4000, 7)
+    assert np.isnan(untested.module_p_values[1]).all()
+
+
+# -- messages name the caller's options ---------------------------------------------
+
+
+def test_python_messages_name_python_arguments(tmp_path):
+    from clair_stats.core.exceptions import ConvergenceWarning
+
+    folders = _small(tmp_path / "in")
+    with pytest.warns(ConvergenceWarning, match=r"raise max_iter or tol\."):
+        run_adapters(folders, tmp_path / "out", max_iter=2, progress=False)
+    with pytest.raises(ValueError, match=r"pass rank < 16\.") as info:
+        run_adapters(folders, tmp_path / "o2", rank=16, progress=False)
+    assert "--" not in str(info.value)

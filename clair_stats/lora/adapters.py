@@ -17,6 +17,21 @@ transposes), solved in factored form so that no p x Kq matrix is formed
    (:func:`clair_stats.lora.verdict.client_verdict`: empirical-null p-values per
    module, Holm over all K x M, flagged iff any module is rejected).
 
+**Zero updates.** A client whose update in module m is zero (B_km = 0, PEFT's
+initialisation of an adapter that was never trained there, or A_km = 0) carries no
+information about module m: its energy is 0 whatever A^_m, log E_km = -inf, and no
+z-score exists. Such a (client, module) is left out of module m -- out of the
+decomposition (lam and the default rank come from the other clients), of the
+empirical null and of Holm -- and its p-value is missing (NaN, null in the report);
+the client keeps its zero update in module m (:mod:`clair_stats.lora.writing`). A
+module with fewer than 3 nonzero updates is not tested (the null scores each client
+against at least two others) and every client keeps its update there. A client
+with no p-value left in any module is *uninformative*: not flagged, since nothing
+says it is contaminated, and written with its own update. Holm runs over the
+(client, module) pairs that have a p-value, so the family-wise guarantee of
+:mod:`clair_stats.lora.verdict` holds over them. The report and the summary name
+every such client and module, and a :class:`~clair_stats.ClairWarning` says so.
+
 Step 4, the refinement of the clients that are not flagged in every module with the
 same S^, and the writing of the refined adapters are in
 :mod:`clair_stats.lora.writing`; the results and the JSON report in
@@ -41,21 +56,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clair_stats.core.exceptions import ConvergenceWarning
+from clair_stats.core.exceptions import ClairWarning, ConvergenceWarning
 from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.optional import progress as progress_bar
 from clair_stats.core.results import SolverInfo
 from clair_stats.core.validation import check_alpha, check_choice, check_int
 from clair_stats.lora.peft import AdapterSet
-from clair_stats.lora.report import AdaptersResult, ModuleReport
-from clair_stats.lora.verdict import client_verdict
+from clair_stats.lora.report import AdaptersResult, ModuleReport, _wording
+from clair_stats.lora.verdict import ClientVerdict, client_verdict
 from clair_stats.pipeline.decompose import decompose
 from clair_stats.pipeline.empirical_null import DRAWS
+from clair_stats.pipeline.multitest import reject
 from clair_stats.pipeline.paths import as_updates
 from clair_stats.pipeline.subspace import estimate_subspace
 
-__all__ = ["ModuleFit", "analyse_adapters", "fit_module"]
+__all__ = [
+    "MIN_CLIENTS",
+    "ModuleFit",
+    "analyse_adapters",
+    "fit_module",
+    "zero_updates",
+]
+
+#: Fewest clients with a nonzero update for a module to be fit and tested.
+MIN_CLIENTS = 3
 
 
 @dataclass(frozen=True)
@@ -124,9 +149,11 @@ def fit_module(
     _, p, q = work.shape
     rank = check_int(rank, "rank", 1)
     if rank >= p:
+        space = "output" if side == "left" else "input"
         raise ValueError(
             f"rank r = {rank} leaves no off-subspace complement in the p = {p} "
-            f"dimensional space of side={side!r}; pass a rank below {p}."
+            f"dimensional {space} space; "
+            + _wording(f"choose --rank below {p}.", f"pass rank < {p}.")
         )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
@@ -157,19 +184,28 @@ def analyse_adapters(
 ) -> AdaptersResult:
     """Steps 1-3 of CLAIR per module, and one verdict per client.
 
+    A client whose update in a module is zero (:func:`zero_updates`) is left out
+    of that module's fit and test, and a module with fewer than
+    :data:`MIN_CLIENTS` nonzero updates is not tested (the rule and its reasons
+    are in the module docstring); both are named in the result's
+    :meth:`~clair_stats.lora.report.AdaptersResult.notes` and in one
+    :class:`~clair_stats.ClairWarning`.
+
     Parameters
     ----------
     adapters : AdapterSet
         K >= 3 clients' adapters (:func:`clair_stats.lora.peft.read_adapters`).
     rank : int, optional
-        r_m for every module; default the median LoRA rank of the clients in
-        each module. Must be below p (out for ``side="left"``, in for right).
+        r_m for every module; default the median LoRA rank of the clients with
+        a nonzero update in each module. Must be below p (out for
+        ``side="left"``, in for right).
     side : {"left", "right"}
         Share the output space (column space of Delta W) or the input space.
     alpha : float
-        Level of Holm's procedure over the K x M p-values.
+        Level of Holm's procedure over the (client, module) p-values.
     lam : float, optional
-        lam of P0; default c_lam / sqrt(K).
+        lam of P0; default c_lam / sqrt(K_m), K_m the clients with a nonzero
+        update in module m.
     draws : int
         Monte Carlo draws of the null law of the z-scores.
     progress : bool
@@ -191,52 +227,89 @@ def analyse_adapters(
     alpha = check_alpha(alpha)
     if rank is not None:
         rank = check_int(rank, "rank", 1)
-    if adapters.n_clients < 3:
+    if adapters.n_clients < MIN_CLIENTS:
         raise ValueError(
             f"got {adapters.n_clients} adapters; the per-module test scores each "
             "client against the others and needs K >= 3 (K >= 8 to find anything "
             "at alpha = 0.05 after Holm over clients and modules)."
         )
-    fits, ranks, shapes = [], [], []
+    n_clients = adapters.n_clients
+    fits, ranks, shapes, zeros = [], [], [], []
     for name in progress_bar(
         adapters.module_names, desc="CLAIR per module", disable=not progress
     ):
         updates = adapters.updates(name)
-        r = rank if rank is not None else int(np.median(updates.ranks))
-        try:
-            fits.append(fit_module(updates, r, side=side, lam=lam, **solver_options))
-        except ValueError as exc:
-            raise ValueError(f"module {name!r}: {exc}") from None
+        zero = zero_updates(updates)
+        kept = np.flatnonzero(~zero)
+        fit = None
+        if kept.size >= MIN_CLIENTS:
+            sub = _subset(updates, kept)
+            r = rank if rank is not None else int(np.median(sub.ranks))
+            try:
+                fit = fit_module(sub, r, side=side, lam=lam, **solver_options)
+            except ValueError as exc:
+                raise ValueError(f"module {name!r}: {exc}") from None
+            inside = kept[fit.energies <= 0]
+            if inside.size:
+                raise ValueError(
+                    f"module {name!r}: the update of client(s) "
+                    f"{[adapters.names[k] for k in inside]} lies in the shared "
+                    "subspace exactly (off-subspace energy 0, log energy -inf), "
+                    "which the test cannot score; noiseless or copied adapters "
+                    "do this when the shared rank is too large. "
+                    + _wording(
+                        f"Choose a smaller --rank (below {fit.rank}).",
+                        f"Pass a smaller rank (below {fit.rank}).",
+                    )
+                )
+        fits.append((fit, kept))
         ranks.append(updates.ranks)
         shapes.append((updates.p, updates.q))
+        zeros.append(zero)
     names = adapters.module_names
-    verdict = client_verdict(
-        [fit.energies for fit in fits], alpha, modules=names, draws=draws
+    verdict = _verdict(
+        [
+            _spread(fit.energies, kept, n_clients) if fit is not None else None
+            for fit, kept in fits
+        ],
+        alpha,
+        names,
+        draws,
+        n_clients,
     )
-    modules = tuple(
-        ModuleReport(
-            name=name,
-            shape=shapes[i],
-            rank=fit.rank,
-            client_ranks=ranks[i],
-            subspace=fit.subspace,
-            energies=fit.energies,
-            z=verdict.z[i],
-            p_values=verdict.module_p_values[i],
-            adjusted_p_values=verdict.adjusted_p_values[i],
-            rejected=verdict.rejected[i],
-            solver=fit.solver,
+    modules = []
+    for i, (name, (fit, kept)) in enumerate(zip(names, fits, strict=True)):
+        p = shapes[i][0] if side == "left" else shapes[i][1]
+        energies = np.full(n_clients, np.nan)
+        if fit is not None:
+            energies[zeros[i]] = 0.0
+            energies[kept] = fit.energies
+        modules.append(
+            ModuleReport(
+                name=name,
+                shape=shapes[i],
+                rank=fit.rank if fit is not None else 0,
+                client_ranks=ranks[i],
+                subspace=fit.subspace if fit is not None else np.zeros((p, 0)),
+                energies=energies,
+                z=verdict.z[i],
+                p_values=verdict.module_p_values[i],
+                adjusted_p_values=verdict.adjusted_p_values[i],
+                rejected=verdict.rejected[i],
+                solver=fit.solver if fit is not None else None,
+                zero_update=zeros[i],
+            )
         )
-        for i, (name, fit) in enumerate(zip(names, fits, strict=True))
-    )
-    bad = [m.name for m in modules if not m.solver.converged]
+    modules = tuple(modules)
+    bad = [m.name for m in modules if m.tested and not m.solver.converged]
     if bad:
         warnings.warn(
-            f"step 1 did not converge in module(s) {bad}; raise max_iter or tol.",
+            f"step 1 did not converge in module(s) {bad}; "
+            + _wording("raise --max-iter or --tol.", "raise max_iter or tol."),
             ConvergenceWarning,
             stacklevel=2,
         )
-    return AdaptersResult(
+    result = AdaptersResult(
         names=adapters.names,
         paths=tuple(str(a.path) for a in adapters.adapters),
         modules=modules,
@@ -251,5 +324,92 @@ def analyse_adapters(
             "rank": rank,
             "lam": lam,
             "draws": int(draws),
+            "solver_options": dict(solver_options),
         },
+    )
+    notes = result.notes()
+    if notes:
+        warnings.warn("; ".join(notes) + ".", ClairWarning, stacklevel=2)
+    return result
+
+
+def zero_updates(updates: LowRankUpdates) -> np.ndarray:
+    """Which clients' updates are zero: ||s_k B_k A_k||_F <= 1e-12 |s_k| ||B_k||_F
+    ||A_k||_F, i.e. B_k = 0 or A_k = 0 (an untrained LoRA module: PEFT starts
+    from B = 0) or B_k A_k = 0 up to rounding.
+
+    Parameters
+    ----------
+    updates : LowRankUpdates
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (K,)
+    """
+    scale = np.array(
+        [
+            abs(s) * np.linalg.norm(b) * np.linalg.norm(a)
+            for s, b, a in zip(updates.scaling, updates.B, updates.A, strict=True)
+        ]
+    )
+    return updates.norms() <= 1e-12 * scale
+
+
+def _subset(updates: LowRankUpdates, clients: np.ndarray) -> LowRankUpdates:
+    """The updates of some clients (at least two), in the order of ``clients``."""
+    return LowRankUpdates(
+        [updates.B[k] for k in clients],
+        [updates.A[k] for k in clients],
+        updates.scaling[np.asarray(clients)],
+    )
+
+
+def _spread(values: np.ndarray, kept: np.ndarray, n_clients: int) -> np.ndarray:
+    """``values`` of the clients ``kept`` at their places among K, NaN elsewhere."""
+    out = np.full(n_clients, np.nan)
+    out[kept] = values
+    return out
+
+
+def _verdict(
+    energies: list[np.ndarray | None],
+    alpha: float,
+    modules: tuple[str, ...],
+    draws: int,
+    n_clients: int,
+) -> ClientVerdict:
+    """The rule of :func:`clair_stats.lora.verdict.client_verdict` on the
+    (client, module) pairs that have an energy.
+
+    ``energies[m]`` is None for a module not tested, NaN for a client left out of
+    module m. With every pair present this is ``client_verdict`` itself. Otherwise
+    each module's p-values come from ``client_verdict`` on its own clients (the
+    same empirical null, same draws and seed), Holm runs over all the p-values
+    there are, a client is flagged iff one of its pairs is rejected, and its
+    p-value is its smallest adjusted p-value (NaN if it has none).
+    """
+    if all(e is not None and np.isfinite(e).all() for e in energies):
+        return client_verdict(energies, alpha, modules=modules, draws=draws)
+    shape = (len(energies), n_clients)
+    z, p = np.full(shape, np.nan), np.full(shape, np.nan)
+    for i, row in enumerate(energies):
+        if row is None:
+            continue
+        kept = np.isfinite(row)
+        one = client_verdict([row[kept]], alpha, modules=[modules[i]], draws=draws)
+        z[i, kept], p[i, kept] = one.z[0], one.module_p_values[0]
+    present = np.isfinite(p)
+    rejected = np.zeros(shape, dtype=bool)
+    adjusted = np.full(shape, np.nan)
+    if present.any():
+        rejected[present], adjusted[present] = reject(p[present], alpha, "holm")
+    combined = np.where(present, adjusted, np.inf).min(axis=0, initial=np.inf)
+    return ClientVerdict(
+        flagged=rejected.any(axis=0),
+        p_values=np.where(np.isfinite(combined), combined, np.nan),
+        z=z,
+        module_p_values=p,
+        adjusted_p_values=adjusted,
+        rejected=rejected,
+        alpha=alpha,
     )

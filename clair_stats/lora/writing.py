@@ -13,6 +13,18 @@ on the factors), and written as one PEFT adapter per client
 (:func:`clair_stats.lora.peft.write_adapter`, scaling 1). A flagged client keeps
 its local update in every module. Each module's refined factors go to a temporary
 safetensors file first, so that memory holds one module of all clients at a time.
+
+A client whose update in module m is zero (an untrained module, left out of the
+module's fit and test by :func:`clair_stats.lora.adapters.analyse_adapters`) keeps
+its zero update there and does not enter Thetabar_m; in a module that was not
+tested every client keeps its update. The refinement keeps a client's own
+in-subspace part P_A^ Theta^_km and replaces the rest by the federation's
+P_A^^perp Thetabar_m; a zero update has no in-subspace part, so the refinement
+would give it only the other clients' off-subspace mean, the part CLAIR treats as
+client-specific, without the shared signal: it would move the client's model in
+module m in directions estimated to be noise, where the client itself trained
+nothing. Keeping the zero update leaves the module as the client trained it (the
+base weights).
 """
 
 from __future__ import annotations
@@ -27,8 +39,9 @@ import numpy as np
 from clair_stats.core.optional import progress as progress_bar
 from clair_stats.core.optional import require_safetensors
 from clair_stats.core.validation import check_choice, check_int
+from clair_stats.lora.adapters import _subset
 from clair_stats.lora.peft import AdapterSet, write_adapter
-from clair_stats.lora.report import AdaptersResult
+from clair_stats.lora.report import AdaptersResult, _wording
 from clair_stats.pipeline.paths import FactoredUpdates
 
 __all__ = ["write_refined"]
@@ -49,11 +62,16 @@ def write_refined(
     """Step 4 per module with the combined S^, then one adapter per client.
 
     Collaborative clients get the rank-t truncated SVD of Theta~_km = P_A^
-    Theta^_km + P_A^^perp Thetabar_m (Thetabar_m over S^); flagged clients their
-    local factors (s_k B_km, A_km). Each module's refined factors go to a
-    temporary safetensors file in ``out`` (so memory holds one module at a
-    time), then each client's adapter is assembled from them and written to
-    ``out/<client name>`` (:func:`clair_stats.lora.peft.write_adapter`, scaling 1).
+    Theta^_km + P_A^^perp Thetabar_m (Thetabar_m over S^ without the zero
+    updates of module m); flagged clients, zero updates and every client of a
+    module that was not tested their local factors (s_k B_km, A_km). Each
+    module's refined factors go to a temporary safetensors file in ``out`` (so
+    memory holds one module at a time), then each client's adapter is assembled
+    from them and written to ``out/<client name>``
+    (:func:`clair_stats.lora.peft.write_adapter`, scaling 1). This writes into
+    ``out`` in place; :func:`clair_stats.lora.cli.run_adapters` (``clair
+    adapters``) writes a complete output elsewhere first and then moves it
+    into place.
 
     Parameters
     ----------
@@ -98,8 +116,11 @@ def write_refined(
         taken = [str(t) for t in targets if t.exists() and any(t.iterdir())]
         if taken:
             raise FileExistsError(
-                f"output folder(s) {taken} already exist and are not empty; choose "
-                "another --out or pass --overwrite."
+                f"output folder(s) {taken} already exist and are not empty; "
+                + _wording(
+                    "choose another --out or pass --overwrite.",
+                    "choose another out or pass overwrite=True.",
+                )
             )
     tmp = folder / _TMP
     tmp.mkdir(parents=True, exist_ok=True)
@@ -108,25 +129,33 @@ def write_refined(
         for i, module in enumerate(
             progress_bar(result.modules, desc="refine per module", disable=not progress)
         ):
-            work = FactoredUpdates(adapters.updates(module.name)).oriented(result.side)
-            refined = work.restore(
-                refine_factored(
-                    work.data, module.subspace, result.collaborative, rank=out_rank
-                ),
-                result.side,
-            )
-            modules.append(
-                replace(
-                    module,
-                    truncation_error=np.asarray(refined.truncation_error),
-                    refined_norm=np.asarray(refined.refined_norm),
+            updates = adapters.updates(module.name)
+            factors_b = [s * b for s, b in zip(updates.scaling, updates.B, strict=True)]
+            factors_a = list(updates.A)
+            errors = np.zeros(result.n_clients)
+            norms = updates.norms()
+            if module.tested:
+                kept = np.flatnonzero(~module.zero_update)
+                work = FactoredUpdates(_subset(updates, kept)).oriented(result.side)
+                refined = work.restore(
+                    refine_factored(
+                        work.data,
+                        module.subspace,
+                        result.collaborative[kept],
+                        rank=out_rank,
+                    ),
+                    result.side,
                 )
-            )
+                for j, k in enumerate(kept):
+                    factors_b[k], factors_a[k] = refined.B[j], refined.A[j]
+                errors[kept] = refined.truncation_error
+                norms[kept] = refined.refined_norm
+            modules.append(replace(module, truncation_error=errors, refined_norm=norms))
             save_file(
                 {
                     f"{k}.{x}": np.ascontiguousarray(f, dtype=np.float64)
                     for k in range(result.n_clients)
-                    for x, f in (("B", refined.B[k]), ("A", refined.A[k]))
+                    for x, f in (("B", factors_b[k]), ("A", factors_a[k]))
                 },
                 str(tmp / f"{i}.safetensors"),
             )
