@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -396,3 +398,306 @@ def test_python_messages_name_python_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"pass rank < 16\.") as info:
         run_adapters(folders, tmp_path / "o2", rank=16, progress=False)
     assert "--" not in str(info.value)
+
+
+# -- the outputs: complete or not at all, never over the inputs ----------------------
+
+
+def _snapshot(folder):
+    """Every file below ``folder``: relative path -> bytes."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _leftovers(parent):
+    """Staging or set-aside folders and files of a run, next to its outputs."""
+    return sorted(p.name for p in parent.iterdir() if ".clair-" in p.name)
+
+
+def test_overwrite_swaps_the_whole_output_and_a_failure_leaves_the_old_one(
+    tmp_path, monkeypatch
+):
+    """A write failing at the third client (a full disk), an interrupt during the
+    analysis, and a failing final rename each leave the earlier output byte for
+    byte and no staging folder; a successful --overwrite replaces every client
+    and the report together."""
+    import errno
+
+    import clair_stats.lora.cli as cli
+    import clair_stats.lora.writing as writing
+    from clair_stats.lora.cli import OutputError
+
+    folders = _small(tmp_path / "in")
+    out = tmp_path / "out"
+    run_adapters(folders, out, progress=False)
+    before = _snapshot(out)
+    assert "clair_report.json" in before
+
+    real_write = writing.write_adapter
+    calls = []
+
+    def full_disk(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(args[0]))
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(writing, "write_adapter", full_disk)
+    with pytest.raises(OutputError, match="No space left on device") as info:
+        run_adapters(folders, out, out_rank=2, overwrite=True, progress=False)
+    assert "nothing was changed" in str(info.value)
+    assert len(calls) == 3
+    assert all(str(out) not in str(c) for c in calls)  # written next to out only
+    assert _snapshot(out) == before
+    assert _leftovers(tmp_path) == []
+    monkeypatch.undo()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "analyse_adapters", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_adapters(folders, out, out_rank=2, overwrite=True, progress=False)
+    assert _snapshot(out) == before
+    assert _leftovers(tmp_path) == []
+    monkeypatch.undo()
+
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if ".clair-tmp-" in str(src):  # the new output cannot be moved in
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(cli.os, "rename", rename)
+    with pytest.raises(OutputError, match="cross-device"):
+        run_adapters(folders, out, out_rank=2, overwrite=True, progress=False)
+    assert _snapshot(out) == before  # moved aside and back
+    assert _leftovers(tmp_path) == []
+    monkeypatch.undo()
+
+    result = run_adapters(folders, out, out_rank=2, overwrite=True, progress=False)
+    after = _snapshot(out)
+    assert set(after) == set(before)
+    assert all(after[f] != before[f] for f in after if f.endswith(".safetensors"))
+    report = json.loads((out / "clair_report.json").read_text())
+    assert report["settings"]["out_rank"] == 2
+    assert [c["output"] for c in report["clients"]] == list(result.outputs)
+    written = read_adapters(result.outputs)
+    assert {s.rank for m in MODULES for s in written.specs(m)} == {2}
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_write_failure_on_the_command_line_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import clair_stats.lora.writing as writing
+
+    folders = [str(f) for f in _small(tmp_path / "in")]
+    out = tmp_path / "out"
+
+    def full_disk(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(writing, "write_adapter", full_disk)
+    assert main(["adapters", *folders, "--out", str(out), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("clair adapters: error: writing the outputs")
+    assert "No space left on device" in captured.err
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("place", "relation"),
+    [
+        ("the input", "is"),
+        ("the inputs' parent", "contains"),
+        ("inside an input", "lies inside"),
+        ("a link to the inputs' parent", "contains"),
+        ("--json inside an input", "lies inside"),
+    ],
+)
+def test_outputs_overlapping_an_input_are_refused_before_any_work(
+    tmp_path, monkeypatch, capsys, place, relation
+):
+    """Even with --overwrite; symlinks are resolved; nothing is read beyond the
+    checks and the inputs are left byte for byte."""
+    import clair_stats.lora.cli as cli
+
+    folders = _small(tmp_path / "in")
+    before = _snapshot(tmp_path / "in")
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    out, extra = {
+        "the input": (folders[1], []),
+        "the inputs' parent": (tmp_path / "in", []),
+        "inside an input": (folders[0] / "refined", []),
+        "a link to the inputs' parent": (tmp_path / "link", []),
+        "--json inside an input": (
+            tmp_path / "out",
+            ["--json", str(folders[2] / "report.json")],
+        ),
+    }[place]
+
+    def never(*args, **kwargs):
+        raise AssertionError("the analysis started")
+
+    monkeypatch.setattr(cli, "analyse_adapters", never)
+    monkeypatch.setattr(cli, "read_adapters", never)
+    argv = ["adapters", *map(str, folders), "--out", str(out), "--overwrite"]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--no-progress", *extra])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f" {relation} the input adapter folder" in err
+    assert "outside every input folder" in err
+    assert _snapshot(tmp_path / "in") == before
+    assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_only_an_earlier_output_is_replaced(tmp_path, monkeypatch):
+    """An empty --out is used as is; one holding other files is never replaced,
+    even with overwrite; an earlier output (even one left with its report only)
+    needs overwrite. A --json copy: only over an earlier report, never inside
+    --out; the copy and OUT/clair_report.json are the same report."""
+    folders = _small(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    run_adapters(folders, out, progress=False)  # empty: no overwrite needed
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt, which no clair adapters"):
+        run_adapters(folders, out, overwrite=True, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "clair_report.json").write_text('{"format": "something else"}')
+    with pytest.raises(FileExistsError, match="not replaced, even with"):
+        run_adapters(folders, mine, overwrite=True, progress=False)
+
+    only_report = tmp_path / "only_report"
+    run_adapters(folders, only_report, progress=False)
+    for client in folders:
+        shutil.rmtree(only_report / client.name)
+    with pytest.raises(FileExistsError, match="pass overwrite=True"):
+        run_adapters(folders, only_report, progress=False)
+    run_adapters(folders, only_report, overwrite=True, progress=False)
+    assert sorted(p.name for p in only_report.iterdir()) == sorted(
+        ["clair_report.json", *(f.name for f in folders)]
+    )
+
+    copy = tmp_path / "reports" / "r.json"
+    run_adapters(folders, tmp_path / "o2", report=copy, progress=False)
+    assert copy.read_text() == (tmp_path / "o2" / "clair_report.json").read_text()
+    with pytest.raises(FileExistsError, match="already exists"):
+        run_adapters(folders, tmp_path / "o3", report=copy, progress=False)
+    run_adapters(folders, tmp_path / "o3", report=copy, overwrite=True, progress=False)
+    assert json.loads(copy.read_text())["clients"][0]["output"] == str(
+        tmp_path / "o3" / "client0"
+    )
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2]")
+    with pytest.raises(FileExistsError, match="is not a clair adapters report"):
+        run_adapters(folders, tmp_path / "o4", report=other, overwrite=True)
+    assert other.read_text() == "[1, 2]"
+    with pytest.raises(ValueError, match="lies inside out"):
+        run_adapters(folders, tmp_path / "o4", report=tmp_path / "o4" / "r.json")
+    assert not (tmp_path / "o4").exists()
+    assert _leftovers(tmp_path) == []
+    assert _leftovers(tmp_path / "reports") == []
+    monkeypatch.chdir(tmp_path / "o3")  # replacing it would delete the shell's folder
+    with pytest.raises(ValueError, match="is or contains the current folder"):
+        run_adapters(folders, ".", overwrite=True, progress=False)
+    assert (tmp_path / "o3" / "clair_report.json").exists()
+
+
+@pytest.mark.parametrize("which", ["--out", "--json"])
+def test_an_unwritable_output_fails_at_once_in_one_line(
+    tmp_path, monkeypatch, capsys, which
+):
+    """A path below a file (and, for a user without root, a read-only folder)
+    fails before the analysis, with one line naming the path: exit code 1."""
+    import clair_stats.lora.cli as cli
+
+    folders = [str(f) for f in _small(tmp_path / "in")]
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the analysis started")
+
+    monkeypatch.setattr(cli, "analyse_adapters", never)
+    places = {"--out": str(tmp_path / "out"), "--json": None}
+    places[which] = str(blocker / "sub" / "x")
+    argv = ["adapters", *folders, "--out", places["--out"], "--no-progress"]
+    if places["--json"] is not None:
+        argv += ["--json", places["--json"]]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{blocker} is a file, not a folder" in err
+    assert f"choose another {which}" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() == 0,
+    reason="root writes into read-only folders",
+)
+def test_a_read_only_parent_fails_at_once_in_one_line(tmp_path, capsys):
+    folders = [str(f) for f in _small(tmp_path / "in")]
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        code = main(
+            ["adapters", *folders, "--out", str(locked / "out"), "--no-progress"]
+        )
+    finally:
+        locked.chmod(0o700)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "Permission denied" in err
+    assert str(locked) in err
+
+
+def test_command_line_messages_name_command_line_options(tmp_path, capsys):
+    """Under clair adapters the advice names --max-iter, --tol and --rank, which
+    the command has, and never the Python arguments; the solver options reach
+    the solver and the report; bad values are refused by the option itself."""
+    folders = [str(f) for f in _small(tmp_path / "in")]
+    out = tmp_path / "out"
+    argv = ["adapters", *folders, "--out", str(out), "--no-progress"]
+    assert main([*argv, "--max-iter", "2", "--tol", "1e-9"]) == 0
+    err = capsys.readouterr().err
+    assert "clair adapters: warning: step 1 did not converge" in err
+    assert "raise --max-iter or --tol." in err
+    assert "max_iter" not in err
+    report = json.loads((out / "clair_report.json").read_text())
+    assert report["settings"]["solver_options"] == {"max_iter": 2, "tol": 1e-9}
+    assert all(m["solver"]["iterations"] <= 2 for m in report["modules"])
+
+    with pytest.raises(SystemExit):
+        main([*argv, "--overwrite", "--rank", "16"])
+    err = capsys.readouterr().err
+    assert "choose --rank below 16." in err
+    assert "rank <" not in err
+    assert "side=" not in err
+    for option, value, message in [
+        ("--tol", "-1", "argument --tol: must be finite and > 0"),
+        ("--max-iter", "0", "argument --max-iter: must be >= 1"),
+        ("--alpha", "1.5", "argument --alpha: must be in (0, 1)"),
+        ("--lam", "nan", "argument --lam: must be finite and > 0"),
+    ]:
+        with pytest.raises(SystemExit) as info:
+            main([*argv, option, value])
+        assert info.value.code == 2
+        assert message in capsys.readouterr().err
