@@ -701,3 +701,19 @@ def test_command_line_messages_name_command_line_options(tmp_path, capsys):
             main([*argv, option, value])
         assert info.value.code == 2
         assert message in capsys.readouterr().err
+
+
+def test_an_overflowing_dtype_is_named_without_python_arguments(tmp_path, capsys):
+    """Factors beyond float16's range (scaling 2.5e5): the command says to write
+    in float32 and names no Python argument; nothing is written."""
+    fed = synthetic_federation(4, rank=R, lora_alpha=1e6, seed=0)
+    folders = [str(f) for f in fed.write(tmp_path / "in")]
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as info:
+        main(["adapters", *folders, "--out", str(out), "--dtype", "float16"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "overflow float16; write them in float32." in err
+    assert "dtype=" not in err
+    assert not out.exists()
+    assert _leftovers(tmp_path) == []

@@ -495,8 +495,7 @@ def write_adapter(
             b_out, a_out = b.astype(target), a.astype(target)
         if not (np.isfinite(b_out).all() and np.isfinite(a_out).all()):
             raise ValueError(
-                f"module {name!r}: the factors overflow {dtype}; write with "
-                "dtype='float32'."
+                f"module {name!r}: the factors overflow {dtype}; write them in float32."
             )
         tensors[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(a_out)
         tensors[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(b_out)
