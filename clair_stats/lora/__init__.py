@@ -18,8 +18,8 @@ here import :mod:`clair_stats.pipeline`, :mod:`clair_stats.solvers` and
 ``lora`` extra).
 """
 
-from clair_stats.lora.adapters import analyse_adapters, fit_module
-from clair_stats.lora.cli import run_adapters
+from clair_stats.lora.adapters import analyse_adapters, fit_module, zero_updates
+from clair_stats.lora.cli import OutputError, run_adapters
 from clair_stats.lora.peft import (
     Adapter,
     AdapterSet,
@@ -41,6 +41,7 @@ __all__ = [
     "LoraModule",
     "ModuleReport",
     "ModuleSpec",
+    "OutputError",
     "analyse_adapters",
     "client_verdict",
     "fit_module",
@@ -49,4 +50,5 @@ __all__ = [
     "run_adapters",
     "write_adapter",
     "write_refined",
+    "zero_updates",
 ]
