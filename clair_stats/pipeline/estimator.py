@@ -339,21 +339,6 @@ def clair(
     collaborative, test_result, detect_used, rules = _detect(
         fit, work, given, detect, test, alpha, correction, support_tol
     )
-    if rank is None and fit.mode == "penalized" and detect_used == "test":
-        # the rank of the clients the test keeps (a direction that only
-        # flagged clients share is not a shared direction); then test again
-        shared = fit.shared_rank(collaborative, given)
-        fit.rules["rank"] = (
-            f"None -> {shared} (singular values of the collaborative clients' "
-            f"updates above the optimal threshold for the noise level; "
-            f"provisional {fit.rank}: numerical rank of L^)"
-        )
-        if shared != fit.rank:
-            fit = fit.with_rank(shared)
-            collaborative, test_result, _, more = _detect(
-                fit, work, given, detect_used, test, alpha, correction, support_tol
-            )
-            rules.update(more)
     if test_result is not None:
         _check_given_noise(fit, given, test_result)
     _check_majority(collaborative, detect_used, fit, test_result)
@@ -454,10 +439,15 @@ class _Fit:
                 rules["mu"] = f"noise operator norm of {given.source}: {mu:.5g}"
             fit = cls._at(work, solve(mode=mode, mu=mu), mode, mu, rank, threshold)
             fit.rules = {**rules, **fit.rules}
+            if rank is None and mode == "penalized":
+                sd = given.sd if given.sd is not None else fit.median_sd()
+                fit = fit.shared(np.broadcast_to(sd, (n_clients,)))
             return fit
         # no noise level given: a pilot P0 (which needs none) tells noiseless
         # data from noisy data and gives the subspace of the first estimate
         pilot = cls._at(work, solve(mode="exact"), "exact", None, rank, threshold)
+        if rank is None:
+            pilot = pilot.with_rank(pilot.pilot_rank())
         if pilot.rho <= threshold:
             if mode == "penalized":
                 raise ValueError(
@@ -487,6 +477,8 @@ class _Fit:
             if abs(new / sd - 1.0) <= NOISE_RTOL:
                 break
             sd = new
+        if rank is None:
+            fit = fit.shared(np.full(n_clients, fit.median_sd()))
         fit.rules = {
             "mode": "auto -> penalized (P1: noisy data; noise level estimated)",
             "mu": (
@@ -541,37 +533,90 @@ class _Fit:
             dict(self.rules),
         )
 
-    def shared_rank(self, collaborative: np.ndarray, given: GivenNoise) -> int:
-        """Singular values of the collaborative clients' stack above the threshold.
+    def pilot_rank(self) -> int:
+        """The rank of the noise estimate on P0's L^, which needs no noise level.
 
-        Gavish-Donoho's optimal hard threshold
-        (:func:`clair_stats.pipeline.noise.optimal_threshold`) for the p x |S^| q
-        stack of Theta^_k - c^, k in S^, with the noise level given or estimated;
-        at most the provisional rank (L^ has no more directions). Warns when no
-        direction clears it.
+        The smallest r < p whose median-rule sigma^(r) (at the top-r directions
+        of L^) leaves at most r singular values of L^ above the optimal
+        threshold for sigma^(r) (:func:`clair_stats.pipeline.noise.optimal_threshold`
+        on the p x Kq matrix). sigma^(r) falls as r grows (the directions taken
+        out carry signal or noise), so the count above the threshold rises: the
+        first r where it does not exceed r is the number of directions that
+        stand out of the noise that r implies. On noisy data P0 may put the
+        noise in L^ (numerical rank p for small p and K), so that rank is no
+        guide; on noiseless data sigma^(r) ~ 0 from the true rank on.
         """
-        _, p, q = self.work.shape
-        kept = np.flatnonzero(collaborative)
-        if kept.size == 0 or self.rank == 0:
-            return self.rank
-        if given.sd is not None:
-            sd = float(np.sqrt(np.mean(given.sd[kept] ** 2))) / self.unit
-        else:
-            sd = self.median_sd() / self.unit
-        sv = self.work.singular_values(self.decomposition, kept, self.unit)
-        cut = optimal_threshold((p, kept.size * q), sd)
-        shared = min(int(np.sum(sv > cut)), self.rank)
-        if shared == 0:
+        n_clients, p, q = self.work.shape
+        _, sv = estimate_subspace(self.decomposition, rank=None, tol=RANK_TOL)
+        numerical = int(np.sum(sv > RANK_TOL * self.decomposition.data_norm))
+        top = min(numerical, p - 1)
+        if top == 0:
+            return 0
+        basis, _ = estimate_subspace(self.decomposition, rank=top)
+        for r in range(top + 1):
+            energy = self.work.energies(self.decomposition, basis[:, :r], self.unit)
+            sd = np.sqrt(median_rule(energy, (p - r) * q)) * self.unit
+            cut = optimal_threshold((p, n_clients * q), sd)
+            if int(np.sum(sv > cut)) <= r:
+                return r
+        return top
+
+    def shared(self, sd: np.ndarray) -> _Fit:
+        r"""A^ = the directions of L^ that the median client carries above the noise.
+
+        For each left singular vector u_i of L^ (its numerical rank), the energy
+        of each client along it, e_ik = ||u_i^T (Theta^_k - c^)||^2, against its
+        noise sigma_k^2 q: the direction is shared when
+
+        .. math:: \operatorname{med}_k \frac{e_{ik}}{\sigma_k^2 q} > 2\kappa,
+                  \qquad \kappa = \bigl(1 + \sqrt{p / (Kq)}\bigr)^2 .
+
+        Along a fixed direction pure noise gives e_ik / (sigma_k^2 q) ~ chi^2_q / q
+        (median at most 1); the top singular directions of noise carry up to
+        kappa times that (the Marchenko-Pastur edge over the mean), so 2 kappa
+        leaves a factor 2 for the fluctuation of the median. A direction that
+        only a minority of clients carries (a group of contaminated clients,
+        one client's own directions) has the median client at the noise level
+        whatever its singular value: the median has breakdown point 1/2.
+        """
+        n_clients, p, q = self.work.shape
+        if self.rank == 0:
+            return self
+        energy = self.work.direction_energies(
+            self.decomposition, self.subspace, self.unit
+        )
+        scaled_sd = np.asarray(sd, dtype=float) / self.unit
+        ratio = np.median(energy / (scaled_sd[:, None] ** 2 * q), axis=0)
+        kappa = (1.0 + np.sqrt(p / (n_clients * q))) ** 2
+        keep = ratio > 2.0 * kappa
+        fit = _Fit(
+            self.work,
+            self.decomposition,
+            self.mode,
+            self.mu,
+            self.subspace[:, keep],
+            self.unit,
+            self.threshold,
+            dict(self.rules),
+        )
+        fit.rules["rank"] = (
+            f"None -> {int(keep.sum())} (directions of L^ whose median client "
+            f"carries more than 2 kappa = {2 * kappa:.3g} times its noise; "
+            f"{self.rank} directions of L^, median ratios "
+            f"{', '.join(f'{x:.3g}' for x in ratio)})"
+        )
+        if not keep.any():
             _warn(
-                f"no direction of the collaborative clients' updates stands out of "
-                f"the noise (largest singular value {sv[0] * self.unit:.4g}, "
-                f"threshold {cut * self.unit:.4g}), so no subspace is shared and "
-                "the refinement averages the collaborative clients. Either the "
-                "signal is weak (pass rank=r to keep the top r directions anyway), "
-                "or more than half of the clients are contaminated, which inflates "
-                "the estimated noise level (CLAIR assumes a benign majority)."
+                "no direction of L^ is carried by the median client above the "
+                f"noise (median energy over noise, per direction: "
+                f"{', '.join(f'{x:.3g}' for x in ratio)}; threshold "
+                f"{2 * kappa:.3g}), so no subspace is shared and the refinement "
+                "averages the collaborative clients. Either the signal is weak "
+                "(pass rank=r to keep the top r directions anyway), or more than "
+                "half of the clients are contaminated, which inflates the "
+                "estimated noise level (CLAIR assumes a benign majority)."
             )
-        return shared
+        return fit
 
     @functools.cached_property
     def energies(self) -> np.ndarray:

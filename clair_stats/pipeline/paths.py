@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from clair_stats.core.linalg import off_subspace_energy, stack
+from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.results import (
     Decomposition,
@@ -61,13 +61,13 @@ class Updates(Protocol):
         underflow: the energies of updates of order 1e300 or 1e-300.
         """
 
-    def singular_values(
+    def direction_energies(
         self,
         decomposition: Decomposition | FactoredDecomposition,
-        clients: np.ndarray,
+        basis: np.ndarray,
         scale: float = 1.0,
     ) -> np.ndarray:
-        """Singular values of [Theta^_k - c^ : k in clients] / scale, decreasing."""
+        """||u_i^T (Theta^_k - c^) / scale||^2 per client k and column u_i, (K, r)."""
 
     def refine(
         self,
@@ -111,13 +111,13 @@ class DenseUpdates:
             self.data / scale, subspace, None if center is None else center / scale
         )
 
-    def singular_values(
-        self, decomposition: Decomposition, clients: np.ndarray, scale: float = 1.0
+    def direction_energies(
+        self, decomposition: Decomposition, basis: np.ndarray, scale: float = 1.0
     ) -> np.ndarray:
-        blocks = self.data[clients] / scale
+        blocks = self.data / scale
         if decomposition.center is not None:
             blocks = blocks - decomposition.center / scale
-        return np.linalg.svd(stack(blocks), compute_uv=False)
+        return np.sum(np.einsum("pr,kpq->krq", basis, blocks) ** 2, axis=2)
 
     def refine(
         self,
@@ -166,18 +166,19 @@ class FactoredUpdates:
             None if center is None else center / scale,
         )
 
-    def singular_values(
+    def direction_energies(
         self,
         decomposition: FactoredDecomposition,
-        clients: np.ndarray,
+        basis: np.ndarray,
         scale: float = 1.0,
     ) -> np.ndarray:
-        # Q and W_k are isometries: the singular values of the core blocks
-        blocks = decomposition.core_data[clients] / scale
+        # u_i = Q u_ci lies in span(Q) and W_k is an isometry: the core's energies
+        blocks = decomposition.core_data / scale
         center = decomposition.core.center
         if center is not None:
             blocks = blocks - center / scale
-        return np.linalg.svd(stack(blocks), compute_uv=False)
+        core_basis = decomposition.basis.T @ basis
+        return np.sum(np.einsum("Rr,kRm->krm", core_basis, blocks) ** 2, axis=2)
 
     def refine(
         self,
