@@ -122,7 +122,14 @@ pivot = worst.pivot(index="method", columns="gamma", values="change")
 pivot = pivot.loc[[m for m in script.METHODS if m in pivot.index]]
 print("worst-case relative change against local (rows: methods, columns: gamma)")
 print(pivot.map(lambda x: f"{x:+.0%}").to_string())
-for method in ("svd_refine", "clair_test", "clair_test_median", "oracle_clair"):
+for method in (
+    "svd_refine",
+    "clair",
+    "clair_test",
+    "clair_exact",
+    "clair_test_median",
+    "oracle_clair",
+):
     row = pivot.loc[method]
     not_below = [g for g in pivot.columns if row[g] >= 0]
     if not not_below:
@@ -144,10 +151,12 @@ for method in ("svd_refine", "clair_test", "clair_test_median", "oracle_clair"):
 # %% [markdown]
 # ## What the CLAIR variants detect
 #
-# ``clair`` is `clair(updates, rank=r)` with its defaults: P0 and
-# ``detect="support"``. ``clair_test`` is P1 with the chi-square test and each
-# client's own estimate of its noise sd; ``clair_test_median`` is P0 with the
-# test and the median rule for the noise variance.
+# ``clair`` is `clair(updates)` with every default: the noise level estimated,
+# P1, the rank by the rule of docs/pipeline.md §3.2 and the empirical-null
+# test. ``clair_test`` is P1 with the iid chi-square test and each client's own
+# estimate of its noise sd; ``clair_exact`` the exact test of the fits' error
+# covariance (``noise_cov``, ``noise_df``); ``clair_test_median`` the iid
+# chi-square test with the median rule for the noise variance.
 
 # %%
 clair_rows = frame[frame["method"].isin(script.CLAIR_METHODS)]
@@ -166,18 +175,20 @@ display(detection.round(2))
 default = clair_rows[clair_rows["method"] == "clair"]
 share = (default["n_flagged"] / script.SCENARIO["K"]).mean()
 same = (default["benign_error"] == default["local_error"]).mean()
+warned = clair_rows.groupby("method")["warned"].mean()
 print(
     f"default clair: flags {share:.0%} of the clients on average; its benign "
     f"error equals local's in {same:.0%} of the replicates"
 )
+print("share of replicates with an AssumptionWarning, per CLAIR variant:")
+print(warned.map(lambda x: f"{x:.0%}").to_string())
 
 # %% [markdown]
-# **Reading.** On noisy updates the exact program P0 must explain the noise
-# too: with support detection, every block with a nonzero S^_k is flagged, and a
-# flagged client keeps its local estimate. The printed share of flagged clients
-# says how much of the federation the default leaves unrefined; with the
-# chi-square test (and P1 when the clients report their noise level) the
-# benign clients are kept and refined. A low recall is harmless where the
+# **Reading.** The printed share of flagged clients says how much of the
+# federation the default leaves unrefined (before the defaults became safe, P0
+# with support detection flagged every client of these noisy federations), and
+# the share of warnings how often a variant said that the data contradict its
+# assumptions. A low recall is harmless where the
 # missed clients lie in span(A): ``in_subspace`` and, since the benign clients
 # have no heterogeneity off span(A) here, ``scaled`` and ``sign_flip`` too
 # (delta_k = 0); the refinement only averages the part off span(A), so the

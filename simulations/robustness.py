@@ -33,14 +33,17 @@ since the refinement only averages the part of the updates off span(A).
   (an oracle advantage; multi-Krum averages the K - f best-scored clients);
 * ``svd_refine``: plain SVD subspace of rank r + the CLAIR refinement, no
   robustness;
-* ``clair``: :func:`clair_stats.clair` with its defaults and the true rank,
-  ``clair(updates, rank=r)``: P0 with lam = 4 / sqrt(K) and ``detect="support"``;
-* ``clair_test``: ``clair(updates, rank=r, detect="test", sigma=local_sd)``: P1
-  with mu = max_k sigma_k (sqrt(p) + sqrt(Kq)) and the chi-square test (Holm,
-  alpha = 0.05), sigma_k the per-entry sd each client estimates from its own
+* ``clair``: :func:`clair_stats.clair` with every default, ``clair(updates)``:
+  the noise level estimated, P1 with mu at the noise operator norm, the rank by
+  the rule of docs/pipeline.md §3.2 and the empirical-null test (Holm, alpha =
+  0.05);
+* ``clair_test``: ``clair(updates, rank=r, sigma=local_sd)``: P1 and the iid
+  chi-square test, sigma_k the per-entry sd each client estimates from its own
   residuals (``RegressionSample.local_sd``);
-* ``clair_test_median``: ``clair(updates, rank=r, detect="test")``: P0 and the
-  test with sigma estimated by the median rule (no client reports sigma);
+* ``clair_exact``: ``clair(updates, rank=r, noise_cov=..., noise_df=...)``: P1
+  and the exact weighted chi-square ratio test of the fits' error covariance;
+* ``clair_test_median``: ``clair(updates, rank=r, test="chi2")``: P1 with the
+  noise level estimated and the iid chi-square test with the median rule;
 * ``oracle_clair``: the refinement with the true A and S.
 
 **Grid.** Full: every contamination type x gamma in {0, 0.05, ..., 0.45} (70
@@ -94,7 +97,7 @@ import numpy as np
 import pandas as pd
 
 from clair_stats import CONTAMINATION_TYPES, FederatedModel, clair
-from clair_stats.core.exceptions import ConvergenceWarning
+from clair_stats.core.exceptions import AssumptionWarning, ConvergenceWarning
 from clair_stats.evaluation import baselines
 from clair_stats.evaluation.metrics import (
     client_errors,
@@ -115,11 +118,17 @@ METHODS: tuple[str, ...] = (
     "svd_refine",
     "clair",
     "clair_test",
+    "clair_exact",
     "clair_test_median",
     "oracle_clair",
 )
 #: CLAIR variants (rows with detection and subspace metrics).
-CLAIR_METHODS: tuple[str, ...] = ("clair", "clair_test", "clair_test_median")
+CLAIR_METHODS: tuple[str, ...] = (
+    "clair",
+    "clair_test",
+    "clair_exact",
+    "clair_test_median",
+)
 #: The fixed scenario (part of every configuration, so of every seed).
 SCENARIO: dict[str, Any] = {"p": 30, "q": 5, "r": 3, "K": 40, "n": 200, "sigma": 1.0}
 FULL_GAMMAS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(10))
@@ -143,9 +152,12 @@ def _estimates(
         "krum": lambda: baselines.krum(U, f),
         "multi_krum": lambda: baselines.multi_krum(U, f),
         "svd_refine": lambda: baselines.svd_refine(U, r),
-        "clair": lambda: clair(U, rank=r),
-        "clair_test": lambda: clair(U, rank=r, detect="test", sigma=sample.local_sd),
-        "clair_test_median": lambda: clair(U, rank=r, detect="test"),
+        "clair": lambda: clair(U),
+        "clair_test": lambda: clair(U, rank=r, sigma=sample.local_sd),
+        "clair_exact": lambda: clair(
+            U, rank=r, noise_cov=sample.noise_cov, noise_df=sample.noise_df
+        ),
+        "clair_test_median": lambda: clair(U, rank=r, test="chi2"),
         "oracle_clair": lambda: baselines.oracle_clair(
             U, sample.subspace, sample.benign
         ),
@@ -158,10 +170,11 @@ def _estimates(
             value = builders[name]()
         seconds = time.perf_counter() - start
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+        warned = any(issubclass(w.category, AssumptionWarning) for w in caught)
         if name in CLAIR_METHODS:
-            out[name] = (value.refined, value, seconds, converged)
+            out[name] = (value.refined, value, seconds, converged, warned)
         else:
-            out[name] = (value, None, seconds, converged)
+            out[name] = (value, None, seconds, converged, warned)
     return out
 
 
@@ -185,7 +198,8 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
         k in S of ||Theta~_k - Theta_k||_F^2), ``local_error`` (``benign_error``
         of local fitting), ``relative_change`` ((benign_error - local_error) /
         local_error), ``n_contaminated``, ``method_seconds``, ``converged``
-        (False when the method warned of non-convergence), and for the CLAIR
+        (False when the method warned of non-convergence), ``warned`` (it
+        issued an AssumptionWarning), and for the CLAIR
         variants ``n_flagged``, ``precision``, ``recall`` and
         ``subspace_error`` (||P_A^ - P_A||_F); None for the other methods.
     """
@@ -210,7 +224,7 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     local_error = float(client_errors(results["local"][0], sample.truth)[benign].mean())
     rows = []
     for name in METHODS:
-        estimates, fit, seconds, converged = results[name]
+        estimates, fit, seconds, converged, warned = results[name]
         errors = client_errors(estimates, sample.truth)[benign]
         error = float(errors.mean())
         row: dict[str, Any] = {
@@ -222,6 +236,7 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
             "n_contaminated": f,
             "method_seconds": seconds,
             "converged": converged,
+            "warned": warned,
             "n_flagged": None,
             "precision": None,
             "recall": None,
@@ -280,7 +295,7 @@ def build(args: argparse.Namespace) -> Study:
         gamma=gammas,
     )
     return Study(
-        name="robustness", run=run, configs=configs, replicates=replicates, version="1"
+        name="robustness", run=run, configs=configs, replicates=replicates, version="2"
     )
 
 
@@ -367,7 +382,7 @@ def _style() -> dict[str, dict[str, Any]]:
     for i, name in enumerate(METHODS):
         out[name] = {
             "color": colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
-            "marker": "os^v<>Dphx*P"[i],
+            "marker": "os^v<>DphxX*P"[i],
             "ls": "-" if name in (*CLAIR_METHODS, "oracle_clair", "local") else "--",
             "lw": 2.0 if name in (*CLAIR_METHODS, "oracle_clair") else 1.2,
             "alpha": 1.0,
@@ -377,6 +392,7 @@ def _style() -> dict[str, dict[str, Any]]:
     out["local"].update(color="k", lw=4.0, alpha=0.35)
     out["clair"].update(color="tab:red", ls="--")
     out["clair_test"].update(color="tab:blue")
+    out["clair_exact"].update(color="tab:purple")
     out["clair_test_median"].update(color="tab:cyan")
     out["oracle_clair"].update(color="tab:green", ls=":")
     return out

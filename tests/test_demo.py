@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import numpy as np
 import pytest
@@ -22,9 +23,14 @@ def test_demo_runs_every_method_and_writes_the_figure(tmp_path, capsys):
     reports = run_demo(_args(tmp_path, "--clients", "20", "--p", "12", "--q", "3"))
     names = [r.name for r in reports]
     assert names[0] == "local"
-    assert {"fedavg", "krum", "plain SVD + refine", "CLAIR", "oracle CLAIR"} <= set(
-        names
-    )
+    assert {
+        "fedavg",
+        "krum",
+        "plain SVD + refine",
+        "CLAIR",
+        "CLAIR, noise_cov",
+        "oracle CLAIR",
+    } <= set(names)
     png = (tmp_path / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
@@ -33,7 +39,8 @@ def test_demo_runs_every_method_and_writes_the_figure(tmp_path, capsys):
 
 
 def test_standard_scenario_clair_beats_local_and_fedavg_by_the_t4_margin():
-    """Regression scenario (K = 40, 20% contaminated, two types): CLAIR keeps at
+    """Regression scenario (K = 40, 20% contaminated, two types): CLAIR (with its
+    defaults, and with the fits' noise_cov) keeps at
     least half of the oracle gain G = (p - r) q tau^2 (1 - 1/|S|) of T4 (docs/claims.md
     §4.5).
 
@@ -51,9 +58,14 @@ def test_standard_scenario_clair_beats_local_and_fedavg_by_the_t4_margin():
         contamination=0.2,
         contamination_type=("random", "subspace"),
     )
-    for seed in range(3):
+    for seed, call in itertools.product(range(3), ("defaults", "noise_cov")):
         sample = model.sample_regression(n=200, sigma=1.0, seed=seed)
-        result = clair(sample.updates, rank=3, detect="test", sigma=sample.local_sd)
+        if call == "defaults":
+            result = clair(sample.updates)
+        else:
+            result = clair(
+                sample.updates, noise_cov=sample.noise_cov, noise_df=sample.noise_df
+            )
         benign = sample.benign
 
         def mse(estimates, benign=benign, sample=sample):

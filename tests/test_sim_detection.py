@@ -14,6 +14,8 @@ import scipy.stats
 
 import simulations.detection as study
 from clair_stats import FederatedModel, chi_square_test, clair
+from clair_stats.core.linalg import off_subspace_energy
+from clair_stats.pipeline.detection import empirical_energy_test
 from clair_stats.pipeline.multitest import reject
 from clair_stats.theory.t3 import (
     margin_for_ratio,
@@ -23,6 +25,7 @@ from clair_stats.theory.t3 import (
 )
 
 KEYS = {
+    "test",
     "subspace",
     "n",
     "delta",
@@ -79,8 +82,21 @@ def rows():
     return study.run(CONFIG, seed=5)
 
 
+ORDER = [
+    ("exact", "estimated"),
+    ("chi2", "estimated"),
+    ("empirical", "estimated"),
+    ("exact", "true"),
+    ("chi2", "true"),
+]
+
+
+def _row(rows, test, subspace):
+    return rows[ORDER.index((test, subspace))]
+
+
 def test_run_rows_have_documented_finite_values(rows):
-    assert [r["subspace"] for r in rows] == ["estimated", "true"]
+    assert [(r["test"], r["subspace"]) for r in rows] == ORDER
     for row in rows:
         assert set(row) == KEYS
         assert row["n"] == 40
@@ -91,7 +107,8 @@ def test_run_rows_have_documented_finite_values(rows):
         for key in ("delta", "subspace_error", "power", "fdp"):
             assert np.isfinite(row[key]), key
         assert int(np.sum(row["contaminated"])) == study.N_BAD
-    assert rows[1]["subspace_error"] == pytest.approx(0.0, abs=1e-12)
+    for row in rows[3:]:
+        assert row["subspace_error"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_run_rows_are_consistent_with_the_fits(rows):
@@ -111,13 +128,30 @@ def test_run_rows_are_consistent_with_the_fits(rows):
     sample = model.sample_regression(n, sigma=study.SIGMA, seed=5)
     bad = sample.contaminated
     np.testing.assert_allclose(sample.margin[bad], delta, rtol=1e-12)
-    result = clair(sample.updates, rank=study.R, detect="test", sigma=sample.local_sd)
-    known = chi_square_test(sample.updates, sample.subspace, sigma=sample.local_sd)
-    np.testing.assert_allclose(rows[0]["p_values"], result.p_values, rtol=1e-12)
-    np.testing.assert_allclose(rows[1]["p_values"], known.p_values, rtol=1e-12)
-    # clair's own Holm decision (statsmodels) is the stored one at alpha = 0.05
+    cov, nu = sample.noise_cov, sample.noise_df
+    result = clair(sample.updates, rank=study.R, noise_cov=cov, noise_df=nu)
+    a_hat, a = result.subspace, sample.subspace
+    expected = {
+        ("exact", "estimated"): result.p_values,
+        ("chi2", "estimated"): chi_square_test(
+            sample.updates, a_hat, sigma=sample.local_sd
+        ).p_values,
+        ("empirical", "estimated"): empirical_energy_test(
+            off_subspace_energy(sample.updates, a_hat)
+        ).p_values,
+        ("exact", "true"): chi_square_test(
+            sample.updates, a, noise_cov=cov, noise_df=nu
+        ).p_values,
+        ("chi2", "true"): chi_square_test(
+            sample.updates, a, sigma=sample.local_sd
+        ).p_values,
+    }
+    for key, p_values in expected.items():
+        np.testing.assert_allclose(_row(rows, *key)["p_values"], p_values, rtol=1e-12)
+    # clair's own Holm decision is the stored one at alpha = 0.05
     np.testing.assert_array_equal(
-        ~result.collaborative, np.asarray(rows[0]["holm"]) <= study.ALPHA
+        ~result.collaborative,
+        np.asarray(_row(rows, "exact", "estimated")["holm"]) <= study.ALPHA,
     )
     for row in rows:
         flagged = np.asarray(row["holm"]) <= study.ALPHA
@@ -144,8 +178,8 @@ def test_well_separated_clients_are_all_flagged():
     miss = 1 - predicted_power(4.0, 10, study.Q, study.R, 80, study.K, 0.05, True)
     assert miss < 1e-12
     for seed in range(5):
-        estimated = study.run(config, seed)[0]
-        assert estimated["power"] == 1.0, seed
+        chi2 = _row(study.run(config, seed), "chi2", "estimated")
+        assert chi2["power"] == 1.0, seed
 
 
 # ------------------------------------------------------------- summaries, report
@@ -162,7 +196,9 @@ def small_frame(grid):
 
 def test_roc_area_is_the_mann_whitney_statistic(small_frame):
     rows = small_frame[
-        (small_frame["subspace"] == "estimated") & (small_frame["ratio"] == 1.0)
+        (small_frame["subspace"] == "estimated")
+        & (small_frame["test"] == "exact")
+        & (small_frame["ratio"] == 1.0)
     ]
     fpr, tpr, auc = study.roc_curve(rows)
     p = np.array(rows["p_values"].tolist())
@@ -179,7 +215,9 @@ def test_error_rates_match_a_direct_count(small_frame):
     """The rates from the stored adjusted p-values equal a count of the decisions
     of the library's Holm and BH (tests/test_multitest.py checks them against
     statsmodels) on the raw p-values, replicate by replicate."""
-    rows = small_frame[small_frame["subspace"] == "true"]
+    rows = small_frame[
+        (small_frame["subspace"] == "true") & (small_frame["test"] == "exact")
+    ]
     alphas = np.array([0.01, 0.05, 0.2])
     rates = study.error_rates(rows, alphas)
     p_values = np.stack([np.asarray(p, dtype=float) for p in rows["p_values"]])
@@ -199,21 +237,25 @@ def test_calibrated_from_reads_the_largest_run_of_calibrated_sizes():
     table = pd.DataFrame(
         {
             "p": [10] * 4 + [20] * 2,
+            "test": ["exact"] * 6,
             "subspace": ["estimated"] * 6,
             "n_over_p": [1.5, 2.0, 4.0, 8.0, 2.0, 4.0],
             "calibrated": [True, False, True, True, False, False],
         }
     )
     start = study.calibrated_from(table)
-    assert start[(10, "estimated")] == 4.0
-    assert math.isnan(start[(20, "estimated")])
+    assert start[(10, "exact", "estimated")] == 4.0
+    assert math.isnan(start[(20, "exact", "estimated")])
 
 
 def test_summary_and_report(grid, small_frame, tmp_path):
     table = study.summary_table(small_frame)
     assert len(table) == len(grid.study.configs)
-    assert table["power"].between(0, 1).all()
+    for test in study.TESTS:
+        assert table[f"power_{test}"].between(0, 1).all()
+        assert table[f"fwer_{test}"].between(0, 1).all()
     calibration = study.calibration_table(small_frame)
+    assert set(calibration["test"]) == set(study.TESTS)
     # pooled over rho: every ratio's replicates
     ratios = {c["ratio"] for c in grid.study.configs}
     assert set(calibration["replicates"]) == {len(ratios) * grid.study.replicates}
@@ -227,7 +269,9 @@ def test_summary_and_report(grid, small_frame, tmp_path):
         "summary.csv",
     ):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert "Calibrated" in (tmp_path / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text()
+    assert "Calibrated" in text
+    assert "target [0.03, 0.07]" in text
 
 
 def test_quick_grid_is_a_subset_of_the_full_grid():

@@ -27,6 +27,7 @@ KEYS = {
     "n_contaminated",
     "method_seconds",
     "converged",
+    "warned",
     "n_flagged",
     "precision",
     "recall",

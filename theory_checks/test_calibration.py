@@ -136,3 +136,102 @@ def test_energy_p_values_are_uniform_under_the_null_model():
     for level, rate in zip(levels, rates, strict=True):
         sd = np.sqrt(level * (1 - level) / n)
         assert abs(rate - level) <= 4 * sd, level
+
+
+def _regression_p_values(
+    n_over_p: float, replicates: int, subspace: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """p-values of the exact test (``noise_cov``, ``noise_df``) on OLS fits.
+
+    p = 10, q = 2, r = 2, K = 20, every client benign, n = n_over_p * p samples.
+    ``subspace="true"``: the test at the true A
+    (:func:`clair_stats.chi_square_test`); ``"estimated"``: clair's own A^ and
+    Holm decision. Returns the (R, K) p-values, clair's flags (or Holm's on the
+    true-A p-values) and the benign masks.
+    """
+    from clair_stats import chi_square_test
+
+    model = FederatedModel(p=10, q=2, rank=2, n_clients=20, contamination=0.0)
+    n = int(round(n_over_p * model.p))
+    p_values = np.empty((replicates, model.n_clients))
+    flagged = np.empty((replicates, model.n_clients), dtype=bool)
+    with monte_carlo_runtime():
+        for seed in range(replicates):
+            s = model.sample_regression(n, sigma=1.0, seed=seed)
+            if subspace == "true":
+                test = chi_square_test(
+                    s.updates, s.subspace, noise_cov=s.noise_cov, noise_df=s.noise_df
+                )
+                p_values[seed], flagged[seed] = test.p_values, test.rejected
+            else:
+                result = clair(
+                    s.updates, rank=2, noise_cov=s.noise_cov, noise_df=s.noise_df
+                )
+                p_values[seed], flagged[seed] = result.p_values, ~result.collaborative
+    return p_values, flagged, np.ones_like(flagged)
+
+
+def test_exact_test_p_values_are_uniform_at_small_n_over_p():
+    """Property: with the true A, the p-value of the weighted chi-square ratio law
+    (docs/pipeline.md §3.3.4) of an OLS fit with n / p = 1.5 is exactly uniform:
+    P(p_k <= a) = a at every level a. (The iid chi-square law gave a benign
+    client 19 times the nominal rate at Holm's first cut there.)
+
+    One client's p-value per replicate (client 0), so the indicators are iid
+    Bernoulli(a): over n = 1500 replicates (15000 in full mode) the rate has sd
+    sqrt(a (1 - a) / n) (0.0056 at a = 0.05), and a 4 sd band, two-sided, bounds
+    a false failure at 6e-5 per level. The quadrature error of the law (below
+    1e-10) is negligible against it.
+    """
+    replicates = 15000 if FULL else 1500
+    p_values, _, _ = _regression_p_values(1.5, replicates, "true")
+    p0 = p_values[:, 0]
+    for level in (0.01, 0.05, 0.2):
+        rate = float(np.mean(p0 <= level))
+        sd = math.sqrt(level * (1 - level) / replicates)
+        print(f"\nexact test, n/p = 1.5, P(p <= {level}) = {rate:.4f}")
+        assert abs(rate - level) <= 4 * sd, level
+
+
+def test_exact_test_holm_fwer_at_small_n_over_p_is_at_most_alpha():
+    """Property: the whole pipeline with the exact test (``clair(..., noise_cov,
+    noise_df)``, CLAIR's A^) keeps Holm's FWER at most alpha = 0.05 on OLS fits
+    with n / p = 2, where the iid chi-square test's FWER was 0.53-0.63
+    (docs/findings.md §F3).
+
+    Every client benign; one indicator "some client flagged" per replicate, sd
+    sqrt(alpha (1 - alpha) / R) at the boundary (0.0154 at R = 200, 0.0049 at
+    R = 2000); we allow alpha + 3 sd: a procedure at the level fails with
+    probability 0.0013 (normal approximation).
+    """
+    alpha, replicates = 0.05, 2000 if FULL else 200
+    p_values, flagged, _ = _regression_p_values(2.0, replicates, "estimated")
+    np.testing.assert_array_equal(reject(p_values, alpha, "holm")[0], flagged)
+    fwer = float(np.mean(flagged.any(axis=1)))
+    sd = math.sqrt(alpha * (1 - alpha) / replicates)
+    print(f"\nexact test, n/p = 2, Holm FWER {fwer:.4f} over {replicates} replicates")
+    assert fwer <= alpha + 3 * sd
+
+
+def test_default_empirical_test_holm_fwer_is_at_most_alpha():
+    """Property: ``clair(updates)`` with every default (noise level estimated,
+    empirical-null test, docs/pipeline.md §3.5) keeps Holm's FWER at most alpha =
+    0.05 when every client is benign, on direct iid noise.
+
+    p = 20, q = 2, r = 2, K = 20, tau = 0.1; the rank is given (the rule is
+    checked elsewhere) so that every replicate tests against the same model. The
+    bound is alpha + 3 sd as in the Holm check above (R = 200: 0.096).
+    """
+    alpha, replicates = 0.05, 2000 if FULL else 200
+    model = FederatedModel(p=20, q=2, rank=2, n_clients=20, contamination=0.0)
+    events = np.empty(replicates, dtype=bool)
+    with monte_carlo_runtime():
+        for seed in range(replicates):
+            sample = model.sample(noise=TAU, seed=seed)
+            result = clair(sample.updates, rank=2)
+            assert result.test.method == "empirical"
+            events[seed] = not result.collaborative.all()
+    fwer = float(events.mean())
+    sd = math.sqrt(alpha * (1 - alpha) / replicates)
+    print(f"\ndefault (empirical) test: Holm FWER {fwer:.4f} over {replicates}")
+    assert fwer <= alpha + 3 * sd
