@@ -231,7 +231,7 @@ def build(args: argparse.Namespace) -> Study:
         run=run,
         configs=configs,
         replicates=QUICK_REPLICATES if args.quick else FULL_REPLICATES,
-        version="2",
+        version="3",
     )
 
 
