@@ -783,7 +783,11 @@ def _leverage_weights(fit: _Fit, given: GivenNoise) -> np.ndarray:
     low_rank = np.asarray(fit.decomposition.low_rank) / fit.unit
     along = np.einsum("pr,kpq->krq", fit.subspace, low_rank)  # u_i^T L^_k
     energy = np.sum(along**2, axis=2)  # (K, r)
-    leverage = np.sum(energy / energy.sum(axis=0), axis=1)  # h_k
+    total = energy.sum(axis=0)
+    # a direction of A^ that L^ does not carry (a given rank above that of L^,
+    # warned of) has no leverage
+    share = np.divide(energy, total, out=np.zeros_like(energy), where=total > 0)
+    leverage = share.sum(axis=1)  # h_k
     return eig * (1.0 - leverage / q)[:, None]
 
 
