@@ -199,3 +199,19 @@ def test_a_tiny_sigma_of_one_client_flags_it_without_error():
     result = clair(sample.updates, rank=3, sigma=sigma, mu=0.1 * (30**0.5 + 150**0.5))
     assert not result.collaborative[benign]
     assert result.p_values[benign] == 0.0
+
+
+def test_the_exact_test_survives_a_low_rank_part_shorter_than_the_rank():
+    """rank=3 with L^ = 0 (mu far too large): the directions of A^ that L^ does
+    not carry have no leverage, and the exact test's p-values stay finite."""
+    sample = _readme_sample()
+    with pytest.warns(AssumptionWarning, match="L\\^ is zero"):
+        result = clair(
+            sample.updates,
+            rank=3,
+            mu=1e3,
+            noise_cov=sample.noise_cov,
+            noise_df=sample.noise_df,
+        )
+    assert np.all(np.isfinite(result.p_values))
+    assert np.all((result.p_values >= 0) & (result.p_values <= 1))
