@@ -788,7 +788,10 @@ def _leverage_weights(fit: _Fit, given: GivenNoise) -> np.ndarray:
     # warned of) has no leverage
     share = np.divide(energy, total, out=np.zeros_like(energy), where=total > 0)
     leverage = share.sum(axis=1)  # h_k
-    return eig * (1.0 - leverage / q)[:, None]
+    # first order only: a client that carries half of a direction (h_k / q >
+    # 1/2) is not corrected further
+    factor = np.maximum(1.0 - leverage / q, 0.5)
+    return eig * factor[:, None]
 
 
 def _in_units(result: ClientTest, unit: float) -> ClientTest:
