@@ -42,8 +42,9 @@ is noisy): p = 6e-4 needs z >= 10.3 at K = 10, 5.3 at K = 20 and 3.9 at K = 50
 Computing the law costs about 1 s per K (50000 x (K - 1) normals and 241 grid
 points); every later call with that K interpolates.
 
-This module will be ``clair()``'s test when no noise level is known; today it is
-used by the per-module verdict of LoRA adapters (:mod:`clair_stats.lora.verdict`).
+It is ``clair()``'s test when no noise level is known (``test="empirical"``,
+:func:`clair_stats.pipeline.detection.empirical_energy_test`) and the per-module
+score of the verdict of LoRA adapters (:mod:`clair_stats.lora.verdict`).
 It imports numpy, scipy and :mod:`clair_stats.core` only.
 """
 

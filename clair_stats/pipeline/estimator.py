@@ -7,9 +7,8 @@ result:
   median rule (:mod:`clair_stats.pipeline.noise`);
 - ``mode="auto"``: P1 with mu = the noise operator norm when the data are noisy,
   P0 when they are noiseless (the scale-free rule rho <= rho_0);
-- ``rank=None``: for P1 the number of singular values of L^ at least mu (those of
-  M - S^ - c^ 1^T at least twice the noise operator norm); for P0 the numerical
-  rank of L^;
+- ``rank=None``: for P1 the directions of L^ that the median client carries
+  above its noise (docs/pipeline.md §3.2); for P0 the numerical rank of L^;
 - ``detect="auto"``: the test on noisy data, the support of S^ on noiseless data;
 - ``test="auto"``: the weighted chi-square with ``noise_cov``, the chi-square
   with ``sigma``, else the empirical null (no noise level needed).
@@ -238,8 +237,9 @@ def clair(
         statistics are computed there with the degrees of freedom of the full
         p x q blocks, and the refined updates come back as factors.
     rank : int, optional
-        r. Default: for P1 the number of singular values of L^ at least mu;
-        for P0 the numerical rank of L^.
+        r. Default: for P1 the directions of L^ that the median client carries
+        above its noise (median_k ||u_i^T (Theta^_k - c^)||^2 / (sigma_k^2 q) >
+        2 (1 + sqrt(p / (Kq)))^2); for P0 the numerical rank of L^.
     lam : float, optional
         Default c_lam / sqrt(K) (:func:`clair_stats.default_lam`).
     mode : {"auto", "exact", "penalized"}
