@@ -89,18 +89,19 @@ def grid_values(grid, key: str) -> list:
 
 # -------------------------------------------------------------- per report
 def check_detection(grid, folder: Path, text: str, script) -> None:
+    powers = [f"{k}_{t}" for t in script.TESTS for k in ("power", "fwer")]
     table = read_table(
         folder,
         "summary.csv",
-        ["p", "n_over_p", "n", "ratio", "replicates", "power", "predicted"]
-        + ["exact", "fwer", "fdr", "auc", "fwer_true_A"],
+        ["p", "n_over_p", "n", "ratio", "replicates", "predicted", *powers]
+        + ["exact_S", "fdr", "auc"],
     )
     cells = {(c["p"], c["n_over_p"], c["ratio"]) for c in grid.study.configs}
     assert set(zip(table["p"], table["n_over_p"], table["ratio"], strict=True)) == cells
     assert len(table) == len(cells)
     assert (table["replicates"] == grid.study.replicates).all()
     assert (table["n"] == (table["n_over_p"] * table["p"]).round()).all()
-    for col in ("power", "predicted", "exact", "fwer", "fdr", "fwer_true_A"):
+    for col in ("predicted", "exact_S", "fdr", *powers):
         assert in_unit_interval(table[col]), col
     # the ROC area is a probability; at rho = 0 it is not computed
     assert in_unit_interval(table.loc[table["ratio"] > 0, "auc"])
@@ -126,16 +127,23 @@ def check_detection(grid, folder: Path, text: str, script) -> None:
         assert np.all(np.diff(fwer) >= 0), (p, m, fwer)
         # at alpha = 0.05 it is the summary's FWER pooled over rho (equal counts)
         pooled = table[(table["p"] == int(p)) & (table["n_over_p"] == float(m))]
-        assert fwer[1] == pytest.approx(pooled["fwer"].mean(), abs=5e-4)
+        assert fwer[1] == pytest.approx(pooled["fwer_exact"].mean(), abs=5e-4)
     starts = numbers(
-        r"p = {x}, (estimated|true) A: FWER\(0.05\) Wilson interval reaches 0.05 "
-        r"(?:from n/p = {x} on|at no n/p of the grid)",
+        r"p = {x}, (\w+), (estimated|true) A: FWER\(0.05\) Wilson interval reaches "
+        r"0.05 (?:from n/p = {x} on|at no n/p of the grid)",
         text,
     )
-    assert {(int(p), sub) for p, sub, _ in starts} == {
-        (p, s) for p in ps for s in ("estimated", "true")
+    assert {(int(p), t, sub) for p, t, sub, _ in starts} == {
+        (p, t, s)
+        for p in ps
+        for t in script.TESTS
+        for s in ("estimated", "true")
+        if s == "estimated" or t != "empirical"
     }
-    assert all(m == "" or float(m) in ms for _, _, m in starts)
+    assert all(m == "" or float(m) in ms for *_, m in starts)
+    cells = numbers(r"(\w+) with A\^: FWER in \[0.03, 0.07\] in {x} of {x}", text)
+    assert {c[0] for c in cells} == set(script.TESTS)
+    assert all(int(c[2]) == len(ps) * len(ms) for c in cells)
 
 
 def check_fig1_subspace_error(grid, folder: Path, text: str, script) -> None:
@@ -348,7 +356,9 @@ def check_robustness(grid, folder: Path, text: str, script) -> None:
     verdicts = numbers(r"(\w+): worst case below local (at every|for) gamma", text)
     assert {v[0] for v in verdicts} == {
         "svd_refine",
+        "clair",
         "clair_test",
+        "clair_exact",
         "clair_test_median",
         "oracle_clair",
     }
