@@ -122,14 +122,7 @@ pivot = worst.pivot(index="method", columns="gamma", values="change")
 pivot = pivot.loc[[m for m in script.METHODS if m in pivot.index]]
 print("worst-case relative change against local (rows: methods, columns: gamma)")
 print(pivot.map(lambda x: f"{x:+.0%}").to_string())
-for method in (
-    "svd_refine",
-    "clair",
-    "clair_test",
-    "clair_exact",
-    "clair_test_median",
-    "oracle_clair",
-):
+for method in ("svd_refine", *script.CLAIR_METHODS, "oracle_clair"):
     row = pivot.loc[method]
     not_below = [g for g in pivot.columns if row[g] >= 0]
     if not not_below:

@@ -356,10 +356,7 @@ def check_robustness(grid, folder: Path, text: str, script) -> None:
     verdicts = numbers(r"(\w+): worst case below local (at every|for) gamma", text)
     assert {v[0] for v in verdicts} == {
         "svd_refine",
-        "clair",
-        "clair_test",
-        "clair_exact",
-        "clair_test_median",
+        *script.CLAIR_METHODS,
         "oracle_clair",
     }
     ((share, same),) = numbers(
