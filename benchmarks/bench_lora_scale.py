@@ -122,8 +122,10 @@ def lora_instance(
 def program(scenario: str) -> dict:
     """The clair() arguments of a scenario."""
     if scenario == "shared":
-        return {}
-    return {"mode": "penalized", "mu": MU_GENERIC}
+        return {}  # the defaults: on these noiseless updates, P0 and the support
+    # the program of the stored results: P1 and the support rule (the default
+    # detect="auto" would test these noisy updates)
+    return {"mode": "penalized", "mu": MU_GENERIC, "detect": "support"}
 
 
 def rss_mb() -> float:
@@ -329,7 +331,7 @@ def header(
         f"- command: `{command_line(sys.argv if argv is None else argv)}`",
         f"- instances: `lora_instance(p, p, K, scenario)`: r_k = {RANK}, shared "
         f"rank {SHARED_RANK}, {GAMMA:.0%} contaminated, scaling {SCALING}, "
-        f"generic noise {NOISE}; shared: clair() defaults (P0, support); "
+        f"generic noise {NOISE}; shared: clair() defaults (noiseless: P0, support); "
         f"generic: P1 with mu = {MU_GENERIC}, support",
         f"- times: best of {args.repeats} runs of clair() in a child process per "
         f"case (one run when it takes over {SLOW:g} s; reduction + core solve + "
