@@ -67,7 +67,6 @@ from clair_stats.lora.report import AdaptersResult, ModuleReport, _wording
 from clair_stats.lora.verdict import ClientVerdict, client_verdict
 from clair_stats.pipeline.decompose import decompose
 from clair_stats.pipeline.empirical_null import DRAWS
-from clair_stats.pipeline.multitest import reject
 from clair_stats.pipeline.paths import as_updates
 from clair_stats.pipeline.subspace import estimate_subspace
 
@@ -378,38 +377,8 @@ def _verdict(
     draws: int,
     n_clients: int,
 ) -> ClientVerdict:
-    """The rule of :func:`clair_stats.lora.verdict.client_verdict` on the
-    (client, module) pairs that have an energy.
-
-    ``energies[m]`` is None for a module not tested, NaN for a client left out of
-    module m. With every pair present this is ``client_verdict`` itself. Otherwise
-    each module's p-values come from ``client_verdict`` on its own clients (the
-    same empirical null, same draws and seed), Holm runs over all the p-values
-    there are, a client is flagged iff one of its pairs is rejected, and its
-    p-value is its smallest adjusted p-value (NaN if it has none).
-    """
-    if all(e is not None and np.isfinite(e).all() for e in energies):
-        return client_verdict(energies, alpha, modules=modules, draws=draws)
-    shape = (len(energies), n_clients)
-    z, p = np.full(shape, np.nan), np.full(shape, np.nan)
-    for i, row in enumerate(energies):
-        if row is None:
-            continue
-        kept = np.isfinite(row)
-        one = client_verdict([row[kept]], alpha, modules=[modules[i]], draws=draws)
-        z[i, kept], p[i, kept] = one.z[0], one.module_p_values[0]
-    present = np.isfinite(p)
-    rejected = np.zeros(shape, dtype=bool)
-    adjusted = np.full(shape, np.nan)
-    if present.any():
-        rejected[present], adjusted[present] = reject(p[present], alpha, "holm")
-    combined = np.where(present, adjusted, np.inf).min(axis=0, initial=np.inf)
-    return ClientVerdict(
-        flagged=rejected.any(axis=0),
-        p_values=np.where(np.isfinite(combined), combined, np.nan),
-        z=z,
-        module_p_values=p,
-        adjusted_p_values=adjusted,
-        rejected=rejected,
-        alpha=alpha,
-    )
+    """:func:`clair_stats.lora.verdict.client_verdict` with a module not tested
+    (``None``) as a row of missing pairs (NaN); a client left out of a module is
+    NaN in its row already."""
+    rows = [np.full(n_clients, np.nan) if e is None else e for e in energies]
+    return client_verdict(rows, alpha, modules=modules, draws=draws)

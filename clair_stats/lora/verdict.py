@@ -13,7 +13,7 @@ experiment (``simulations/copying/federation.py``).
    (:func:`clair_stats.pipeline.empirical_null.energy_p_values`: robust
    leave-one-out z-score of log E_km, exact law under "benign log energies are
    iid normal within a module").
-2. Holm's procedure over all K x M p-values at level alpha
+2. Holm's procedure over all K x M p-values (those there are) at level alpha
    (:func:`clair_stats.pipeline.multitest.reject`).
 3. Client k is flagged iff at least one of its modules is rejected; its combined
    p-value is the smallest Holm-adjusted p-value over its modules (flagged iff
@@ -114,7 +114,8 @@ class ClientVerdict:
     flagged : numpy.ndarray of bool, shape (K,)
         Clients outside S^.
     p_values : numpy.ndarray, shape (K,)
-        Combined p-value: min over modules of the Holm-adjusted p_km.
+        Combined p-value: min over modules of the Holm-adjusted p_km (NaN for a
+        client with no (client, module) pair).
     z : numpy.ndarray, shape (M, K)
         Robust leave-one-out z-scores of log E_km.
     module_p_values : numpy.ndarray, shape (M, K)
@@ -179,7 +180,11 @@ def client_verdict(
     ----------
     energies : array_like, shape (M, K)
         E_km = ||P_{A^_m}^perp Theta^_km||_F^2 > 0, K >= 3 clients (the same
-        clients in the same order in every module).
+        clients in the same order in every module). NaN marks a missing pair:
+        client k left out of module m (scored among the other clients of m, its
+        p_km NaN), or a whole row of NaN for a module not tested. Holm then runs
+        over the pairs there are; a client with no pair has p-value NaN and is
+        not flagged.
     alpha : float
         Family-wise level over the K x M (client, module) pairs.
     modules : sequence of str, optional
@@ -206,19 +211,27 @@ def client_verdict(
         raise ValueError(
             f"modules names {len(modules)} modules but energies has {len(rows)} rows."
         )
-    z = np.empty((len(rows), rows[0].size))
-    p = np.empty_like(z)
+    z = np.full((len(rows), rows[0].size), np.nan)
+    p = np.full_like(z, np.nan)
     for i, row in enumerate(rows):
+        kept = ~np.isnan(row)  # NaN: a missing (client, module) pair
+        if not kept.any():
+            continue  # a module not tested
         try:
-            z[i], p[i] = energy_p_values(row, draws=draws, seed=seed)
+            z[i, kept], p[i, kept] = energy_p_values(row[kept], draws=draws, seed=seed)
         except ValueError as exc:
             name = repr(modules[i]) if modules is not None else str(i)
             raise ValueError(f"module {name}: {exc}") from None
-    rejected, adjusted = reject(p.ravel(), alpha, "holm")
-    rejected, adjusted = rejected.reshape(p.shape), adjusted.reshape(p.shape)
+    present = ~np.isnan(p)
+    rejected = np.zeros(p.shape, dtype=bool)
+    adjusted = np.full_like(p, np.nan)
+    if present.any():
+        # row-major over the pairs there are: with none missing, all K x M
+        rejected[present], adjusted[present] = reject(p[present], alpha, "holm")
+    combined = np.where(present, adjusted, np.inf).min(axis=0)
     return ClientVerdict(
         flagged=rejected.any(axis=0),
-        p_values=adjusted.min(axis=0),
+        p_values=np.where(np.isfinite(combined), combined, np.nan),
         z=z,
         module_p_values=p,
         adjusted_p_values=adjusted,
