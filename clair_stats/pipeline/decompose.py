@@ -57,6 +57,8 @@ CVXPY_WARN_SIZE = 10_000
 #: Seconds per entry of M of solver="cvxpy" at the default tol (see above).
 CVXPY_SECONDS_PER_ENTRY = 1e-3
 _DEFAULT_MAX_ITER = {"proximal": 5000, "cvxpy": 100_000}
+#: Default tol per solver (relative duality gap; cvxpy's backend tolerance).
+DEFAULT_TOL = {"proximal": 1e-7, "cvxpy": 1e-8}
 
 
 def default_lam(n_clients: int) -> float:
@@ -284,7 +286,7 @@ class _Settings:
         lam = default_lam(n_clients) if lam is None else check_positive(lam, "lam")
         mu = _check_mu(mode, mu)
         eps = _check_eps(mode, eps, solver)
-        tol = (1e-7 if solver == "proximal" else 1e-8) if tol is None else tol
+        tol = DEFAULT_TOL[solver] if tol is None else tol
         max_iter = _DEFAULT_MAX_ITER[solver] if max_iter is None else max_iter
         return cls(
             n_clients=n_clients,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from clair_stats.core.validation import (
     check_int,
     check_positive,
 )
+from clair_stats.pipeline.decompose import DEFAULT_TOL
 from clair_stats.pipeline.detection import (
     TESTS,
     ClientTest,
@@ -334,13 +335,13 @@ def clair(
         solver=solver,
         **solver_options,
     )
-    tol = solver_options.get("tol") or (1e-7 if solver == "proximal" else 1e-8)
+    tol = solver_options.get("tol") or DEFAULT_TOL.get(solver, DEFAULT_TOL["proximal"])
     fit = _Fit.run(work, solve, mode, rank, given, mu, noiseless_threshold(tol))
     collaborative, test_result, detect_used, rules = _detect(
         fit, work, given, detect, test, alpha, correction, support_tol
     )
     if test_result is not None:
-        _check_given_noise(fit, given, test_result)
+        _check_given_noise(fit, given, test_result, mu_given=mu is not None)
     _check_majority(collaborative, detect_used, fit, test_result)
     refined = work.refine(fit.decomposition, fit.subspace, collaborative, refined_rank)
     return ClairResult(
@@ -522,16 +523,7 @@ class _Fit:
             subspace = np.zeros((p, 0))
         else:
             subspace, _ = estimate_subspace(self.decomposition, rank=rank)
-        return _Fit(
-            self.work,
-            self.decomposition,
-            self.mode,
-            self.mu,
-            subspace,
-            self.unit,
-            self.threshold,
-            dict(self.rules),
-        )
+        return replace(self, subspace=subspace, rules=dict(self.rules))
 
     def pilot_rank(self) -> int:
         """The rank of the noise estimate on P0's L^, which needs no noise level.
@@ -547,12 +539,9 @@ class _Fit:
         guide; on noiseless data sigma^(r) ~ 0 from the true rank on.
         """
         n_clients, p, q = self.work.shape
-        _, sv = estimate_subspace(self.decomposition, rank=None, tol=RANK_TOL)
-        numerical = int(np.sum(sv > RANK_TOL * self.decomposition.data_norm))
-        top = min(numerical, p - 1)
-        if top == 0:
-            return 0
-        basis, _ = estimate_subspace(self.decomposition, rank=top)
+        # the numerical-rank directions of L^ and its singular values, one SVD
+        basis, sv = estimate_subspace(self.decomposition, tol=RANK_TOL)
+        top = min(basis.shape[1], p - 1)
         for r in range(top + 1):
             energy = self.work.energies(self.decomposition, basis[:, :r], self.unit)
             sd = np.sqrt(median_rule(energy, (p - r) * q)) * self.unit
@@ -589,16 +578,7 @@ class _Fit:
         ratio = np.median(energy / (scaled_sd[:, None] ** 2 * q), axis=0)
         kappa = (1.0 + np.sqrt(p / (n_clients * q))) ** 2
         keep = ratio > 2.0 * kappa
-        fit = _Fit(
-            self.work,
-            self.decomposition,
-            self.mode,
-            self.mu,
-            self.subspace[:, keep],
-            self.unit,
-            self.threshold,
-            dict(self.rules),
-        )
+        fit = replace(self, subspace=self.subspace[:, keep], rules=dict(self.rules))
         fit.rules["rank"] = (
             f"None -> {int(keep.sum())} (directions of L^ whose median client "
             f"carries more than 2 kappa = {2 * kappa:.3g} times its noise; "
@@ -664,8 +644,9 @@ def _subspace(
     rank: int | None,
 ) -> tuple[np.ndarray, str]:
     """A^ by the rank rule of the module docstring, with the guards on L^."""
-    _, sv = estimate_subspace(decomposition, rank=None, tol=RANK_TOL)
-    numerical = int(np.sum(sv > RANK_TOL * decomposition.data_norm))
+    # the numerical-rank directions of L^ (one SVD; A^ itself when rank=None)
+    basis, _ = estimate_subspace(decomposition, tol=RANK_TOL)
+    numerical = basis.shape[1]
     if numerical == 0:
         _warn(
             "the low-rank part L^ is zero: no direction is shared by the clients "
@@ -694,6 +675,8 @@ def _subspace(
             )
     if r == 0:
         return np.zeros((p, 0)), rule
+    if r <= numerical:
+        return basis[:, :r], rule
     subspace, _ = estimate_subspace(decomposition, rank=r)
     return subspace, rule
 
@@ -748,13 +731,13 @@ def _detect(
         result = energy_test(
             energy, fit.df, sigma=sd, alpha=alpha, correction=correction
         )
-        result = _in_units(result, fit.unit)
+        result = replace(result, noise_sd=result.noise_sd * fit.unit)
     else:
         eig = _leverage_weights(fit, given)
         result = weighted_energy_test(
             energy, eig, q, noise_df=given.df, alpha=alpha, correction=correction
         )
-        result = _with_sd(result, given.sd)
+        result = replace(result, noise_sd=given.sd)
     return ~result.rejected, result, detect, rules
 
 
@@ -794,19 +777,9 @@ def _leverage_weights(fit: _Fit, given: GivenNoise) -> np.ndarray:
     return eig * factor[:, None]
 
 
-def _in_units(result: ClientTest, unit: float) -> ClientTest:
-    from dataclasses import replace
-
-    return replace(result, noise_sd=result.noise_sd * unit)
-
-
-def _with_sd(result: ClientTest, sd: np.ndarray) -> ClientTest:
-    from dataclasses import replace
-
-    return replace(result, noise_sd=sd)
-
-
-def _check_given_noise(fit: _Fit, given: GivenNoise, result: ClientTest) -> None:
+def _check_given_noise(
+    fit: _Fit, given: GivenNoise, result: ClientTest, *, mu_given: bool
+) -> None:
     """Warn when a given sigma, noise_cov or mu contradicts the energies.
 
     Under the null each E_k has mean e_k = sigma_k^2 (p - r) q (or q tr(P_A^perp
@@ -833,7 +806,7 @@ def _check_given_noise(fit: _Fit, given: GivenNoise, result: ClientTest) -> None
             "(not the noise of the responses, sample.sigma). Omit it to have it "
             "estimated."
         )
-    if fit.mu is not None and given.sd is None and fit.rules.get("mu") is None:
+    if mu_given and given.sd is None:
         # mu given by the caller: compare with the noise the energies show
         n_clients, p, q = fit.work.shape
         sd = fit.median_sd()
