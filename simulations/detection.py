@@ -309,7 +309,7 @@ def error_rates(rows: pd.DataFrame, alphas: np.ndarray) -> pd.DataFrame:
         ``fwer_lo``, ``fwer_hi`` (Wilson 95%), ``fdr`` (mean false discovery
         proportion of BH), ``fdr_lo``, ``fdr_hi`` (mean -+ 1.96 SE), ``n``.
     """
-    from statsmodels.stats.proportion import proportion_confint
+    from clair_stats.experiments.plotting import wilson_interval
 
     holm, bh = _arrays(rows, "holm"), _arrays(rows, "bh")
     benign = ~_arrays(rows, "contaminated").astype(bool)
@@ -321,7 +321,7 @@ def error_rates(rows: pd.DataFrame, alphas: np.ndarray) -> pd.DataFrame:
     fdp = false / np.maximum(1, np.sum(rejected, axis=1))
     n = holm.shape[0]
     hits = events.sum(axis=0)
-    lo, hi = proportion_confint(hits, n, alpha=0.05, method="wilson")
+    lo, hi = wilson_interval(hits, n)
     fdr, se = fdp.mean(axis=0), fdp.std(axis=0, ddof=1) / np.sqrt(n)
     return pd.DataFrame(
         {

@@ -172,6 +172,7 @@ import pandas as pd
 from clair_stats import AssumptionWarning, ConvergenceWarning, FederatedModel, clair
 from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.evaluation.metrics import projection_distance
+from clair_stats.experiments.plotting import proportion_summary, wilson_interval
 from clair_stats.experiments.study import Study, study_main, study_parser
 from clair_stats.pipeline.detection import empirical_energy_test, energy_test
 from clair_stats.theory.t3 import margin_for_ratio
@@ -388,14 +389,6 @@ def build(args: argparse.Namespace) -> Study:
 
 
 # ------------------------------------------------------------------------ tables
-def _wilson(successes: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson 95% interval of successes / n."""
-    from statsmodels.stats.proportion import proportion_confint
-
-    lo, hi = proportion_confint(successes, n, alpha=0.05, method="wilson")
-    return np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
-
-
 def fwer_table(frame: pd.DataFrame) -> pd.DataFrame:
     """FWER at alpha = 0.05 per (noise, K, test) and setting, Wilson 95%.
 
@@ -417,12 +410,8 @@ def fwer_table(frame: pd.DataFrame) -> pd.DataFrame:
         setting=np.where(frame["type"] == "none", "benign-only", "contaminated")
     )
     keys = ["noise", "K", "test", "setting"]
-    grouped = data.groupby(keys, sort=True)["fwer_event"]
-    out = grouped.agg(["sum", "count"]).reset_index()
-    out = out.rename(columns={"sum": "successes", "count": "replicates"})
-    out["successes"] = out["successes"].astype(int)
-    out["fwer"] = out["successes"] / out["replicates"]
-    out["lo"], out["hi"] = _wilson(out["successes"], out["replicates"])
+    out = proportion_summary(data, keys, "fwer_event")
+    out = out.rename(columns={"n": "replicates", "rate": "fwer"})
     out["above"] = out["lo"] > ALPHA
     return out
 
@@ -457,7 +446,9 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         n = len(rows)
         fwer = int(rows["fwer_event"].sum())
         exact = int(rows["exact"].sum())
-        (f_lo, e_lo), (f_hi, e_hi) = _wilson(np.array([fwer, exact]), np.array([n, n]))
+        (f_lo, e_lo), (f_hi, e_hi) = wilson_interval(
+            np.array([fwer, exact]), np.array([n, n])
+        )
         power = pd.to_numeric(rows["power"], errors="coerce").dropna()
         if len(power):
             mean = float(power.mean())

@@ -104,7 +104,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from clair_stats.experiments.plotting import save_figure  # noqa: E402
+from clair_stats.experiments.plotting import (  # noqa: E402
+    save_figure,
+    wilson_interval,
+)
 from clair_stats.experiments.study import (  # noqa: E402
     Study,
     grid,
@@ -486,13 +489,6 @@ def candidate_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------- report
-def _wilson(successes: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from statsmodels.stats.proportion import proportion_confint
-
-    lo, hi = proportion_confint(successes, n, alpha=0.05, method="wilson")
-    return np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
-
-
 def _label(row: pd.Series) -> str:
     if row["source"] == "copying":
         return f"copying {row['experiment']}"
@@ -537,12 +533,16 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
         seconds=("seconds", "median"),
     ).reset_index()
     out["fwer"] = out["false_flags"] / out["federations_run"]
-    out["fwer_lo"], out["fwer_hi"] = _wilson(out["false_flags"], out["federations_run"])
+    out["fwer_lo"], out["fwer_hi"] = wilson_interval(
+        out["false_flags"], out["federations_run"]
+    )
     has = out["contaminated"] > 0
     out["power"] = np.where(
         has, out["contaminated_flagged"] / out["contaminated"].clip(lower=1), np.nan
     )
-    lo, hi = _wilson(out["contaminated_flagged"], out["contaminated"].clip(lower=1))
+    lo, hi = wilson_interval(
+        out["contaminated_flagged"], out["contaminated"].clip(lower=1)
+    )
     out["power_lo"], out["power_hi"] = (
         np.where(has, lo, np.nan),
         np.where(has, hi, np.nan),
@@ -662,7 +662,7 @@ def _figure(
     )
     if len(pooled):
         pooled["fwer"] = pooled["false_flags"] / pooled["federations_run"]
-        pooled["fwer_lo"], pooled["fwer_hi"] = _wilson(
+        pooled["fwer_lo"], pooled["fwer_hi"] = wilson_interval(
             pooled["false_flags"], pooled["federations_run"]
         )
         cells = pooled[pooled["rule"] == RULES[0]]

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["mc_summary", "proportion_summary", "save_figure"]
+__all__ = ["mc_summary", "proportion_summary", "save_figure", "wilson_interval"]
 
 
 def mc_summary(
@@ -84,8 +85,6 @@ def proportion_summary(
     pandas.DataFrame
         Columns ``by``, ``successes``, ``n``, ``rate``, ``lo``, ``hi``.
     """
-    from statsmodels.stats.proportion import proportion_confint
-
     by = [by] if isinstance(by, str) else list(by)
     values = frame[value]
     if not set(np.unique(values.dropna())) <= {0, 1}:
@@ -95,11 +94,30 @@ def proportion_summary(
     out = out.rename(columns={"sum": "successes", "count": "n"})
     out["successes"] = out["successes"].astype(int)
     out["rate"] = out["successes"] / out["n"]
-    lo, hi = proportion_confint(
-        out["successes"], out["n"], alpha=alpha, method="wilson"
-    )
-    out["lo"], out["hi"] = np.asarray(lo), np.asarray(hi)
+    out["lo"], out["hi"] = wilson_interval(out["successes"], out["n"], alpha)
     return out
+
+
+def wilson_interval(
+    successes: ArrayLike, n: ArrayLike, alpha: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson interval of successes / n at level 1 - alpha, elementwise.
+
+    Parameters
+    ----------
+    successes, n : array_like
+        Counts (broadcast together), n >= 1.
+    alpha : float
+        One minus the interval's level.
+
+    Returns
+    -------
+    lo, hi : numpy.ndarray
+    """
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(successes, n, alpha=alpha, method="wilson")
+    return np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
 
 
 def save_figure(
