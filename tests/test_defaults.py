@@ -215,3 +215,20 @@ def test_the_exact_test_survives_a_low_rank_part_shorter_than_the_rank():
         )
     assert np.all(np.isfinite(result.p_values))
     assert np.all((result.p_values >= 0) & (result.p_values <= 1))
+
+
+def test_noise_cov_with_side_right_is_the_covariance_of_each_row():
+    """side='right' shares the row space: noise_cov is then the covariance of each
+    row, and the exact test on the transposes equals the one on the updates."""
+    sample = _readme_sample()
+    kwargs = {"noise_cov": sample.noise_cov, "noise_df": sample.noise_df}
+    left = _quiet_clair(sample.updates, **kwargs)
+    right = _quiet_clair(
+        np.ascontiguousarray(sample.updates.transpose(0, 2, 1)), side="right", **kwargs
+    )
+    assert right.test.method == "weighted_chi2"
+    np.testing.assert_array_equal(right.collaborative, left.collaborative)
+    np.testing.assert_allclose(right.p_values, left.p_values, rtol=1e-10, atol=1e-300)
+    np.testing.assert_allclose(
+        right.refined, left.refined.transpose(0, 2, 1), atol=1e-12
+    )
