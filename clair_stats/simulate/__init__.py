@@ -6,4 +6,5 @@ and hidden structure), the registry of contamination types
 :class:`~clair_stats.simulate.model.FederatedModel` (direct noise) and
 :mod:`~clair_stats.simulate.regression` (local OLS / ridge fits). Modules here
 import :mod:`clair_stats.core` only.
+Omniscient attacks on the benign updates as sent: :mod:`~clair_stats.simulate.attacks`.
 """
