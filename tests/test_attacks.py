@@ -21,6 +21,7 @@ from clair_stats.simulate.attacks import (
     STUDY_ATTACKS,
     VARIANTS,
     AttackContext,
+    adaptive_noncentrality,
     attack,
     baruch_z,
 )
@@ -191,8 +192,8 @@ INVALID = [
     ("orthogonal", {"scale": -2.0}, "scale must be finite and > 0"),
     ("mimic", {"target": 30}, r"0 <= target < m_b = 30"),
     ("mimic", {"target": -1}, "target must be >= 0"),
-    ("adaptive", {"slack": 1.5}, r"slack must be in \[0, 1\].*fraction of the gap"),
-    ("adaptive", {"slack": -0.1}, r"slack must be in \[0, 1\]"),
+    ("adaptive", {"exceed": 1.5}, r"exceed must be in \(0, 1\).*probability"),
+    ("adaptive", {"exceed": 0.0}, r"exceed must be in \(0, 1\)"),
 ]
 
 
@@ -427,44 +428,49 @@ def test_adaptive_keeps_the_honest_in_subspace_part(center: bool) -> None:
         )
 
 
-def adaptive_statistics(slack: float, replicates: int = 25) -> tuple[np.ndarray, float]:
+def adaptive_statistics(
+    exceed: float, replicates: int = 25
+) -> tuple[np.ndarray, float]:
     """T_k at the true (A, Theta_0) for 160 attackers (K = 200) per replicate."""
     stats_, cut = [], math.nan
     for rep in range(replicates):
         ctx = make_ctx(m_b=40, f=160, p=12, q=3, r=2, center=True, seed=100 + rep)
-        dev = attack("adaptive", ctx, slack=slack) - theta0(ctx)
+        dev = attack("adaptive", ctx, exceed=exceed) - theta0(ctx)
         stats_.append(fro(outside(ctx, dev)) ** 2 / TAU**2)
         cut = cut_of(ctx)
     return np.concatenate(stats_), cut
 
 
-@pytest.mark.parametrize("slack", [0.9, 0.3])
-def test_adaptive_statistic_has_the_stated_law(slack: float) -> None:
+@pytest.mark.parametrize("exceed", [0.05, 0.4])
+def test_adaptive_statistic_has_the_stated_law(exceed: float) -> None:
     # P_A^perp (Theta_k - Theta_0) = P_A^perp E'_k + t v w^T with v perpendicular
     # to A, so T_k = ||P_A^perp E'_k||^2 / tau^2       chi2_df: mean df, var 2 df
     #              + 2 t v^T E'_k w / tau^2             N(0, 4 lam), lam = t^2/tau^2
     #              + lam,
     # the cross term uncorrelated with the first (odd moments of E' vanish): T_k is
-    # noncentral chi2_df(lam), mean df + lam = df + slack (cut - df), variance
-    # 2 df + 4 lam. The T_k are independent (fresh E'_k; the law does not depend
-    # on v, w), so their mean over N has sd sqrt((2 df + 4 lam) / N): 5 sd.
-    # The share above the cut is binomial(N, pi), pi = ncx2.sf(cut, df, lam): 5 sd.
-    t_stats, cut = adaptive_statistics(slack)
+    # noncentral chi2_df(lam), mean df + lam, variance 2 df + 4 lam, and lam is
+    # chosen so that P(T_k > cut) = exceed. The T_k are independent (fresh E'_k;
+    # the law does not depend on v, w), so their mean over N has sd
+    # sqrt((2 df + 4 lam) / N): 5 sd. The share above the cut is binomial(N,
+    # exceed): 5 sd.
+    t_stats, cut = adaptive_statistics(exceed)
     df = (12 - 2) * 3
-    lam = slack * (cut - df)
+    lam = adaptive_noncentrality(df, cut, exceed)
+    assert stats.ncx2.sf(cut, df, lam) == pytest.approx(exceed, rel=1e-9)
+    assert 0 < lam < cut - df  # the mean stays below the cut
     n = t_stats.size
     assert abs(t_stats.mean() - (df + lam)) <= 5 * math.sqrt((2 * df + 4 * lam) / n)
-    pi = float(stats.ncx2.sf(cut, df, lam))
     share = float(np.mean(t_stats > cut))
-    assert abs(share - pi) <= 5 * math.sqrt(pi * (1 - pi) / n)
-    if slack == 0.3:
-        # small: the group mostly passes the test
-        assert pi < 0.05
-        assert share < 0.06
-    else:
-        # the docstring's warning: at slack 0.9 the mean sits within one sd of the
-        # cut, and about 0.38 of the attackers are above it
-        assert 0.3 < pi < 0.45
+    assert abs(share - exceed) <= 5 * math.sqrt(exceed * (1 - exceed) / n)
+
+
+def test_adaptive_noncentrality_is_zero_when_the_null_already_exceeds() -> None:
+    df = 30
+    cut = float(stats.chi2.isf(0.2, df))  # the central law exceeds with 0.2
+    assert adaptive_noncentrality(df, cut, 0.1) == 0.0
+    lam = adaptive_noncentrality(df, cut, 0.5)
+    assert lam > 0
+    assert stats.ncx2.sf(cut, df, lam) == pytest.approx(0.5, rel=1e-9)
 
 
 def test_adaptive_common_part_is_rank_one() -> None:
@@ -477,7 +483,7 @@ def test_adaptive_common_part_is_rank_one() -> None:
     f = 400
     ctx = make_ctx(m_b=40, f=f, center=True, seed=16)
     cut = cut_of(ctx)
-    t = TAU * math.sqrt(0.9 * (cut - (P - R) * Q))
+    t = TAU * math.sqrt(adaptive_noncentrality((P - R) * Q, cut, 0.05))
     mean = outside(ctx, attack("adaptive", ctx) - theta0(ctx)).mean(axis=0)
     u, sv, _ = np.linalg.svd(mean)
     bound = TAU / math.sqrt(f) * (math.sqrt(P) + math.sqrt(Q) + 5)
@@ -497,7 +503,7 @@ def test_adaptive_offsets_common_or_one_per_attacker(coherent: bool) -> None:
     f = 400
     ctx = make_ctx(m_b=40, f=f, center=True, seed=17)
     df = (P - R) * Q
-    lam = 0.9 * (cut_of(ctx) - df)
+    lam = adaptive_noncentrality(df, cut_of(ctx), 0.05)
     off = outside(ctx, attack("adaptive", ctx, coherent=coherent) - theta0(ctx))
     d = fro(off[0::2] - off[1::2]) ** 2 / (2 * TAU**2)
     if coherent:

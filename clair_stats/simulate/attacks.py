@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.validation import (
@@ -86,6 +86,7 @@ __all__ = [
     "Attack",
     "AttackContext",
     "adaptive",
+    "adaptive_noncentrality",
     "alie",
     "attack",
     "baruch_z",
@@ -662,8 +663,27 @@ def mimic(ctx: AttackContext, *, target: int | None = None) -> FloatArray:
     return _same(ctx, ctx.benign[target])
 
 
+def adaptive_noncentrality(df: int, cut: float, exceed: float) -> float:
+    """lambda >= 0 with P(chi^2_df(lambda) > cut) = exceed (0 if chi^2_df already does).
+
+    The largest noncentrality an attacker can carry while its statistic stays
+    below ``cut`` with probability 1 - ``exceed``; found by Brent's method on
+    the noncentral chi-square survival function, increasing in lambda.
+    """
+    if stats.chi2.sf(cut, df) >= exceed:
+        return 0.0
+
+    def excess(lam: float) -> float:
+        return float(stats.ncx2.sf(cut, df, lam)) - exceed
+
+    upper = cut
+    while excess(upper) < 0:
+        upper *= 2.0
+    return float(optimize.brentq(excess, 0.0, upper, xtol=1e-12, rtol=1e-12))
+
+
 def adaptive(
-    ctx: AttackContext, *, slack: float = 0.9, coherent: bool = True
+    ctx: AttackContext, *, exceed: float = 0.05, coherent: bool = True
 ) -> FloatArray:
     r"""An adaptive attack against CLAIR's test: pull A^ from under the cut (new here).
 
@@ -677,7 +697,7 @@ def adaptive(
     .. math::
 
         \Theta_k = \Theta_0 + P_A X_k + P_A^\perp E'_k + t\, v\, w_k^T, \qquad
-        t^2 = \text{slack}\cdot\tau^2\,(c_K - \mathrm{df}),
+        P\bigl(\chi^2_{\mathrm{df}}(t^2 / \tau^2) > c_K\bigr) = \text{exceed},
 
     with :math:`X_k = \hat\Theta^{own}_k - \Theta_0` (its honest in-subspace part),
     :math:`E'_k` fresh iid :math:`N(0, \tau^2)` entries (benign-like noise), v one
@@ -686,15 +706,12 @@ def adaptive(
 
     **Under the cut.** At the true (A, :math:`\Theta_0`), :math:`T_k = \|P_A^\perp
     E'_k + t v w_k^T\|_F^2/\tau^2` is noncentral chi-square with df degrees of
-    freedom and noncentrality :math:`\lambda = t^2/\tau^2 = \text{slack}\,(c_K -
-    \mathrm{df})`: mean :math:`\mathrm{df} + \text{slack}\,(c_K - \mathrm{df})`,
-    variance :math:`2(\mathrm{df} + 2\lambda)`. The *expected* statistic is below
-    the cut, but the gap :math:`c_K - \mathrm{df}` is only about
-    :math:`z_{\alpha/K}\sqrt{2\,\mathrm{df}}`, a few sds, so the share of attackers
-    above the cut, :math:`P(\chi^2_{\mathrm{df}}(\lambda) > c_K)`, is far from
-    negligible at slack = 0.9: about 0.38-0.39 for df from 18 to 950 and K from 20
-    to 100 at alpha = 0.05. It is small only for a smaller slack (about 0.06-0.12 at
-    0.5, 0.01-0.04 at 0.3). ``scipy.stats.ncx2.sf(c_K, df, lam)`` gives it.
+    freedom and noncentrality :math:`\lambda = t^2/\tau^2`: the offset t is the
+    largest for which an attacker is above the cut with probability only
+    ``exceed`` (:func:`adaptive_noncentrality`; 0.05 by default, so that about
+    one attacker in twenty is flagged at the true subspace). The gap between df
+    and the cut is only about :math:`z_{\alpha/K}\sqrt{2\,\mathrm{df}}`, so
+    lambda is a fraction of it (about 0.3-0.5).
 
     **The pull.** The rank-r fit of CLAIR (top-r left singular vectors of the
     stacked deviations) sees the group's energy :math:`f t^2` along v on top of the
@@ -721,9 +738,9 @@ def adaptive(
     ----------
     ctx : AttackContext
         Uses ``alpha``, ``noise_sd`` and K = m_b + f.
-    slack : float
-        In [0, 1]: where the expected statistic sits in the gap [df, c_K]
-        (0: benign-like off span(A)).
+    exceed : float
+        In (0, 1): the probability that an attacker's statistic exceeds the cut
+        at the true subspace.
     coherent : bool
         One common w (True) or one per attacker (False).
 
@@ -731,20 +748,20 @@ def adaptive(
     -------
     ndarray, shape (f, p, q)
     """
-    slack = check_interval(
-        slack,
-        "slack",
+    exceed = check_interval(
+        exceed,
+        "exceed",
         0.0,
         1.0,
-        closed="both",
-        why=" It is the fraction of the gap between df and the cut, e.g. slack=0.5.",
+        closed="neither",
+        why=" It is the probability that an attacker is above the cut, e.g. 0.05.",
     )
     coherent = check_bool(coherent, "coherent")
     f = ctx.n_attackers
     if f == 0:
         return _none(ctx)
     cut = float(stats.chi2.isf(ctx.alpha / ctx.n_clients, ctx.df))
-    t = ctx.noise_sd * math.sqrt(slack * (cut - ctx.df))
+    t = ctx.noise_sd * math.sqrt(adaptive_noncentrality(ctx.df, cut, exceed))
     v = _complement_basis(ctx, 1)[:, 0]
     w = ctx.rng.standard_normal((1 if coherent else f, ctx.q))
     w /= np.linalg.norm(w, axis=1, keepdims=True)
