@@ -2,8 +2,9 @@
 
 ``pip install clair_stats`` brings numpy, scipy, cvxpy, statsmodels, matplotlib
 and threadpoolctl; pandas, joblib, tqdm and dask (studies), safetensors (LoRA
-files) and torch are extras. Each check runs in a fresh interpreter, where the
-extras are made unimportable by a meta-path finder, as on a machine without them.
+files), torch and flwr (Flower's aggregators) are extras. Each check runs in a
+fresh interpreter, where the extras are made unimportable by a meta-path finder,
+as on a machine without them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ import subprocess
 import sys
 import textwrap
 
-EXTRAS = ("pandas", "joblib", "dask", "distributed", "tqdm", "safetensors", "torch")
+EXTRAS = (
+    "pandas",
+    "joblib",
+    "dask",
+    "distributed",
+    "tqdm",
+    "safetensors",
+    "torch",
+    "flwr",
+)
 
 BLOCK = textwrap.dedent(
     f"""

@@ -9,7 +9,9 @@ them:
 - ``studies``: pandas, joblib and tqdm (the study runner of
   :mod:`clair_stats.experiments`); ``dask``: dask.distributed for ``--dask``;
 - ``notebooks``: jupytext, nbclient, nbconvert, ipykernel (``make report``);
-- ``torch``, ``peft``: the Transformer experiment and the PEFT round-trip tests.
+- ``torch``, ``peft``: the Transformer experiment and the PEFT round-trip tests;
+- ``flower``: flwr, pinned to 1.42.0, whose server-side aggregators
+  :mod:`clair_stats.evaluation.flower` calls on (K, p, q) arrays.
 """
 
 from __future__ import annotations
