@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import scipy.stats
 
 from clair_stats.core.exceptions import AssumptionWarning
 from clair_stats.core.lowrank import LowRankUpdates
@@ -52,13 +53,27 @@ from clair_stats.pipeline.noise import (
     noiseless_threshold,
     optimal_threshold,
 )
-from clair_stats.pipeline.paths import Updates, as_updates
+from clair_stats.pipeline.paths import Coordinates, Updates, as_updates
+from clair_stats.pipeline.refine import distinct_weights
 from clair_stats.pipeline.subspace import estimate_subspace
+from clair_stats.pipeline.trimmed import (
+    TrimmedFit,
+    elemental_size,
+    majority_size,
+    reweighted,
+    trimmed_objective,
+    trimmed_subspace,
+)
 
 __all__ = ["ClairResult", "clair"]
 
 SIDES: tuple[str, ...] = ("left", "right")
 DETECT_RULES: tuple[str, ...] = ("auto", "support", "test")
+REFITS: tuple[str, ...] = ("trimmed", "none")
+POOLINGS: tuple[str, ...] = ("distinct", "mean")
+#: Family-wise level of the lower-tail test that merges near-identical clients
+#: in the average of step 4 (docs/pipeline.md §3.4).
+DUPLICATE_LEVEL = 1e-3
 PROGRAM_MODES: tuple[str, ...] = ("auto", "exact", "penalized")
 #: A given noise level is flagged when the median energy ratio leaves
 #: [1 / 4, 4] (a factor 2 on the standard deviation; docs/pipeline.md §3.5).
@@ -70,6 +85,14 @@ MAX_NOISE_ROUNDS = 3
 #: Holm level of the lower-tail check of the benign majority (false alarms at
 #: most this often on data that satisfy the model).
 MAJORITY_LEVEL = 1e-3
+#: Noiseless updates are copies of one another when they differ by at most this
+#: relative to the largest update (in Frobenius norm).
+COPY_RTOL = 1e-12
+#: Level of the (Bonferroni) chi-square cut below which a client joins the
+#: reweighted refit of A^ (docs/pipeline.md §3.6).
+REWEIGHT_LEVEL = 0.05
+#: Reweighting rounds, at most.
+REWEIGHT_ROUNDS = 5
 #: Relative tolerance of the numerical rank of L^.
 RANK_TOL = 1e-6
 
@@ -104,6 +127,14 @@ class ClairResult:
         The noise level, where it came from, and the noiseless rule.
     rules : dict of str to str
         How each "auto" default was resolved, in words.
+    refit : TrimmedFit or None
+        The trimmed refit of A^ (and c^) (``refit="trimmed"``): the kept
+        majority H, the clients A^ is fitted on, the start that won; None when
+        not made. Its energies and objective are in units of u^2, u the power
+        of two nearest the root-mean-square client norm.
+    pool_weights : numpy.ndarray of shape (K,), or None
+        The weights pi_k of Thetabar in step 4 (0 outside S^, summing to 1);
+        None when S^ is empty.
     """
 
     subspace: np.ndarray = field(repr=False)
@@ -118,6 +149,8 @@ class ClairResult:
     mu: float | None = None
     noise: NoiseLevel | None = field(default=None, repr=False)
     rules: dict[str, str] = field(default_factory=dict, repr=False)
+    refit: TrimmedFit | None = field(default=None, repr=False)
+    pool_weights: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def statistics(self) -> np.ndarray | None:
@@ -202,6 +235,8 @@ def clair(
     noise_df: float | np.ndarray | None = None,
     mu: float | None = None,
     center: bool = False,
+    refit: str = "trimmed",
+    pooling: str = "distinct",
     side: str = "left",
     weights: np.ndarray | None = None,
     solver: str = "proximal",
@@ -275,6 +310,21 @@ def clair(
         ``sigma``/``noise_cov`` or its default).
     center : bool
         Estimate an unknown common backbone.
+    refit : {"trimmed", "none"}
+        ``"trimmed"``: refit A^ (and c^) on the majority of clients that fit
+        them best, by least trimmed squares from L^'s subspace and elemental
+        starts (docs/pipeline.md §3.6), so that a coordinated minority, which
+        the decomposition can put into L^, cannot pull them; it tolerates
+        floor((K - d) / 2) contaminated clients, d = ceil(r / q) (+ 1 with a
+        centre), and costs about K + 5 small SVDs. ``"none"``: A^ from L^ and
+        c^ from the decomposition, as in the paper.
+    pooling : {"distinct", "mean"}
+        The average Thetabar of step 4 over S^. ``"distinct"``: clients whose
+        off-subspace parts are closer to one another than independent noise
+        allows (a lower-tail test of the pairwise distances, docs/pipeline.md
+        §3.4) form a group that counts as one client, so that identical or
+        near-identical updates cannot dominate it (needs a noise level, so
+        noisy data with ``detect="test"``); ``"mean"``: the plain mean.
     side : {"left", "right"}
         Share the column space (p-dim) or the row space (apply to transposes).
     weights : array_like, shape (K,), optional
@@ -319,6 +369,8 @@ def clair(
     """
     data = as_updates(updates)
     _check_options(data, detect, test, mode, side, refined_rank, noise_cov)
+    check_choice(refit, "refit", REFITS)
+    check_choice(pooling, "pooling", POOLINGS)
     alpha = check_alpha(alpha)
     check_choice(correction, "correction", METHODS)
     support_tol = check_positive(support_tol, "support_tol")
@@ -337,13 +389,29 @@ def clair(
     )
     tol = solver_options.get("tol") or DEFAULT_TOL.get(solver, DEFAULT_TOL["proximal"])
     fit = _Fit.run(work, solve, mode, rank, given, mu, noiseless_threshold(tol))
+    if refit == "trimmed":
+        fit = fit.trimmed(given, center)
+        if rank is None and fit.mode == "penalized" and fit.refit is not None:
+            # the rank rule again, on the directions the majority fits: a
+            # direction of L^ that only a minority carries is dropped
+            fewer = fit.shared(fit._sd(given))
+            if fewer.rank < fit.rank:
+                fit = fewer.trimmed(given, center)
+                fit.rules["rank"] = fewer.rules["rank"] + " (after the refit)"
+    else:
+        fit.rules["refit"] = "none (A^ from L^, c^ from the decomposition)"
     collaborative, test_result, detect_used, rules = _detect(
         fit, work, given, detect, test, alpha, correction, support_tol
     )
     if test_result is not None:
         _check_given_noise(fit, given, test_result, mu_given=mu is not None)
     _check_majority(collaborative, detect_used, fit, test_result)
-    refined = work.refine(fit.decomposition, fit.subspace, collaborative, refined_rank)
+    pool, rules["pooling"] = _pool_weights(
+        fit, given, collaborative, pooling if detect_used == "test" else "mean"
+    )
+    refined = work.refine(
+        fit.decomposition, fit.subspace, collaborative, refined_rank, pool
+    )
     return ClairResult(
         subspace=fit.subspace,
         rank=fit.subspace.shape[1],
@@ -357,6 +425,8 @@ def clair(
         mu=fit.mu,
         noise=fit.noise_level(given),
         rules={**fit.rules, **rules},
+        refit=fit.refit,
+        pool_weights=pool,
     )
 
 
@@ -415,6 +485,14 @@ class _Fit:
     unit: float
     threshold: float
     rules: dict[str, str]
+    #: c^ in the coordinates of ``work`` (the decomposition's, or the refit's).
+    center: np.ndarray | None = None
+    #: The trimmed refit of A^ and c^ (docs/pipeline.md §3.6), when made.
+    refit: TrimmedFit | None = None
+
+    @functools.cached_property
+    def coords(self) -> Coordinates:
+        return self.work.coordinates(self.decomposition)
 
     @classmethod
     def run(
@@ -501,7 +579,7 @@ class _Fit:
         threshold: float,
     ) -> _Fit:
         subspace, rule = _subspace(decomposition, work.shape[1], mode, mu, rank)
-        return cls(
+        fit = cls(
             work,
             decomposition,
             mode,
@@ -511,6 +589,8 @@ class _Fit:
             threshold,
             {"rank": rule},
         )
+        fit.center = fit.coords.center
+        return fit
 
     @property
     def rank(self) -> int:
@@ -543,7 +623,7 @@ class _Fit:
         basis, sv = estimate_subspace(self.decomposition, tol=RANK_TOL)
         top = min(basis.shape[1], p - 1)
         for r in range(top + 1):
-            energy = self.work.energies(self.decomposition, basis[:, :r], self.unit)
+            energy = self.coords.energies(basis[:, :r], self.center, self.unit)
             sd = np.sqrt(median_rule(energy, (p - r) * q)) * self.unit
             cut = optimal_threshold((p, n_clients * q), sd)
             if int(np.sum(sv > cut)) <= r:
@@ -571,9 +651,7 @@ class _Fit:
         n_clients, p, q = self.work.shape
         if self.rank == 0:
             return self
-        energy = self.work.direction_energies(
-            self.decomposition, self.subspace, self.unit
-        )
+        energy = self.coords.direction_energies(self.subspace, self.center, self.unit)
         scaled_sd = np.asarray(sd, dtype=float) / self.unit
         ratio = np.median(energy / (scaled_sd[:, None] ** 2 * q), axis=0)
         kappa = (1.0 + np.sqrt(p / (n_clients * q))) ** 2
@@ -601,13 +679,13 @@ class _Fit:
     @functools.cached_property
     def energies(self) -> np.ndarray:
         """E_k / unit^2 at A^."""
-        return self.work.energies(self.decomposition, self.subspace, self.unit)
+        return self.coords.energies(self.subspace, self.center, self.unit)
 
     @functools.cached_property
     def rho(self) -> float:
         """Share of the typical client's energy outside span(A^)."""
         empty = np.zeros((self.subspace.shape[0], 0))
-        total = self.work.energies(self.decomposition, empty, self.unit)
+        total = self.coords.energies(empty, self.center, self.unit)
         med = float(np.median(total))
         return float(np.median(self.energies)) / med if med > 0 else 0.0
 
@@ -615,6 +693,197 @@ class _Fit:
     def df(self) -> int:
         _, p, q = self.work.shape
         return (p - self.subspace.shape[1]) * q
+
+    def trimmed(self, given: GivenNoise, center: bool) -> _Fit:
+        """A^ (and c^) refitted on a majority of clients (docs/pipeline.md §3.6).
+
+        1. Clients whose updates are closer to one another than independent
+           noise allows form a group that enters the fit once (its first
+           member): copies carry no more information than one client.
+        2. Least trimmed squares by concentration steps
+           (:func:`clair_stats.pipeline.trimmed.trimmed_subspace`) from L^'s
+           subspace and from elemental starts, each client's energy weighted
+           by its noise (1 / sigma_k^2 when given, else equal), on h = floor((G
+           + d) / 2) of the G groups, d = ceil(r / q) (+ 1 with a centre): it
+           tolerates floor((G - d) / 2) contaminated groups placed anywhere.
+        3. Reweighting (:func:`clair_stats.pipeline.trimmed.reweighted`):
+           refit on the groups whose energy is below the 0.975 quantile of the
+           null law, kept when the trimmed objective rises by at most the
+           energy of one noise direction, sigma^2 (sqrt(hq) + sqrt(p))^2.
+        """
+        n_clients, p, q = self.work.shape
+        coords = self.coords
+        rank, dim = self.rank, coords.blocks.shape[1]
+        sd = self._sd(given)
+        reps = self._distinct(given, sd)
+        elemental = elemental_size(rank, coords.blocks.shape[2], center)
+        h = majority_size(reps.size, elemental)
+        fit = replace(self, rules=dict(self.rules))
+        if h >= reps.size or rank >= dim:
+            fit.rules["refit"] = (
+                f"none ({reps.size} distinct clients: a majority is all of them, "
+                "nothing to trim)"
+                if h >= reps.size
+                else f"none (r = {rank} fills the span of the updates)"
+            )
+            return fit
+        scaled_sd = sd / self.unit
+        weights = None
+        if np.all(scaled_sd > 0) and np.ptp(scaled_sd) > 0:
+            # relative to the median client, clipped so that a client with a
+            # tiny or huge sigma_k neither overflows nor vanishes
+            weights = np.clip(np.median(scaled_sd) / scaled_sd, 1e-6, 1e6) ** 2
+        blocks = coords.blocks[reps] / self.unit
+        rep_weights = None if weights is None else weights[reps]
+        init_center = None if self.center is None else self.center / self.unit
+        refit = trimmed_subspace(
+            blocks,
+            rank,
+            weights=rep_weights,
+            center=center,
+            init=(coords.inward(self.subspace), init_center),
+            h=h,
+        )
+        # which fit to keep: the trimmed objective of a fit on more clients
+        # may exceed the trimmed fit's by the noise that fit absorbs, at most
+        # r directions of pure noise, sigma^2 r (sqrt(hq) + sqrt(p))^2
+        df = (p - rank) * q
+        given_sd = given.sd is not None and np.all(scaled_sd > 0)
+        ref_sd = (
+            float(np.median(scaled_sd))
+            if given_sd
+            else float(np.sqrt(median_rule(refit.energies, df)))
+        )
+        tolerance = rank * ref_sd**2 * (np.sqrt(h * q) + np.sqrt(p)) ** 2
+        init_subspace = coords.inward(self.subspace)
+        if (
+            rank
+            and trimmed_objective(blocks, init_subspace, init_center, h, rep_weights)
+            <= refit.objective + tolerance
+        ):
+            # L^ is not pulled: keep the decomposition's fit
+            return self._kept_decomposition(refit, reps, center)
+        refit = self._reweight(
+            refit, blocks, rep_weights, reps, center, scaled_sd, given_sd, tolerance
+        )
+        fit = replace(
+            fit,
+            subspace=coords.outward(refit.subspace),
+            center=None if refit.center is None else refit.center * self.unit,
+        )
+        fit.refit = _expand(refit, reps, fit.energies)
+        merged = n_clients - reps.size
+        fit.rules["refit"] = (
+            f"trimmed (A^{' and c^' if center else ''} refitted on the h = "
+            f"{refit.h} of {reps.size} distinct clients with the smallest "
+            "off-subspace energy"
+            + (f", {merged} near-copies left out" if merged else "")
+            + f"; it tolerates {(reps.size - elemental) // 2} contaminated; best "
+            f"of {refit.n_starts} starts: {refit.start}, {refit.steps} "
+            "concentration steps; "
+            + (
+                f"reweighted on {int(refit.fitted.sum())} clients)"
+                if refit.reweighted
+                else "not reweighted)"
+            )
+        )
+        return fit
+
+    def _kept_decomposition(
+        self, refit: TrimmedFit, reps: np.ndarray, center: bool
+    ) -> _Fit:
+        """This fit, with the trimmed fit recorded as the check that kept it."""
+        fit = replace(self, rules=dict(self.rules))
+        kept = replace(
+            refit,
+            subspace=self.coords.inward(self.subspace),
+            center=None if self.center is None else self.center / self.unit,
+            fitted=np.ones(reps.size, dtype=bool),
+            leverage=np.zeros(reps.size),
+            source="decomposition",
+        )
+        fit.refit = _expand(kept, reps, fit.energies)
+        fit.rules["refit"] = (
+            f"trimmed check passed (the h = {refit.h} of {reps.size} distinct "
+            "clients that fit L^'s subspace"
+            + (" and c^" if center else "")
+            + " best fit them as well as their own trimmed fit, up to noise: "
+            "A^ from L^ kept)"
+        )
+        return fit
+
+    def _reweight(
+        self,
+        refit: TrimmedFit,
+        blocks: np.ndarray,
+        weights: np.ndarray | None,
+        reps: np.ndarray,
+        center: bool,
+        scaled_sd: np.ndarray,
+        given_sd: bool,
+        tolerance: float,
+    ) -> TrimmedFit:
+        """Refit on the clients the current fit does not reject, until they repeat.
+
+        The cut is the chi-square one with Bonferroni at REWEIGHT_LEVEL; each
+        refit is kept only if the trimmed objective stays within ``tolerance``
+        of the trimmed fit's (:func:`clair_stats.pipeline.trimmed.reweighted`).
+        """
+        _, p, q = self.work.shape
+        df = (p - refit.subspace.shape[1]) * q
+        cut = scipy.stats.chi2.isf(REWEIGHT_LEVEL / reps.size, df)
+        current = refit
+        for _ in range(REWEIGHT_ROUNDS):
+            if given_sd:
+                level = scaled_sd[reps]
+            else:  # the median rule at the current fit
+                level = np.full(reps.size, np.sqrt(median_rule(current.energies, df)))
+            if not np.all(level > 0):
+                break
+            members = current.energies / level**2 <= cut
+            new = reweighted(
+                blocks,
+                refit,
+                members | refit.kept,
+                weights=weights,
+                center=center,
+                tolerance=tolerance,
+            )
+            if not new.reweighted or np.array_equal(new.fitted, current.fitted):
+                current = new if new.reweighted else current
+                break
+            current = new
+        return current
+
+    def _sd(self, given: GivenNoise) -> np.ndarray:
+        """sigma_k: given, else the median rule at the current A^ (units of M)."""
+        n_clients = self.work.shape[0]
+        if given.sd is not None:
+            return np.broadcast_to(np.asarray(given.sd, dtype=float), (n_clients,))
+        return np.full(n_clients, self.median_sd())
+
+    def _distinct(self, given: GivenNoise, sd: np.ndarray) -> np.ndarray:
+        """The first client of each group of near-identical updates (indices)."""
+        n_clients, p, q = self.work.shape
+        if given.cov is not None:
+            trace = np.trace(given.cov, axis1=-2, axis2=-1) / self.unit**2
+            square = np.sum(given.cov**2, axis=(-2, -1)) / self.unit**4
+            mean = q * np.broadcast_to(trace, (n_clients,))
+            df = float(np.min(q * trace**2 / square))
+        else:
+            mean = (sd / self.unit) ** 2 * p * q
+            df = float(p * q)
+        gram = self.work.residual_gram(
+            self.decomposition, np.zeros((p, 0)), None, self.unit
+        )
+        if np.all(mean > 0):
+            _, groups = distinct_weights(gram, mean, df, DUPLICATE_LEVEL)
+        else:  # noiseless: exact copies only (equal to 1e-12 relative)
+            diag = np.diag(gram)
+            distance = np.maximum(diag[:, None] + diag[None, :] - 2 * gram, 0.0)
+            groups = _components(distance <= COPY_RTOL**2 * diag.max())
+        _, first = np.unique(groups, return_index=True)
+        return np.sort(first)
 
     def median_sd(self) -> float:
         """sigma^ by the median rule at A^, in the units of the updates."""
@@ -634,6 +903,35 @@ class _Fit:
             relative_energy=self.rho,
             threshold=self.threshold,
         )
+
+
+def _expand(fit: TrimmedFit, reps: np.ndarray, energies: np.ndarray) -> TrimmedFit:
+    """A fit on the distinct clients ``reps`` as a fit on all K clients."""
+    n_clients = energies.size
+
+    def full(values: np.ndarray, fill: float | bool) -> np.ndarray:
+        out = np.full(n_clients, fill, dtype=np.asarray(values).dtype)
+        out[reps] = values
+        return out
+
+    return replace(
+        fit,
+        kept=full(fit.kept, False),
+        fitted=full(fit.fitted, False),
+        leverage=full(fit.leverage, 0.0),
+        energies=energies,
+    )
+
+
+def _components(close: np.ndarray) -> np.ndarray:
+    """Labels of the connected components of a symmetric boolean matrix."""
+    import scipy.sparse
+    import scipy.sparse.csgraph
+
+    _, labels = scipy.sparse.csgraph.connected_components(
+        scipy.sparse.csr_matrix(close), directed=False
+    )
+    return labels
 
 
 def _subspace(
@@ -702,7 +1000,13 @@ def _detect(
             f"{fit.rho:.3g} {'<=' if noiseless else '>'} {fit.threshold:.0e})"
         )
     if detect == "support":
-        return ~fit.decomposition.support(tol=support_tol), None, detect, rules
+        collaborative = ~fit.decomposition.support(tol=support_tol)
+        if fit.refit is not None:
+            # a block that the decomposition put into L^ is off the refitted
+            # subspace: the support rule at A^ as well
+            limit = support_tol * fit.decomposition.data_norm / fit.unit
+            collaborative &= np.sqrt(fit.energies) <= limit
+        return collaborative, None, detect, rules
     r = fit.subspace.shape[1]
     if r >= p:
         raise ValueError(
@@ -741,6 +1045,56 @@ def _detect(
     return ~result.rejected, result, detect, rules
 
 
+def _pool_weights(
+    fit: _Fit, given: GivenNoise, collaborative: np.ndarray, pooling: str
+) -> tuple[np.ndarray | None, str]:
+    """The weights pi_k of Thetabar in step 4, and the rule in words.
+
+    ``"distinct"``: :func:`clair_stats.pipeline.refine.distinct_weights` on the
+    residuals at A^ and c^, with each client's null mean energy m_k
+    (sigma_k^2 (p - r) q, or q tr(P_A^perp C_k) with ``noise_cov`` and then the
+    Satterthwaite number of degrees of freedom of the narrowest client).
+    """
+    n_clients, p, q = fit.work.shape
+    members = np.flatnonzero(collaborative)
+    if members.size == 0:
+        return None, "none (S^ is empty)"
+    pool = np.zeros(n_clients)
+    pool[members] = 1.0 / members.size
+    if pooling == "mean" or members.size < 2 or fit.df == 0:
+        return pool, "mean (equal weights over S^)"
+    if given.cov is not None:
+        from clair_stats.pipeline.weighted_chi2 import projected_eigenvalues
+
+        eig = projected_eigenvalues(given.cov[members] / fit.unit**2, fit.subspace)
+        mean = q * eig.sum(axis=1)
+        df = float(np.min(q * eig.sum(axis=1) ** 2 / np.sum(eig**2, axis=1)))
+    else:
+        sd = given.sd if given.sd is not None else fit.median_sd()
+        sd = np.broadcast_to(sd, (n_clients,))[members] / fit.unit
+        mean = sd**2 * fit.df
+        df = float(fit.df)
+    if not np.all(mean > 0):
+        return pool, "mean (no noise level to tell copies from clients)"
+    gram = fit.work.residual_gram(
+        fit.decomposition, fit.subspace, fit.center, fit.unit
+    )[np.ix_(members, members)]
+    weights, groups = distinct_weights(gram, mean, df, DUPLICATE_LEVEL)
+    pool[members] = weights / weights.sum()
+    sizes = np.bincount(groups)
+    merged = sizes[sizes > 1]
+    return pool, (
+        f"distinct ({members.size} clients of S^ in {sizes.size} groups"
+        + (
+            f"; groups of near-identical updates of sizes {sorted(merged.tolist())} "
+            "each count as one client"
+            if merged.size
+            else "; no near-identical updates"
+        )
+        + f", lower-tail level {DUPLICATE_LEVEL:g})"
+    )
+
+
 def _leverage_weights(fit: _Fit, given: GivenNoise) -> np.ndarray:
     """Eigenvalues of the exact test's null law, corrected for the leverage of A^.
 
@@ -763,6 +1117,11 @@ def _leverage_weights(fit: _Fit, given: GivenNoise) -> np.ndarray:
     eig = projected_eigenvalues(given.cov / fit.unit**2, fit.subspace)
     if fit.rank == 0:
         return eig
+    if fit.refit is not None and fit.refit.source != "decomposition":
+        # A^ fitted on the trimmed or reweighted set alone: the clients outside
+        # it have no leverage on it, so their energies follow the null law
+        factor = np.maximum(1.0 - fit.refit.leverage / q, 0.5)
+        return eig * factor[:, None]
     low_rank = np.asarray(fit.decomposition.low_rank) / fit.unit
     along = np.einsum("pr,kpq->krq", fit.subspace, low_rank)  # u_i^T L^_k
     energy = np.sum(along**2, axis=2)  # (K, r)

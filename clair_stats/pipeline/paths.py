@@ -28,9 +28,65 @@ from clair_stats.core.results import (
 from clair_stats.core.validation import check_updates
 from clair_stats.pipeline.decompose import decompose
 from clair_stats.pipeline.refine import refine
-from clair_stats.solvers.factored import core_energies, refine_factored
+from clair_stats.solvers.factored import refine_factored
 
-__all__ = ["DenseUpdates", "FactoredUpdates", "Updates", "as_updates"]
+__all__ = ["Coordinates", "DenseUpdates", "FactoredUpdates", "Updates", "as_updates"]
+
+
+@dataclass(frozen=True)
+class Coordinates:
+    """Client updates in a basis: Theta^_k = basis X_k W_k^T, W_k an isometry.
+
+    Dense updates are their own coordinates (``basis`` None, W_k = I); factored
+    ones are the core of :mod:`clair_stats.solvers.factored`. Energies and
+    subspace fits are the same in either, since Q and W_k are isometries and
+    A^ lies in span(Q).
+    """
+
+    #: X_k, shape (K, d, m).
+    blocks: np.ndarray
+    #: Q, shape (p, d), orthonormal columns; None for the identity.
+    basis: np.ndarray | None
+    #: c^ in these coordinates, shape (d, m), or None.
+    center: np.ndarray | None
+
+    def inward(self, subspace: np.ndarray) -> np.ndarray:
+        """A (p x r) in these coordinates: Q^T A."""
+        return subspace if self.basis is None else self.basis.T @ subspace
+
+    def outward(self, subspace: np.ndarray) -> np.ndarray:
+        """A in these coordinates back to p x r: Q A."""
+        return subspace if self.basis is None else self.basis @ subspace
+
+    def energies(
+        self,
+        subspace: np.ndarray,
+        center: np.ndarray | None = None,
+        scale: float = 1.0,
+    ) -> np.ndarray:
+        """E_k / scale^2 = ||P_A^perp (Theta^_k - c) / scale||_F^2, shape (K,).
+
+        ``subspace`` p x r; ``center`` in these coordinates (default the
+        decomposition's c^). ``scale`` (a power of two) keeps the squares clear
+        of over- and underflow: the energies of updates of order 1e300 or 1e-300.
+        """
+        c = self.center if center is None else center
+        return off_subspace_energy(
+            self.blocks / scale,
+            self.inward(subspace),
+            None if c is None else c / scale,
+        )
+
+    def direction_energies(
+        self,
+        basis: np.ndarray,
+        center: np.ndarray | None = None,
+        scale: float = 1.0,
+    ) -> np.ndarray:
+        """||u_i^T (Theta^_k - c) / scale||^2 per client k and column u_i, (K, r)."""
+        c = self.center if center is None else center
+        x = self.blocks / scale if c is None else (self.blocks - c) / scale
+        return np.sum((self.inward(basis).T @ x) ** 2, axis=2)
 
 
 class Updates(Protocol):
@@ -49,25 +105,22 @@ class Updates(Protocol):
     def decompose(self, **options) -> Decomposition | FactoredDecomposition:
         """Step 1 (:func:`clair_stats.decompose` with ``options``)."""
 
-    def energies(
+    def coordinates(
+        self, decomposition: Decomposition | FactoredDecomposition
+    ) -> Coordinates:
+        """The blocks X_k, with Theta^_k's columns = basis X_k, and the centre."""
+
+    def residual_gram(
         self,
         decomposition: Decomposition | FactoredDecomposition,
         subspace: np.ndarray,
+        center: np.ndarray | None,
         scale: float = 1.0,
     ) -> np.ndarray:
-        """E_k / scale^2 = ||P_A^perp (Theta^_k - c^) / scale||_F^2, shape (K,).
+        """<P_A^perp (Theta^_j - c), P_A^perp (Theta^_k - c)> / scale^2, (K, K).
 
-        ``scale`` (a power of two) keeps the squares clear of over- and
-        underflow: the energies of updates of order 1e300 or 1e-300.
+        ``center`` in the coordinates of :meth:`coordinates` (None: c = 0).
         """
-
-    def direction_energies(
-        self,
-        decomposition: Decomposition | FactoredDecomposition,
-        basis: np.ndarray,
-        scale: float = 1.0,
-    ) -> np.ndarray:
-        """||u_i^T (Theta^_k - c^) / scale||^2 per client k and column u_i, (K, r)."""
 
     def refine(
         self,
@@ -75,8 +128,9 @@ class Updates(Protocol):
         subspace: np.ndarray,
         collaborative: np.ndarray,
         refined_rank: int | None,
+        weights: np.ndarray | None = None,
     ) -> np.ndarray | RefinedFactors:
-        """Step 4: Theta~_k for k in S^, Theta^_k otherwise."""
+        """Step 4: Theta~_k for k in S^, Theta^_k otherwise (mean weighted by w)."""
 
     def restore(
         self, refined: np.ndarray | RefinedFactors, side: str
@@ -103,21 +157,19 @@ class DenseUpdates:
     def decompose(self, **options) -> Decomposition:
         return decompose(self.data, **options)
 
-    def energies(
-        self, decomposition: Decomposition, subspace: np.ndarray, scale: float = 1.0
-    ) -> np.ndarray:
-        center = decomposition.center
-        return off_subspace_energy(
-            self.data / scale, subspace, None if center is None else center / scale
-        )
+    def coordinates(self, decomposition: Decomposition) -> Coordinates:
+        return Coordinates(self.data, None, decomposition.center)
 
-    def direction_energies(
-        self, decomposition: Decomposition, basis: np.ndarray, scale: float = 1.0
+    def residual_gram(
+        self,
+        decomposition: Decomposition,
+        subspace: np.ndarray,
+        center: np.ndarray | None,
+        scale: float = 1.0,
     ) -> np.ndarray:
-        blocks = self.data / scale
-        if decomposition.center is not None:
-            blocks = blocks - decomposition.center / scale
-        return np.sum(np.einsum("pr,kpq->krq", basis, blocks) ** 2, axis=2)
+        x = self.data / scale if center is None else (self.data - center) / scale
+        outside = (x - subspace @ (subspace.T @ x)).reshape(x.shape[0], -1)
+        return outside @ outside.T
 
     def refine(
         self,
@@ -125,8 +177,9 @@ class DenseUpdates:
         subspace: np.ndarray,
         collaborative: np.ndarray,
         refined_rank: int | None,
+        weights: np.ndarray | None = None,
     ) -> np.ndarray:
-        return refine(self.data, subspace, collaborative)
+        return refine(self.data, subspace, collaborative, weights)
 
     def restore(self, refined: np.ndarray, side: str) -> np.ndarray:
         return np.ascontiguousarray(
@@ -151,34 +204,34 @@ class FactoredUpdates:
     def decompose(self, **options) -> FactoredDecomposition:
         return decompose(self.data, **options)
 
-    def energies(
+    def coordinates(self, decomposition: FactoredDecomposition) -> Coordinates:
+        # Theta^_k = Q C_k W_k^T with Q, W_k isometries: the core C_k (with a
+        # centre, W is shared and c = Q c_c W^T)
+        return Coordinates(
+            decomposition.core_data, decomposition.basis, decomposition.core.center
+        )
+
+    def residual_gram(
         self,
         decomposition: FactoredDecomposition,
         subspace: np.ndarray,
+        center: np.ndarray | None,
         scale: float = 1.0,
     ) -> np.ndarray:
-        # A^ = Q A_c lies in span(Q): the energies of the core, with the centre
-        # of the core solve
-        center = decomposition.core.center
-        return core_energies(
-            decomposition.core_data / scale,
-            decomposition.basis.T @ subspace,
-            None if center is None else center / scale,
-        )
-
-    def direction_energies(
-        self,
-        decomposition: FactoredDecomposition,
-        basis: np.ndarray,
-        scale: float = 1.0,
-    ) -> np.ndarray:
-        # u_i = Q u_ci lies in span(Q) and W_k is an isometry: the core's energies
-        blocks = decomposition.core_data / scale
-        center = decomposition.core.center
-        if center is not None:
-            blocks = blocks - center / scale
-        core_basis = decomposition.basis.T @ basis
-        return np.sum(np.einsum("Rr,kRm->krm", core_basis, blocks) ** 2, axis=2)
+        if center is not None:  # a shared row basis: the core's inner products
+            x = (decomposition.core_data - center) / scale
+            core_subspace = decomposition.basis.T @ subspace
+            outside = x - core_subspace @ (core_subspace.T @ x)
+            outside = outside.reshape(x.shape[0], -1)
+            return outside @ outside.T
+        # <G_j A_j, G_k A_k> = sum((G_j^T G_k) * (A_j A_k^T)), G_k = s_k P_A^perp B_k
+        data = self.data
+        left = np.hstack([data.scaling[k] * data.B[k] for k in range(data.n_clients)])
+        left = (left - subspace @ (subspace.T @ left)) / scale
+        rows = np.vstack(list(data.A))
+        product = (left.T @ left) * (rows @ rows.T)
+        edges = np.cumsum([0, *(b.shape[1] for b in data.B)])[:-1]
+        return np.add.reduceat(np.add.reduceat(product, edges, axis=0), edges, axis=1)
 
     def refine(
         self,
@@ -186,6 +239,7 @@ class FactoredUpdates:
         subspace: np.ndarray,
         collaborative: np.ndarray,
         refined_rank: int | None,
+        weights: np.ndarray | None = None,
     ) -> RefinedFactors:
         return refine_factored(
             self.data,
@@ -193,6 +247,7 @@ class FactoredUpdates:
             collaborative,
             rank=refined_rank,
             basis=decomposition.basis,
+            weights=weights,
         )
 
     def restore(self, refined: RefinedFactors, side: str) -> RefinedFactors:

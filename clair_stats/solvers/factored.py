@@ -316,14 +316,15 @@ def refine_factored(
     rank: int | None = None,
     *,
     basis: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
 ) -> RefinedFactors:
     """Refine factored updates and truncate each refined update by SVD.
 
     .. math::
 
         \\tilde\\Theta_k = P_{\\hat A} \\hat\\Theta_k + P_{\\hat A}^\\perp
-            \\bar\\Theta, \\qquad \\bar\\Theta = \\frac{1}{|\\hat S|}
-            \\sum_{j \\in \\hat S} \\hat\\Theta_j, \\qquad k \\in \\hat S,
+            \\bar\\Theta, \\qquad \\bar\\Theta = \\sum_{j \\in \\hat S}
+            \\pi_j \\hat\\Theta_j, \\qquad k \\in \\hat S,
 
     held as Q Z_k W^T with Q a basis of span(B_1, ..., B_K, A^) and W one of all
     row spaces, Z_k = Q^T Theta~_k W = A_c w_k + D (R x n_w), where A^ = Q A_c,
@@ -349,6 +350,9 @@ def refine_factored(
     basis : numpy.ndarray, shape (p, R), optional
         Q of an earlier reduction (orthonormal columns spanning every B_k and
         A^, as :class:`FactoredDecomposition` ``.basis``); found when omitted.
+    weights : numpy.ndarray, shape (K,), optional
+        Pooling weights of Thetabar over S^ (normalised there; default equal),
+        as in :func:`clair_stats.pipeline.refine.refine`.
 
     Returns
     -------
@@ -402,7 +406,22 @@ def refine_factored(
     right = row_coeffs.T
     a_c = basis.T @ subspace  # A^ = Q A_c
     cols = np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in members])
-    mean = left[:, cols] @ right[cols] / members.size  # Q^T Thetabar W
+    if weights is None:
+        pool = np.full(members.size, 1.0 / members.size)
+    else:
+        pool = np.asarray(weights, dtype=float)
+        if pool.shape != (n_clients,) or not (
+            np.all(np.isfinite(pool)) and np.all(pool >= 0) and pool[members].sum() > 0
+        ):
+            raise ValueError(
+                "weights must be K nonnegative finite numbers, positive somewhere "
+                "on the collaborative set."
+            )
+        pool = pool[members] / pool[members].sum()
+    column_pool = np.concatenate(
+        [np.full(offsets[j + 1] - offsets[j], pool[i]) for i, j in enumerate(members)]
+    )
+    mean = (left[:, cols] * column_pool) @ right[cols]  # Q^T Thetabar W
     # D = Q^T P_A^perp Thetabar W = U_D Sigma_D V_D^T, once for all clients
     shared = mean - a_c @ (a_c.T @ mean)
     u_d, s_d, vt_d = scipy.linalg.svd(

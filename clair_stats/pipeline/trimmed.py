@@ -1,0 +1,459 @@
+r"""A shared subspace and centre that only a majority of clients can determine.
+
+The decomposition of step 1 (docs/pipeline.md §3.1) separates a low-rank part
+from *client-sparse* contamination. Contaminated clients that send identical or
+near-identical updates, or updates with a common offset, form a low-rank block
+themselves; P0/P1 put it into L^, and once its energy exceeds that of the
+weakest benign direction it replaces that direction in the rank-r fit
+(docs/findings.md §F12). The benign majority is what identifies span(A), so
+A^ (and the centre c^ with ``center=True``) is refitted here on a majority of
+clients chosen by their fit, in the manner of least trimmed squares
+(Rousseeuw 1984) and its concentration steps (FAST-MCD / FAST-LTS, Rousseeuw and
+Van Driessen 1999, 2006).
+
+**Objective.** With X_k the updates (dense blocks, or the core of factored ones),
+w_k = 1 / s_k^2 a per-client noise weight and
+
+.. math:: e_k(A, c) = w_k \, \| P_A^\perp (X_k - c) \|_F^2 ,
+
+minimise the trimmed sum :math:`F(A, c) = \sum_{k \in H(A, c)} e_k(A, c)`, H the
+h clients with the smallest e_k, over orthonormal A (p x r) and c (c = 0 without
+a centre).
+
+**Concentration step.** Given H: c <- the w-weighted mean of X_k over H (it
+minimises sum_H e_k over c for any A: only P_A^perp c enters); A <- the top-r left
+singular vectors of [sqrt(w_k) (X_k - c)]_{k in H} (minimises it over A for that
+c); H <- the h smallest e_k at the new (A, c). Each of the three does not
+increase F, so F decreases until H repeats, in finitely many steps.
+
+**Starts.** L^'s subspace (and c^), and *elemental* starts: the fit of a d-client
+subset, d = ceil(r / q) (+ 1 with a centre) the fewest clients that determine
+(A, c). When d = 1 every client is a start; otherwise ``max(K, 30)`` random
+d-subsets (a fixed seed, so the result is reproducible). Two concentration steps
+from every start, then the ``n_best`` best are iterated to convergence and the
+smallest F wins (FAST-MCD's scheme).
+
+**Breakdown** (docs/pipeline.md §3.6). Let m clients be contaminated and
+h = floor((K + d) / 2). If m <= K - h, the K - m >= h benign clients alone can
+fill H, so at a start fitted on benign clients only (an elemental start that
+is all benign), F is at most a sum of h benign energies, a number that does not
+depend on the contaminated updates; the result's F is at most that. If also
+m <= h - d, the final H holds at least d benign clients whose energies are at
+most that number: those benign clients, which span A when their coefficients do,
+lie within a bounded distance of span(A^), so the contaminated clients cannot
+drive A^ (or c^) arbitrarily far, however they are placed. Both hold for
+m <= floor((K - d) / 2): the breakdown point is floor((K - d) / 2) / K, which
+tends to 1/2. The guarantee needs one all-benign elemental start: certain when
+d = 1 (every client is a start), with probability 1 - (1 - (1 - gamma)^d)^n for
+n random d-subsets (below 1e-19 at gamma = 0.45, d = 2, n = 120).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from clair_stats.core.linalg import left_singular
+
+__all__ = [
+    "TrimmedFit",
+    "elemental_size",
+    "majority_size",
+    "reweighted",
+    "trimmed_objective",
+    "trimmed_subspace",
+]
+
+#: Concentration steps from every start before the best are kept.
+SCREEN_STEPS = 2
+#: Starts iterated to convergence after the screening.
+N_BEST = 5
+#: Concentration steps of one start, at most (each is one SVD; F decreases
+#: strictly until H repeats, which takes a handful of steps in practice).
+MAX_STEPS = 100
+#: Random elemental subsets at least (when d > 1).
+MIN_RANDOM_STARTS = 30
+
+
+@dataclass(frozen=True)
+class TrimmedFit:
+    """The trimmed (least trimmed squares) fit of the shared subspace and centre.
+
+    Attributes
+    ----------
+    subspace : numpy.ndarray, shape (d, r)
+        A, orthonormal columns, in the coordinates of the blocks.
+    center : numpy.ndarray of shape (d, m), or None
+        c (``center=True``), else None.
+    kept : numpy.ndarray of bool, shape (K,)
+        H, the h clients with the smallest weighted energy at the trimmed fit.
+    objective : float
+        F(A, c), the sum of the h smallest weighted energies at (A, c).
+    energies : numpy.ndarray, shape (K,)
+        e_k(A, c) / w_k = ||P_A^perp (X_k - c)||_F^2 (unweighted).
+    leverage : numpy.ndarray, shape (K,)
+        h_k = sum_i w_k ||u_i^T (X_k - c)||^2 / sigma_i^2, the share of client
+        k in each direction u_i of A summed over the directions (0 outside the
+        clients A is fitted on; sum_k h_k = r): the part of its own noise that
+        A absorbs is about h_k / q of its energy.
+    fitted : numpy.ndarray of bool, shape (K,)
+        The clients (A, c) is fitted on: H, or the reweighted set
+        (:func:`reweighted`).
+    reweighted : bool
+        Whether (A, c) is the reweighted fit.
+    source : str
+        Where (A, c) comes from: ``"trimmed"`` (the trimmed fit),
+        ``"reweighted"``, or ``"decomposition"`` (L^'s subspace and c^, kept
+        because the majority fits them as well as its own fit, up to noise).
+    start : str
+        The start that won (``"L^"``, ``"client 3"``, ``"clients (3, 17)"``).
+    steps : int
+        Concentration steps of the winning start.
+    n_starts : int
+        Starts screened.
+    """
+
+    subspace: np.ndarray = field(repr=False)
+    center: np.ndarray | None = field(repr=False)
+    kept: np.ndarray = field(repr=False)
+    objective: float
+    energies: np.ndarray = field(repr=False)
+    leverage: np.ndarray = field(repr=False)
+    start: str
+    steps: int
+    n_starts: int
+    fitted: np.ndarray = field(repr=False, default=None)
+    reweighted: bool = False
+    source: str = "trimmed"
+
+    def __post_init__(self) -> None:
+        if self.fitted is None:
+            object.__setattr__(self, "fitted", self.kept.copy())
+
+    @property
+    def h(self) -> int:
+        """|H|."""
+        return int(self.kept.sum())
+
+
+def majority_size(n_clients: int, elemental: int) -> int:
+    """h = floor((K + d) / 2), at least floor(K / 2) + 1 and at most K.
+
+    The size of the trimmed set that maximises the number of contaminated
+    clients the fit tolerates, floor((K - d) / 2) (module docstring).
+    """
+    return min(n_clients, max((n_clients + elemental) // 2, n_clients // 2 + 1))
+
+
+def elemental_size(rank: int, width: int, center: bool) -> int:
+    """d = ceil(r / q) (+ 1 with a centre): the fewest clients that fix (A, c)."""
+    return max(1, math.ceil(rank / width) if rank else 0) + int(center)
+
+
+def trimmed_subspace(
+    blocks: np.ndarray,
+    rank: int,
+    *,
+    weights: np.ndarray | None = None,
+    center: bool = False,
+    init: tuple[np.ndarray, np.ndarray | None] | None = None,
+    h: int | None = None,
+    seed: int = 0,
+) -> TrimmedFit:
+    r"""Least-trimmed-squares fit of a rank-r subspace (and a centre).
+
+    .. math:: \min_{A^\top A = I_r,\ c}\ \sum_{k \in H(A, c)} w_k
+              \|P_A^\perp (X_k - c)\|_F^2 ,
+
+    H(A, c) the h clients with the smallest terms, by concentration steps from
+    ``init`` and from elemental starts (module docstring).
+
+    Parameters
+    ----------
+    blocks : numpy.ndarray, shape (K, d, m)
+        X_k: the updates Theta^_k (p x q), or the core of factored ones.
+    rank : int
+        r, 0 <= r < d (r = 0 fits the centre alone).
+    weights : numpy.ndarray, shape (K,), optional
+        w_k = 1 / s_k^2, s_k client k's noise standard deviation relative to
+        the others' (default 1).
+    center : bool
+        Fit a centre c (else c = 0).
+    init : tuple (A0, c0), optional
+        A start: L^'s subspace (d x r) and c^ (d x m or None).
+    h : int, optional
+        |H|; default :func:`majority_size` (the highest breakdown point).
+        At least floor(K / 2) + 1.
+    seed : int
+        Seed of the random elemental subsets (used when d > 1).
+
+    Returns
+    -------
+    TrimmedFit
+
+    References
+    ----------
+    Rousseeuw, P. J. (1984). Least median of squares regression. JASA 79, 871-880.
+    Rousseeuw, P. J., Van Driessen, K. (1999). A fast algorithm for the minimum
+    covariance determinant estimator. Technometrics 41, 212-223.
+    Rousseeuw, P. J., Van Driessen, K. (2006). Computing LTS regression for large
+    data sets. Data Mining and Knowledge Discovery 12, 29-45.
+    """
+    blocks = np.asarray(blocks, dtype=float)
+    n_clients, dim, width = blocks.shape
+    if not 0 <= rank < dim:
+        raise ValueError(f"rank must be in [0, {dim - 1}], got {rank}.")
+    w = np.ones(n_clients) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != (n_clients,) or not np.all(np.isfinite(w)) or np.any(w <= 0):
+        raise ValueError("weights must be K positive finite numbers.")
+    d = elemental_size(rank, width, center)
+    if h is None:
+        h = majority_size(n_clients, d)
+    if not n_clients // 2 + 1 <= h <= n_clients:
+        raise ValueError(
+            f"h must be a majority of the K = {n_clients} clients: in "
+            f"[{n_clients // 2 + 1}, {n_clients}], got {h}."
+        )
+    problem = _Problem(blocks, w, rank, center, h)
+    starts: list[tuple[str, np.ndarray]] = []
+    if init is not None:
+        starts.append(("L^", problem.kept(*init)))
+    for members in _elemental_subsets(n_clients, d, seed):
+        name = (
+            f"client {members[0]}"
+            if members.size == 1
+            else f"clients {tuple(int(k) for k in members)}"
+        )
+        subset = np.zeros(n_clients, dtype=bool)
+        subset[members] = True
+        starts.append((name, problem.kept(*problem.fit(subset)[:2])))
+    # screen: a few concentration steps from every start
+    screened = []
+    for index, (name, kept) in enumerate(starts):
+        state = problem.concentrate(kept, SCREEN_STEPS)
+        screened.append((state[0], index, name, state))
+    screened.sort(key=lambda item: (item[0], item[1]))
+    best = None
+    for _, index, name, (_, kept, steps) in screened[:N_BEST]:
+        objective, kept, more = problem.concentrate(kept, MAX_STEPS)
+        if best is None or objective < best[0]:
+            best = (objective, index, name, kept, steps + more)
+    objective, _, name, kept, steps = best
+    subspace, c, sv = problem.fit(kept, exact=True)
+    energies = problem.energies(subspace, c)
+    return TrimmedFit(
+        subspace=subspace,
+        center=c,
+        kept=kept,
+        objective=float(np.sum(np.sort(w * energies)[:h])),
+        energies=energies,
+        leverage=problem.leverage(kept, subspace, c, sv),
+        start=name,
+        steps=steps,
+        n_starts=len(starts),
+    )
+
+
+def trimmed_objective(
+    blocks: np.ndarray,
+    subspace: np.ndarray,
+    center: np.ndarray | None,
+    h: int,
+    weights: np.ndarray | None = None,
+) -> float:
+    """F(A, c): the sum of the h smallest weighted energies at (A, c)."""
+    blocks = np.asarray(blocks, dtype=float)
+    w = np.ones(blocks.shape[0]) if weights is None else np.asarray(weights, float)
+    problem = _Problem(blocks, w, subspace.shape[1], center is not None, h)
+    return float(np.sum(np.sort(w * problem.energies(subspace, center))[:h]))
+
+
+def reweighted(
+    blocks: np.ndarray,
+    fit: TrimmedFit,
+    members: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    center: bool = False,
+    tolerance: float,
+) -> TrimmedFit:
+    r"""The fit on a larger set of clients, kept if the majority still fits it.
+
+    A trimmed fit on h ~ K / 2 clients is inefficient (it uses half of the
+    data, and fits their noise). Its reweighting (as for the MCD, Rousseeuw
+    and Van Driessen 1999) refits (A, c) on ``members``, the clients that the
+    trimmed fit does not reject at a liberal cut, and keeps the refit when the
+    trimmed objective rises by at most ``tolerance``:
+
+    .. math:: F(A_R, c_R) \le F(A_H, c_H) + 	ext{tolerance}.
+
+    With ``tolerance`` the energy of one direction of pure noise (the squared
+    operator norm of the noise of the h kept clients), the refit can lose only
+    a direction that the majority carries no more strongly than noise: a group
+    admitted by the cut that pulls a direction the majority needs into A is
+    refused.
+
+    Parameters
+    ----------
+    blocks : numpy.ndarray, shape (K, d, m)
+    fit : TrimmedFit
+        The trimmed fit on the same blocks.
+    members : numpy.ndarray of bool, shape (K,)
+        R, the clients to refit on (at least h of them, else ``fit`` is
+        returned).
+    weights, center
+        As for :func:`trimmed_subspace`.
+    tolerance : float
+        The admissible rise of F, in the units of the weighted energies.
+
+    Returns
+    -------
+    TrimmedFit
+        ``fit`` with (A, c) = the refit (``reweighted=True``), or ``fit``.
+    """
+    blocks = np.asarray(blocks, dtype=float)
+    n_clients = blocks.shape[0]
+    w = np.ones(n_clients) if weights is None else np.asarray(weights, dtype=float)
+    members = np.asarray(members, dtype=bool)
+    h = fit.h
+    if members.sum() < h or np.array_equal(members, fit.fitted):
+        return fit
+    problem = _Problem(blocks, w, fit.subspace.shape[1], center, h)
+    subspace, c, sv = problem.fit(members, exact=True)
+    energies = problem.energies(subspace, c)
+    objective = float(np.sum(np.sort(w * energies)[:h]))
+    if objective > fit.objective + tolerance:
+        return fit
+    return replace(
+        fit,
+        subspace=subspace,
+        center=c,
+        energies=energies,
+        leverage=problem.leverage(members, subspace, c, sv),
+        fitted=members.copy(),
+        reweighted=True,
+        source="reweighted",
+    )
+
+
+def _elemental_subsets(n_clients: int, d: int, seed: int) -> list[np.ndarray]:
+    """Every client (d = 1), or max(K, 30) distinct random d-subsets."""
+    if d == 1:
+        return [np.array([k]) for k in range(n_clients)]
+    total = math.comb(n_clients, d)
+    count = min(total, max(n_clients, MIN_RANDOM_STARTS))
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, ...]] = set()
+    subsets = []
+    while len(subsets) < count:
+        members = tuple(sorted(rng.choice(n_clients, size=d, replace=False).tolist()))
+        if members not in seen:
+            seen.add(members)
+            subsets.append(np.array(members))
+    return subsets
+
+
+@dataclass(frozen=True)
+class _Problem:
+    blocks: np.ndarray
+    w: np.ndarray
+    rank: int
+    center: bool
+    h: int
+
+    def fit(
+        self, members: np.ndarray, exact: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(A, c) minimising sum_{k in members} e_k, and the top-r singular values.
+
+        ``exact``: by the SVD of the stack; else from the eigenvectors of its
+        smaller Gram matrix (three times faster, and accurate enough to rank
+        the clients: the final fit is exact).
+        """
+        x = self.blocks[members]
+        w = self.w[members]
+        c = None
+        if self.center:
+            c = np.tensordot(w, x, axes=1) / w.sum()
+            x = x - c
+        dim = self.blocks.shape[1]
+        matrix = np.ascontiguousarray(
+            (x * np.sqrt(w)[:, None, None]).transpose(1, 0, 2)
+        ).reshape(dim, -1)
+        if exact or self.rank == 0:
+            u, sv = left_singular(matrix)
+        elif dim <= matrix.shape[1]:
+            values, vectors = np.linalg.eigh(matrix @ matrix.T)
+            u, sv = vectors[:, ::-1], np.sqrt(np.maximum(values[::-1], 0.0))
+        else:
+            values, vectors = np.linalg.eigh(matrix.T @ matrix)
+            sv = np.sqrt(np.maximum(values[::-1], 0.0))
+            top = matrix @ vectors[:, ::-1][:, : self.rank]
+            u = np.linalg.qr(top)[0]
+        subspace = np.ascontiguousarray(u[:, : self.rank])
+        if subspace.shape[1] < self.rank:  # fewer columns than r
+            subspace = _complete(subspace, self.rank)
+        return subspace, c, sv[: self.rank]
+
+    def energies(self, subspace: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        x = self.blocks if c is None else self.blocks - c
+        # explicit projection (no cancellation); matmul broadcasts over k
+        outside = x - subspace @ (subspace.T @ x)
+        return np.sum(outside * outside, axis=(1, 2))
+
+    def kept(self, subspace: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        """H: the h smallest weighted energies (ties to the lower index)."""
+        order = np.argsort(self.w * self.energies(subspace, c), kind="stable")
+        kept = np.zeros(self.w.size, dtype=bool)
+        kept[order[: self.h]] = True
+        return kept
+
+    def concentrate(
+        self, kept: np.ndarray, max_steps: int
+    ) -> tuple[float, np.ndarray, int]:
+        """Concentration steps from H until it repeats: (F, H, steps)."""
+        objective = np.inf
+        for step in range(1, max_steps + 1):
+            subspace, c, _ = self.fit(kept)
+            weighted = self.w * self.energies(subspace, c)
+            order = np.argsort(weighted, kind="stable")
+            new = np.zeros_like(kept)
+            new[order[: self.h]] = True
+            objective = float(np.sum(weighted[order[: self.h]]))
+            if np.array_equal(new, kept):
+                return objective, kept, step
+            kept = new
+        return objective, kept, max_steps
+
+    def leverage(
+        self,
+        kept: np.ndarray,
+        subspace: np.ndarray,
+        c: np.ndarray | None,
+        sv: np.ndarray,
+    ) -> np.ndarray:
+        out = np.zeros(self.w.size)
+        if self.rank == 0:
+            return out
+        x = self.blocks[kept] if c is None else self.blocks[kept] - c
+        along = np.sum((subspace.T @ x) ** 2, axis=2)
+        power = sv**2
+        share = np.divide(
+            self.w[kept, None] * along,
+            power,
+            out=np.zeros_like(along),
+            where=power > 0,
+        )
+        out[kept] = share.sum(axis=1)
+        return out
+
+
+def _complete(u: np.ndarray, rank: int) -> np.ndarray:
+    """u's columns completed to ``rank`` orthonormal columns (fixed, not random)."""
+    dim = u.shape[0]
+    extra = np.eye(dim)[:, : rank + u.shape[1]]
+    extra = extra - u @ (u.T @ extra)
+    q, _ = np.linalg.qr(np.hstack([u, extra]))
+    return np.ascontiguousarray(q[:, :rank])
