@@ -54,7 +54,12 @@ from clair_stats.pipeline.noise import (
     optimal_threshold,
 )
 from clair_stats.pipeline.paths import Coordinates, Updates, as_updates
-from clair_stats.pipeline.refine import distinct_weights
+from clair_stats.pipeline.refine import (
+    close_by_angle,
+    close_by_distance,
+    copy_groups,
+    distinct_weights,
+)
 from clair_stats.pipeline.subspace import estimate_subspace
 from clair_stats.pipeline.trimmed import (
     TrimmedFit,
@@ -71,8 +76,8 @@ SIDES: tuple[str, ...] = ("left", "right")
 DETECT_RULES: tuple[str, ...] = ("auto", "support", "test")
 REFITS: tuple[str, ...] = ("trimmed", "none")
 POOLINGS: tuple[str, ...] = ("distinct", "mean")
-#: Family-wise level of the lower-tail test that merges near-identical clients
-#: in the average of step 4 (docs/pipeline.md §3.4).
+#: Family-wise probability that the copy rules (docs/pipeline.md §3.4, §3.6)
+#: group two independent benign clients.
 DUPLICATE_LEVEL = 1e-3
 PROGRAM_MODES: tuple[str, ...] = ("auto", "exact", "penalized")
 #: A given noise level is flagged when the median energy ratio leaves
@@ -320,11 +325,11 @@ def clair(
         c^ from the decomposition, as in the paper.
     pooling : {"distinct", "mean"}
         The average Thetabar of step 4 over S^. ``"distinct"``: clients whose
-        off-subspace parts are closer to one another than independent noise
-        allows (a lower-tail test of the pairwise distances, docs/pipeline.md
-        §3.4) form a group that counts as one client, so that identical or
-        near-identical updates cannot dominate it (needs a noise level, so
-        noisy data with ``detect="test"``); ``"mean"``: the plain mean.
+        off-subspace residuals are more aligned than independent noise allows
+        (an upper-tail test of their cosines, docs/pipeline.md §3.4) form
+        groups that count as one client each, so that identical or
+        near-identical updates cannot dominate it (with ``detect="test"``);
+        ``"mean"``: the plain mean.
     side : {"left", "right"}
         Share the column space (p-dim) or the row space (apply to transposes).
     weights : array_like, shape (K,), optional
@@ -877,11 +882,12 @@ class _Fit:
             self.decomposition, np.zeros((p, 0)), None, self.unit
         )
         if np.all(mean > 0):
-            _, groups = distinct_weights(gram, mean, df, DUPLICATE_LEVEL)
+            close = close_by_distance(gram, mean, df, DUPLICATE_LEVEL)
         else:  # noiseless: exact copies only (equal to 1e-12 relative)
             diag = np.diag(gram)
             distance = np.maximum(diag[:, None] + diag[None, :] - 2 * gram, 0.0)
-            groups = _components(distance <= COPY_RTOL**2 * diag.max())
+            close = distance <= COPY_RTOL**2 * diag.max()
+        groups = copy_groups(close)
         _, first = np.unique(groups, return_index=True)
         return np.sort(first)
 
@@ -921,17 +927,6 @@ def _expand(fit: TrimmedFit, reps: np.ndarray, energies: np.ndarray) -> TrimmedF
         leverage=full(fit.leverage, 0.0),
         energies=energies,
     )
-
-
-def _components(close: np.ndarray) -> np.ndarray:
-    """Labels of the connected components of a symmetric boolean matrix."""
-    import scipy.sparse
-    import scipy.sparse.csgraph
-
-    _, labels = scipy.sparse.csgraph.connected_components(
-        scipy.sparse.csr_matrix(close), directed=False
-    )
-    return labels
 
 
 def _subspace(
@@ -1050,10 +1045,11 @@ def _pool_weights(
 ) -> tuple[np.ndarray | None, str]:
     """The weights pi_k of Thetabar in step 4, and the rule in words.
 
-    ``"distinct"``: :func:`clair_stats.pipeline.refine.distinct_weights` on the
-    residuals at A^ and c^, with each client's null mean energy m_k
-    (sigma_k^2 (p - r) q, or q tr(P_A^perp C_k) with ``noise_cov`` and then the
-    Satterthwaite number of degrees of freedom of the narrowest client).
+    ``"distinct"``: kept clients whose residuals at A^ and c^ are more aligned
+    than independent noise allows (:func:`clair_stats.pipeline.refine.close_by_angle`,
+    nu = (p - r) q, or with ``noise_cov`` the Satterthwaite number of the
+    narrowest client) form groups of pairwise-close clients, each counting as
+    one client (docs/pipeline.md §3.4).
     """
     n_clients, p, q = fit.work.shape
     members = np.flatnonzero(collaborative)
@@ -1061,37 +1057,30 @@ def _pool_weights(
         return None, "none (S^ is empty)"
     pool = np.zeros(n_clients)
     pool[members] = 1.0 / members.size
-    if pooling == "mean" or members.size < 2 or fit.df == 0:
+    if pooling == "mean" or members.size < 2 or fit.df < 2:
         return pool, "mean (equal weights over S^)"
+    df = float(fit.df)
     if given.cov is not None:
         from clair_stats.pipeline.weighted_chi2 import projected_eigenvalues
 
         eig = projected_eigenvalues(given.cov[members] / fit.unit**2, fit.subspace)
-        mean = q * eig.sum(axis=1)
         df = float(np.min(q * eig.sum(axis=1) ** 2 / np.sum(eig**2, axis=1)))
-    else:
-        sd = given.sd if given.sd is not None else fit.median_sd()
-        sd = np.broadcast_to(sd, (n_clients,))[members] / fit.unit
-        mean = sd**2 * fit.df
-        df = float(fit.df)
-    if not np.all(mean > 0):
-        return pool, "mean (no noise level to tell copies from clients)"
     gram = fit.work.residual_gram(
         fit.decomposition, fit.subspace, fit.center, fit.unit
     )[np.ix_(members, members)]
-    weights, groups = distinct_weights(gram, mean, df, DUPLICATE_LEVEL)
+    weights, groups = distinct_weights(close_by_angle(gram, df, DUPLICATE_LEVEL))
     pool[members] = weights / weights.sum()
     sizes = np.bincount(groups)
     merged = sizes[sizes > 1]
     return pool, (
         f"distinct ({members.size} clients of S^ in {sizes.size} groups"
         + (
-            f"; groups of near-identical updates of sizes {sorted(merged.tolist())} "
+            f"; groups of near-identical residuals of sizes {sorted(merged.tolist())} "
             "each count as one client"
             if merged.size
-            else "; no near-identical updates"
+            else "; no near-identical residuals"
         )
-        + f", lower-tail level {DUPLICATE_LEVEL:g})"
+        + f", angle rule at family-wise level {DUPLICATE_LEVEL:g})"
     )
 
 

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["distinct_weights", "refine"]
+__all__ = [
+    "close_by_angle",
+    "close_by_distance",
+    "copy_groups",
+    "distinct_weights",
+    "refine",
+]
 
 
 def refine(
@@ -90,58 +96,127 @@ def refine(
     return refined
 
 
-def distinct_weights(
+def copy_groups(close: np.ndarray) -> np.ndarray:
+    """Groups of clients that are pairwise close (complete linkage), as labels.
+
+    Client k (in index order) joins the first group all of whose members it is
+    close to, else starts a new one. Every pair inside a group is close, so one
+    client close to everybody (an update at the benign mean, say) cannot chain
+    clients that are not close to one another into one group.
+
+    Parameters
+    ----------
+    close : numpy.ndarray of bool, shape (n, n)
+        Symmetric: whether clients j and k are copies of one another.
+
+    Returns
+    -------
+    numpy.ndarray of int, shape (n,)
+        The group label of each client, 0, 1, ... in order of first member.
+    """
+    close = np.asarray(close, dtype=bool)
+    n = close.shape[0]
+    labels = np.full(n, -1)
+    groups: list[list[int]] = []
+    for k in range(n):
+        for label, members in enumerate(groups):
+            if close[k, members].all():
+                members.append(k)
+                labels[k] = label
+                break
+        else:
+            labels[k] = len(groups)
+            groups.append([k])
+    return labels
+
+
+def close_by_distance(
     gram: np.ndarray, mean_energy: np.ndarray, df: float, level: float = 1e-3
-) -> tuple[np.ndarray, np.ndarray]:
-    r"""Pooling weights that count a group of near-identical clients once.
+) -> np.ndarray:
+    r"""Pairs of updates closer to one another than independent noise allows.
 
-    Two clients j, k whose residuals R_j = P_A^^perp (Theta^_j - c^) carry
-    independent noise are apart by D_jk = ||R_j - R_k||_F^2, with mean
-    m_j + m_k (m_k the mean of ||R_k||_F^2 under the null) and, for iid noise,
+    For clients j, k with independent noise and no other difference,
+    D_jk = ||X_j - X_k||_F^2 has mean m_j + m_k and, for iid noise,
+    :math:`\nu D_{jk} / (m_j + m_k) \sim \chi^2_\nu`. A pair below the lower
+    ``level`` / (n (n - 1) / 2) quantile (Bonferroni over the pairs) is close.
 
-    .. math:: \frac{D_{jk}}{m_j + m_k}\, \nu \sim \chi^2_\nu .
+    Parameters
+    ----------
+    gram : numpy.ndarray, shape (n, n)
+        <X_j, X_k>.
+    mean_energy : numpy.ndarray, shape (n,)
+        m_k > 0, the mean of ||X_k - X_k'||^2 / 2 for an independent copy X_k'.
+    df : float
+        nu.
+    level : float
+        Family-wise probability of calling two independent clients close.
 
-    A pair below the lower ``level`` / (n (n - 1) / 2) quantile of that law
-    (Bonferroni over the pairs) is closer than independent noise allows: the
-    two updates are copies, or near-copies, of one another. The groups are the
-    connected components of those pairs, and each client gets weight
-    1 / |its group|, so that a group weighs as much as one client. Independent
-    benign clients are merged with probability at most ``level`` in all.
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n, n)
+    """
+    import scipy.stats
+
+    n = gram.shape[0]
+    diag = np.diag(gram)
+    distance = np.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0)
+    scaled = distance * df / (mean_energy[:, None] + mean_energy[None, :])
+    close = scaled < scipy.stats.chi2.ppf(level / max(n * (n - 1) / 2, 1), df)
+    np.fill_diagonal(close, True)
+    return close
+
+
+def close_by_angle(gram: np.ndarray, df: float, level: float = 1e-3) -> np.ndarray:
+    r"""Pairs of residuals more aligned than independent noise allows.
+
+    Two independent isotropic Gaussian vectors in nu dimensions have cosine
+    cos_jk with :math:`(1 + \cos)/2 \sim \mathrm{Beta}((\nu - 1)/2, (\nu - 1)/2)`
+    (sd about 1 / sqrt(nu)), whatever their norms. A pair above the upper
+    ``level`` / (n (n - 1) / 2) quantile (Bonferroni over the pairs) is close:
+    copies (cos = 1), near-copies, and updates that share a common offset
+    larger than their noise. Unlike a distance rule, a residual near zero (an
+    update at the mean) is close to nobody.
 
     Parameters
     ----------
     gram : numpy.ndarray, shape (n, n)
         <R_j, R_k>.
-    mean_energy : numpy.ndarray, shape (n,)
-        m_k > 0.
     df : float
-        nu: (p - r) q for iid noise, else an effective number (Satterthwaite).
+        nu (for non-isotropic noise an effective number, e.g. Satterthwaite's).
     level : float
-        Family-wise probability of merging two independent clients.
+        Family-wise probability of calling two independent clients close.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n, n)
+    """
+    import scipy.stats
+
+    n = gram.shape[0]
+    norm = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    outer = np.outer(norm, norm)
+    cosine = np.divide(gram, outer, out=np.zeros_like(gram), where=outer > 0)
+    half = (df - 1.0) / 2.0
+    cut = 2.0 * scipy.stats.beta.isf(level / max(n * (n - 1) / 2, 1), half, half) - 1
+    close = cosine > cut
+    np.fill_diagonal(close, True)
+    return close
+
+
+def distinct_weights(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pooling weights that count a group of copies once: 1 / |group of k|.
+
+    Parameters
+    ----------
+    close : numpy.ndarray of bool, shape (n, n)
+        Which pairs are copies (:func:`close_by_angle`, :func:`close_by_distance`).
 
     Returns
     -------
     weights : numpy.ndarray, shape (n,)
-        1 / |group of k|.
     groups : numpy.ndarray of int, shape (n,)
-        The group label of each client.
+        The labels of :func:`copy_groups`.
     """
-    import scipy.sparse
-    import scipy.sparse.csgraph
-    import scipy.stats
-
-    gram = np.asarray(gram, dtype=float)
-    n = gram.shape[0]
-    if n < 2:
-        return np.ones(n), np.zeros(n, dtype=int)
-    diag = np.diag(gram)
-    distance = np.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0)
-    scaled = distance * df / (mean_energy[:, None] + mean_energy[None, :])
-    cut = scipy.stats.chi2.ppf(level / (n * (n - 1) / 2), df)
-    close = scaled < cut
-    np.fill_diagonal(close, False)
-    _, groups = scipy.sparse.csgraph.connected_components(
-        scipy.sparse.csr_matrix(close), directed=False
-    )
+    groups = copy_groups(close)
     sizes = np.bincount(groups)
     return 1.0 / sizes[groups], groups

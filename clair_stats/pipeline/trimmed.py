@@ -1,6 +1,6 @@
 r"""A shared subspace and centre that only a majority of clients can determine.
 
-The decomposition of step 1 (docs/pipeline.md §3.1) separates a low-rank part
+The decomposition of step 1 (docs/programs.md §3.1) separates a low-rank part
 from *client-sparse* contamination. Contaminated clients that send identical or
 near-identical updates, or updates with a common offset, form a low-rank block
 themselves; P0/P1 put it into L^, and once its energy exceeds that of the
