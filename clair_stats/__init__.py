@@ -28,6 +28,7 @@ from clair_stats.pipeline.detection import ClientTest, chi_square_test
 from clair_stats.pipeline.estimator import ClairResult, clair
 from clair_stats.pipeline.refine import refine
 from clair_stats.pipeline.subspace import estimate_subspace
+from clair_stats.pipeline.trimmed import TrimmedFit, trimmed_subspace
 from clair_stats.simulate.contamination import CONTAMINATION_TYPES
 from clair_stats.simulate.model import FederatedModel
 from clair_stats.simulate.sample import FederatedSample
@@ -41,6 +42,7 @@ __all__ = [
     "ClairResult",
     "ClairWarning",
     "ClientTest",
+    "TrimmedFit",
     "ConvergenceWarning",
     "Decomposition",
     "FactoredDecomposition",
@@ -60,6 +62,7 @@ __all__ = [
     "estimate_subspace",
     "refine",
     "svt",
+    "trimmed_subspace",
 ]
 
 __version__ = "0.1.0"
