@@ -763,10 +763,12 @@ class _Fit:
         init_subspace = coords.inward(self.subspace)
         if (
             rank
+            and reps.size == n_clients
             and trimmed_objective(blocks, init_subspace, init_center, h, rep_weights)
             <= refit.objective + tolerance
         ):
-            # L^ is not pulled: keep the decomposition's fit
+            # L^ is not pulled (and counts no copy twice): keep the
+            # decomposition's fit
             return self._kept_decomposition(refit, reps, center)
         refit = self._reweight(
             refit, blocks, rep_weights, reps, center, scaled_sd, given_sd, tolerance
