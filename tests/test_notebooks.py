@@ -368,6 +368,81 @@ def check_robustness(grid, folder: Path, text: str, script) -> None:
     assert 0 <= float(same) <= 100
 
 
+def check_byzantine(grid, folder: Path, text: str, script) -> None:
+    keys = ["federation", "attack", "gamma", "method"]
+    table = read_table(
+        folder, "summary.csv", [*keys, "mean", "lo", "hi", "n", "ratio_max"]
+    )
+    K = script.SCENARIO["K"]
+    configs = grid.study.configs
+    bulyan_off = sum(K < 4 * script.n_attackers(c["gamma"], K) + 3 for c in configs)
+    # one row per configuration and method, but Bulyan where K < 4f + 3
+    assert len(table) == len(configs) * len(script.METHODS) - bulyan_off
+    assert (table["n"] == grid.study.replicates).all()
+    # a ratio of sums of squares of noisy errors is > 0; local's is 1 exactly
+    assert (table["mean"] > 0).all()
+    assert (table.loc[table["method"] == "local", "mean"] == 1).all()
+    assert ordered(table["lo"], table["mean"], table["hi"])
+    # the worst case is the largest mean over the attacks, per federation, method
+    # and gamma
+    worst = read_table(
+        folder,
+        "worst_case.csv",
+        ["federation", "method", "gamma", "attack", "mean", "lo", "hi", "n"]
+        + ["ratio_max"],
+    )
+    largest = table.groupby(["federation", "method", "gamma"])["mean"].max()
+    assert len(worst) == len(largest)
+    for row in worst.itertuples():
+        assert row.mean == pytest.approx(
+            largest.loc[(row.federation, row.method, row.gamma)]
+        )
+    page = (folder / "worst_case.md").read_text()
+    assert "## Targets" in page
+    assert "| clair |" in page
+
+    feds = grid_values(grid, "federation")
+    attacked = [c for c in configs if c["gamma"] > 0]
+    gammas = sorted({c["gamma"] for c in attacked})
+    n_attacks = len({c["attack"] for c in attacked})
+    reps = grid.study.replicates
+    assert (
+        f"quick grid: {len(feds)} federations x {n_attacks} attacks x {len(gammas)} "
+        f"fractions gamma in [{min(gammas):g}, {max(gammas):g}] + gamma = 0 without "
+        f"attacker, {reps}-{reps} replicates each, {len(script.METHODS)} methods"
+        in text
+    )
+    lines = numbers(
+        r"(\w+) at gamma = {x}: clair worst case {x} \((\S+)\); best Flower "
+        r"aggregator (\w+) {x} \((\S+)\); oracle CLAIR {x}",
+        text,
+    )
+    assert {line[0] for line in lines} == set(feds)
+    for _, gamma, clair, _, best, flower, _, oracle in lines:
+        assert float(gamma) == max(gammas)
+        assert best in script.FLOWER_METHODS
+        assert min(float(clair), float(flower), float(oracle)) > 0
+    verdicts = numbers(r"(?m)^(T[123]) (\w+) (\w+): (met|NOT MET);", text)
+    assert len(verdicts) == 4 + 3 * len(feds) + 1  # T1, T2, T3
+    ((met, total),) = numbers(r"{x} of {x} target checks met", text)
+    assert int(total) == len(verdicts)
+    assert int(met) == sum(v[3] == "met" for v in verdicts)
+    ((share, larger, rank),) = numbers(
+        rf"rank r = {script.SCENARIO['r']} in {{x}}% of the replicates, larger in "
+        r"{x}% \(largest {x}\)",
+        text,
+    )
+    assert float(share) + float(larger) == pytest.approx(100, abs=1)
+    assert int(rank) >= 1
+    for _, warned, everyone in numbers(
+        r"(\w+): AssumptionWarning in {x}% of the replicates; flags every client in "
+        r"{x}%",
+        text,
+    ):
+        assert 0 <= float(warned) <= 100
+        assert 0 <= float(everyone) <= 100
+
+
 def check_copying(grid, folder: Path, text: str, script) -> None:
     ends = ["", "_lo", "_hi"]
     table = read_table(
@@ -462,6 +537,7 @@ def check_verdict_rules(grid, folder: Path, text: str, script) -> None:
 
 
 CHECKS: dict[str, Callable] = {
+    "byzantine": check_byzantine,
     "copying": check_copying,
     "detection": check_detection,
     "fig1_subspace_error": check_fig1_subspace_error,
@@ -473,6 +549,8 @@ CHECKS: dict[str, Callable] = {
 }
 #: What each report writes into its folder, besides the tables checked above.
 FILES = {
+    "byzantine": ["worst_case.png", "worst_case.md"]
+    + [f"by_attack_{f}.png" for f in ("heterogeneous", "backbone", "homogeneous")],
     "copying": ["copying_homogeneous.png", "copying_heterogeneous.png"]
     + ["copying_detection.png", "summary.md"],
     "detection": ["power.png", "roc.png", "error_rates.png", "calibration.png"]
