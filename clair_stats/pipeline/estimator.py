@@ -395,14 +395,9 @@ def clair(
     tol = solver_options.get("tol") or DEFAULT_TOL.get(solver, DEFAULT_TOL["proximal"])
     fit = _Fit.run(work, solve, mode, rank, given, mu, noiseless_threshold(tol))
     if refit == "trimmed":
-        fit = fit.trimmed(given, center)
-        if rank is None and fit.mode == "penalized" and fit.refit is not None:
-            # the rank rule again, on the directions the majority fits: a
-            # direction of L^ that only a minority carries is dropped
-            fewer = fit.shared(fit._sd(given))
-            if fewer.rank < fit.rank:
-                fit = fewer.trimmed(given, center)
-                fit.rules["rank"] = fewer.rules["rank"] + " (after the refit)"
+        fit = fit.trimmed(
+            given, center, select_rank=rank is None and fit.mode == "penalized"
+        )
     else:
         fit.rules["refit"] = "none (A^ from L^, c^ from the decomposition)"
     collaborative, test_result, detect_used, rules = _detect(
@@ -653,13 +648,9 @@ class _Fit:
         one client's own directions) has the median client at the noise level
         whatever its singular value: the median has breakdown point 1/2.
         """
-        n_clients, p, q = self.work.shape
         if self.rank == 0:
             return self
-        energy = self.coords.direction_energies(self.subspace, self.center, self.unit)
-        scaled_sd = np.asarray(sd, dtype=float) / self.unit
-        ratio = np.median(energy / (scaled_sd[:, None] ** 2 * q), axis=0)
-        kappa = (1.0 + np.sqrt(p / (n_clients * q))) ** 2
+        ratio, kappa = self._direction_ratios(self.subspace, self.center, sd)
         keep = ratio > 2.0 * kappa
         fit = replace(self, subspace=self.subspace[:, keep], rules=dict(self.rules))
         fit.rules["rank"] = (
@@ -681,6 +672,16 @@ class _Fit:
             )
         return fit
 
+    def _direction_ratios(
+        self, basis: np.ndarray, center: np.ndarray | None, sd: np.ndarray
+    ) -> tuple[np.ndarray, float]:
+        """med_k ||u_i^T (Theta^_k - c)||^2 / (sigma_k^2 q) per u_i, and kappa."""
+        n_clients, p, q = self.work.shape
+        energy = self.coords.direction_energies(basis, center, self.unit)
+        scaled_sd = np.asarray(sd, dtype=float) / self.unit
+        ratio = np.median(energy / (scaled_sd[:, None] ** 2 * q), axis=0)
+        return ratio, (1.0 + np.sqrt(p / (n_clients * q))) ** 2
+
     @functools.cached_property
     def energies(self) -> np.ndarray:
         """E_k / unit^2 at A^."""
@@ -699,7 +700,9 @@ class _Fit:
         _, p, q = self.work.shape
         return (p - self.subspace.shape[1]) * q
 
-    def trimmed(self, given: GivenNoise, center: bool) -> _Fit:
+    def trimmed(
+        self, given: GivenNoise, center: bool, select_rank: bool = False
+    ) -> _Fit:
         """A^ (and c^) refitted on a majority of clients (docs/pipeline.md §3.6).
 
         1. Clients whose updates are closer to one another than independent
@@ -711,6 +714,14 @@ class _Fit:
            by its noise (1 / sigma_k^2 when given, else equal), on h = floor((G
            + d) / 2) of the G groups, d = ceil(r / q) (+ 1 with a centre): it
            tolerates floor((G - d) / 2) contaminated groups placed anywhere.
+        With ``select_rank`` (``rank=None``), the rank rule of :meth:`shared`
+        is applied again to the trimmed fit's directions, which the majority
+        determines: a direction of L^ that only a coordinated minority carries,
+        or one that mixes such a direction into a shared one (L^'s singular
+        vectors mix directions of similar energy, and the median client then
+        carries each mixture), is dropped, and the fit is redone at the smaller
+        rank.
+
         3. Reweighting (:func:`clair_stats.pipeline.trimmed.reweighted`):
            refit on the groups whose energy is below the 0.975 quantile of the
            null law, kept when the trimmed objective rises by at most the
@@ -719,36 +730,73 @@ class _Fit:
         n_clients, p, q = self.work.shape
         coords = self.coords
         rank, dim = self.rank, coords.blocks.shape[1]
-        sd = self._sd(given)
-        reps = self._distinct(given, sd)
         elemental = elemental_size(rank, coords.blocks.shape[2], center)
-        h = majority_size(reps.size, elemental)
+        h = majority_size(n_clients, elemental)
         fit = replace(self, rules=dict(self.rules))
-        if h >= reps.size or rank >= dim:
+        if h >= n_clients or rank >= dim:
             fit.rules["refit"] = (
-                f"none ({reps.size} distinct clients: a majority is all of them, "
+                f"none (K = {n_clients} clients: a majority is all of them, "
                 "nothing to trim)"
-                if h >= reps.size
+                if h >= n_clients
                 else f"none (r = {rank} fills the span of the updates)"
             )
             return fit
+        sd = self._sd(given)
         scaled_sd = sd / self.unit
         weights = None
         if np.all(scaled_sd > 0) and np.ptp(scaled_sd) > 0:
             # relative to the median client, clipped so that a client with a
             # tiny or huge sigma_k neither overflows nor vanishes
             weights = np.clip(np.median(scaled_sd) / scaled_sd, 1e-6, 1e6) ** 2
-        blocks = coords.blocks[reps] / self.unit
-        rep_weights = None if weights is None else weights[reps]
         init_center = None if self.center is None else self.center / self.unit
+        init = (coords.inward(self.subspace), init_center)
+        blocks = coords.blocks / self.unit
         refit = trimmed_subspace(
-            blocks,
-            rank,
-            weights=rep_weights,
-            center=center,
-            init=(coords.inward(self.subspace), init_center),
-            h=h,
+            blocks, rank, weights=weights, center=center, init=init, h=h
         )
+        if given.sd is None:
+            # the median rule at L^'s fit is inflated when L^ is pulled (a
+            # benign direction missing): the smaller of it and the median rule
+            # at the trimmed fit, which a minority can lower only a little
+            df = (p - rank) * q
+            at_fit = float(np.sqrt(median_rule(refit.energies, df))) * self.unit
+            sd = np.minimum(sd, at_fit)
+            scaled_sd = sd / self.unit
+        # copies enter once: a tight group is otherwise the cheapest h-subset
+        reps = self._distinct(given, sd)
+        rep_weights = None if weights is None else weights[reps]
+        if reps.size < n_clients:
+            h = majority_size(reps.size, elemental)
+            if h >= reps.size:
+                fit.rules["refit"] = (
+                    f"none ({reps.size} distinct clients: a majority is all of "
+                    "them, nothing to trim)"
+                )
+                return fit
+            blocks = blocks[reps]
+            refit = trimmed_subspace(
+                blocks, rank, weights=rep_weights, center=center, init=init, h=h
+            )
+        if select_rank and rank:
+            ratio, _ = self._direction_ratios(
+                coords.outward(refit.subspace),
+                None if refit.center is None else refit.center * self.unit,
+                sd,
+            )
+            # the trimmed fit's directions are fitted to the noise of its h
+            # clients: the edge of that noise is (1 + sqrt(p / (hq)))^2
+            kappa = (1.0 + np.sqrt(p / (refit.h * q))) ** 2
+            shared = int(np.sum(ratio > 2.0 * kappa))
+            if shared < rank:
+                smaller = self.with_rank(shared)
+                smaller.rules["rank"] = (
+                    f"None -> {shared} (directions of the trimmed fit whose median "
+                    f"client carries more than 2 kappa_h = {2 * kappa:.3g} times its "
+                    f"noise; {rank} directions of L^ passed the rule of §3.2, the "
+                    f"trimmed fit's median ratios "
+                    f"{', '.join(f'{x:.3g}' for x in ratio)})"
+                )
+                return smaller.trimmed(given, center, select_rank=True)
         # which fit to keep: the trimmed objective of a fit on more clients
         # may exceed the trimmed fit's by the noise that fit absorbs, at most
         # r directions of pure noise, sigma^2 r (sqrt(hq) + sqrt(p))^2

@@ -148,8 +148,11 @@ def majority_size(n_clients: int, elemental: int) -> int:
 
 
 def elemental_size(rank: int, width: int, center: bool) -> int:
-    """d = ceil(r / q) (+ 1 with a centre): the fewest clients that fix (A, c)."""
-    return max(1, math.ceil(rank / width) if rank else 0) + int(center)
+    """d = ceil(r / q) (+ 1 with a centre), at least 1: the fewest clients that
+    fix (A, c) (the deviations of d clients from their mean span (d - 1) q
+    directions)."""
+    # a centre alone (r = 0) is one client's update
+    return max(1, math.ceil(rank / width) + int(center))
 
 
 def trimmed_subspace(
