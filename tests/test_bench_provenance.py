@@ -72,6 +72,7 @@ def test_command_line_needs_the_script(bench):
     [
         ("bench_solvers", {"cvxpy_cap": 120.0, "repeats": 5}),
         ("bench_lora_scale", {"repeats": 3}),
+        ("bench_refit", {"repeats": 3}),
     ],
 )
 def test_report_header_has_no_absolute_path(bench, script, options, tmp_path):
@@ -90,7 +91,7 @@ def test_report_header_has_no_absolute_path(bench, script, options, tmp_path):
         assert path not in text
 
 
-@pytest.mark.parametrize("name", ["solvers.md", "lora_scale.md"])
+@pytest.mark.parametrize("name", ["solvers.md", "lora_scale.md", "refit.md"])
 def test_committed_results_name_no_absolute_path(name):
     """The committed reports (written before this check existed, fixed by hand)."""
     text = (BENCH / "results" / name).read_text()

@@ -34,18 +34,18 @@ from every start, then the ``n_best`` best are iterated to convergence and the
 smallest F wins (FAST-MCD's scheme).
 
 **Breakdown** (docs/pipeline.md §3.6). Let m clients be contaminated and
-h = floor((K + d) / 2). If m <= K - h, the K - m >= h benign clients alone can
-fill H, so at a start fitted on benign clients only (an elemental start that
-is all benign), F is at most a sum of h benign energies, a number that does not
-depend on the contaminated updates; the result's F is at most that. If also
-m <= h - d, the final H holds at least d benign clients whose energies are at
-most that number: those benign clients, which span A when their coefficients do,
-lie within a bounded distance of span(A^), so the contaminated clients cannot
-drive A^ (or c^) arbitrarily far, however they are placed. Both hold for
-m <= floor((K - d) / 2): the breakdown point is floor((K - d) / 2) / K, which
-tends to 1/2. The guarantee needs one all-benign elemental start: certain when
-d = 1 (every client is a start), with probability 1 - (1 - (1 - gamma)^d)^n for
-n random d-subsets (below 1e-19 at gamma = 0.45, d = 2, n = 120).
+h = max(floor((K + d) / 2), floor(K / 2) + 1). If m <= K - h, the K - m >= h
+benign clients alone can fill H, so at a start fitted on benign clients only (an
+all-benign elemental start), F is at most a sum of h benign energies, a number
+that does not depend on the contaminated updates; the result's F is at most
+that (proved). The final H then holds at least h - m benign clients with
+bounded energies, which keep span(A^) near span(A) when their coefficients span
+it well: measured at the limit m = floor((K - d) / 2) for q >= r and q = 2 < r =
+3, but for vector updates (q = 1) only up to about a quarter of the clients
+(docs/pipeline.md §3.6 has the table). The guarantee needs one all-benign
+elemental start: certain when d = 1 (every client is a start), with probability
+1 - (1 - (1 - gamma)^d)^n for n random d-subsets (below 1e-19 at gamma = 0.45,
+d = 2, n = 120).
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def reweighted(
     trimmed fit does not reject at a liberal cut, and keeps the refit when the
     trimmed objective rises by at most ``tolerance``:
 
-    .. math:: F(A_R, c_R) \le F(A_H, c_H) + 	ext{tolerance}.
+    .. math:: F(A_R, c_R) \le F(A_H, c_H) + \text{tolerance}.
 
     With ``tolerance`` the energy of one direction of pure noise (the squared
     operator norm of the noise of the h kept clients), the refit can lose only
