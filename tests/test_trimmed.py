@@ -719,7 +719,7 @@ def _check_pool_weights(result):
 
 @pytest.mark.parametrize("center", [False, True])
 def test_alie_group_does_not_take_the_subspace(center):
-    """12 identical ALIE attackers of 40 (issue #13, docs/pipeline.md §3.6).
+    """12 identical ALIE attackers of 40 (docs/pipeline.md §3.6, docs/findings.md §F12).
 
     The paper's estimator (refit="none", pooling="mean") puts the group's
     direction into A^ and sends the benign clients back to local (relative MSE
