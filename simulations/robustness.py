@@ -35,7 +35,8 @@ since the refinement only averages the part of the updates off span(A).
   robustness;
 * ``clair``: :func:`clair_stats.clair` with every default, ``clair(updates)``:
   the noise level estimated, P1 with mu at the noise operator norm, the rank by
-  the rule of docs/pipeline.md §3.2 and the empirical-null test (Holm, alpha =
+  the rule of docs/pipeline.md §3.2, the trimmed refit and distinct pooling of
+  §3.6 and §3.4 (since version 3), and the empirical-null test (Holm, alpha =
   0.05);
 * ``clair_test``: ``clair(updates, rank=r, sigma=local_sd)``: P1 and the iid
   chi-square test, sigma_k the per-entry sd each client estimates from its own
@@ -107,6 +108,7 @@ from clair_stats.evaluation.metrics import (
     detection_scores,
     projection_distance,
 )
+from clair_stats.experiments.plotting import log_axis
 from clair_stats.experiments.study import Study, grid, study_main, study_parser
 
 #: The methods, in the order of the tables and legends.
@@ -298,7 +300,7 @@ def build(args: argparse.Namespace) -> Study:
         gamma=gammas,
     )
     return Study(
-        name="robustness", run=run, configs=configs, replicates=replicates, version="2"
+        name="robustness", run=run, configs=configs, replicates=replicates, version="3"
     )
 
 
@@ -422,16 +424,6 @@ def _lines(ax: Any, table: pd.DataFrame, value: str, lo: str, hi: str) -> None:
         ax.fill_between(s["gamma"], s[lo], s[hi], color=st["color"], alpha=0.15, lw=0)
 
 
-def _log_axis(ax: Any) -> None:
-    """Log scale with plain-number tick labels at 1, 2, 5 times powers of ten."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-
-
 def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
     """Write the figures, ``summary.csv``, ``worst_case.csv`` and ``worst_case.md``.
 
@@ -500,7 +492,7 @@ def _error_by_type_figure(table: pd.DataFrame, folder: Path, note: str) -> None:
     for ax, kind in zip(axes, types, strict=False):
         _lines(ax, table[table["type"] == kind], "mean", "lo", "hi")
         ax.set_title(kind)
-        _log_axis(ax)
+        log_axis(ax)
         ax.grid(alpha=0.3, which="both")
     for ax in axes[len(types) :]:
         ax.axis("off")
@@ -538,7 +530,7 @@ def _worst_case_figure(worst: pd.DataFrame, folder: Path, note: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     _lines(axes[0], worst, "mean", "lo", "hi")
-    _log_axis(axes[0])
+    log_axis(axes[0])
     axes[0].set_ylabel(
         r"worst-case benign error $\|\tilde\Theta_k - \Theta_k\|_F$ (log)"
     )

@@ -22,7 +22,13 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from matplotlib.figure import Figure
 
-__all__ = ["mc_summary", "proportion_summary", "save_figure", "wilson_interval"]
+__all__ = [
+    "log_axis",
+    "mc_summary",
+    "proportion_summary",
+    "save_figure",
+    "wilson_interval",
+]
 
 
 def mc_summary(
@@ -118,6 +124,21 @@ def wilson_interval(
 
     lo, hi = proportion_confint(successes, n, alpha=alpha, method="wilson")
     return np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+
+
+def log_axis(ax: object) -> None:
+    """Log y-axis with plain-number tick labels at 1, 2 and 5 times powers of ten.
+
+    Parameters
+    ----------
+    ax : matplotlib.axes.Axes
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def save_figure(
