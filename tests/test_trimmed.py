@@ -831,3 +831,72 @@ def test_trimmed_fit_repr_is_short():
     assert isinstance(fit, TrimmedFit)
     assert "subspace" not in repr(fit)
     assert "objective" in repr(fit)
+
+
+# ------------------------------------------------- regressions of the default call
+def _attacked(federation: str, name: str, gamma: float, seed: int):
+    """p = 40, q = 6, r = 3, K = 40, tau = 0.05; benign estimates, truth, updates."""
+    from clair_stats.simulate.attacks import AttackContext, attack
+
+    p, q, r, n_clients, tau = 40, 6, 3, 40, 0.05
+    rng = np.random.default_rng(seed)
+    a = _orthonormal(rng, p, r)
+    f = round(gamma * n_clients)
+    if federation == "homogeneous":
+        coef = rng.standard_normal((q, r)) + 0.1 * rng.standard_normal(
+            (n_clients, q, r)
+        )
+    else:
+        coef = rng.standard_normal((n_clients, q, r))
+    backbone = rng.standard_normal((p, q)) if federation == "backbone" else None
+    truth = np.einsum("pr,kqr->kpq", a, coef)
+    if backbone is not None:
+        truth = truth + backbone
+    local = truth + tau * rng.standard_normal(truth.shape)
+    ctx = AttackContext(
+        benign=local[: n_clients - f],
+        own=local[n_clients - f :],
+        subspace=a,
+        center=backbone,
+        noise_sd=tau,
+        rng=rng,
+        alpha=0.05,
+    )
+    updates = local.copy()
+    updates[n_clients - f :] = attack(name, ctx)
+    return updates, truth, local, n_clients - f, a
+
+
+def _relative_mse(result, truth, local, n_benign):
+    err = np.sum((result.refined[:n_benign] - truth[:n_benign]) ** 2)
+    return err / np.sum((local[:n_benign] - truth[:n_benign]) ** 2)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_default_rank_is_not_inflated_by_a_common_offset(seed):
+    """Regression (docs/pipeline.md §3.6): under a common off-subspace offset at four
+    times the detection boundary (18 of 40 clients), the rank rule on L^'s mixed
+    singular vectors kept 8-9 directions; on the trimmed fit's directions it keeps
+    the 3 shared ones, and no attacker is kept."""
+    updates, truth, local, n_benign, a = _attacked(
+        "heterogeneous", "margin_4", 0.45, seed
+    )
+    result = clair(updates)
+    assert result.rank == 3
+    assert not result.collaborative[n_benign:].any()
+    assert _projection_distance(result.subspace, a) < 0.2
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_homogeneous_benign_clients_are_not_taken_for_copies(seed):
+    """Regression (docs/pipeline.md §3.6, the copy rule's noise level): an orthogonal
+    group of 12 in a homogeneous federation pulled L^, the median rule at L^ gave a
+    noise level six times too large, every benign client was grouped as a copy of
+    the others and the attackers became the majority of the distinct clients
+    (benign MSE 12 times local's). Now the benign MSE stays a fraction of local's."""
+    updates, truth, local, n_benign, a = _attacked(
+        "homogeneous", "orthogonal", 0.3, seed
+    )
+    result = clair(updates)
+    assert _relative_mse(result, truth, local, n_benign) < 0.3
+    assert _projection_distance(result.subspace, a) < 0.2
