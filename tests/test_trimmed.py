@@ -867,7 +867,7 @@ def _attacked(federation: str, name: str, gamma: float, seed: int):
     return updates, truth, local, n_clients - f, a
 
 
-def _relative_mse(result, truth, local, n_benign):
+def _benign_relative_mse(result, truth, local, n_benign):
     err = np.sum((result.refined[:n_benign] - truth[:n_benign]) ** 2)
     return err / np.sum((local[:n_benign] - truth[:n_benign]) ** 2)
 
@@ -898,5 +898,5 @@ def test_homogeneous_benign_clients_are_not_taken_for_copies(seed):
         "homogeneous", "orthogonal", 0.3, seed
     )
     result = clair(updates)
-    assert _relative_mse(result, truth, local, n_benign) < 0.3
+    assert _benign_relative_mse(result, truth, local, n_benign) < 0.3
     assert _projection_distance(result.subspace, a) < 0.2

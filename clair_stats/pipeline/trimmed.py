@@ -28,10 +28,10 @@ increase F, so F decreases until H repeats, in finitely many steps.
 
 **Starts.** L^'s subspace (and c^), and *elemental* starts: the fit of a d-client
 subset, d = ceil(r / q) (+ 1 with a centre) the fewest clients that determine
-(A, c). When d = 1 every client is a start; otherwise ``max(K, 30)`` random
-d-subsets (a fixed seed, so the result is reproducible). Two concentration steps
-from every start, then the ``n_best`` best are iterated to convergence and the
-smallest F wins (FAST-MCD's scheme).
+(A, c). When d = 1 and K <= 60 every client is a start; otherwise min(K, 60)
+random d-subsets, at least 30 (a fixed seed, so the result is reproducible).
+Two concentration steps from every start, then the ``N_BEST`` best are iterated
+to convergence and the smallest F wins (FAST-MCD's scheme).
 
 **Breakdown** (docs/pipeline.md §3.6). Let m clients be contaminated and
 h = max(floor((K + d) / 2), floor(K / 2) + 1). If m <= K - h, the K - m >= h
@@ -43,9 +43,9 @@ bounded energies, which keep span(A^) near span(A) when their coefficients span
 it well: measured at the limit m = floor((K - d) / 2) for q >= r and q = 2 < r =
 3, but for vector updates (q = 1) only up to about a quarter of the clients
 (docs/pipeline.md §3.6 has the table). The guarantee needs one all-benign
-elemental start: certain when d = 1 (every client is a start), with probability
-1 - (1 - (1 - gamma)^d)^n for n random d-subsets (below 1e-19 at gamma = 0.45,
-d = 2, n = 120).
+elemental start: certain when d = 1 and K <= 60 (every client is a start),
+with probability 1 - (1 - (1 - gamma)^d)^n for n random d-subsets otherwise
+(about 1 - 4e-10 at gamma = 0.45, d = 2, n = 60).
 """
 
 from __future__ import annotations
@@ -75,6 +75,10 @@ N_BEST = 5
 MAX_STEPS = 100
 #: Random elemental subsets at least (when d > 1).
 MIN_RANDOM_STARTS = 30
+#: Elemental starts at most: beyond it random ones (the chance that none of 60 is
+#: all benign is 0.45^60 = 2e-21 for d = 1 at gamma = 0.45, 4e-10 for d = 2), so
+#: that the cost does not grow with K (201 starts took 5.4 decompositions at K = 200).
+MAX_STARTS = 60
 
 
 @dataclass(frozen=True)
@@ -342,11 +346,12 @@ def reweighted(
 
 
 def _elemental_subsets(n_clients: int, d: int, seed: int) -> list[np.ndarray]:
-    """Every client (d = 1), or max(K, 30) distinct random d-subsets."""
-    if d == 1:
+    """Every client (d = 1, K <= MAX_STARTS), else distinct random d-subsets:
+    min(K, MAX_STARTS) of them, at least MIN_RANDOM_STARTS (or all there are)."""
+    if d == 1 and n_clients <= MAX_STARTS:
         return [np.array([k]) for k in range(n_clients)]
     total = math.comb(n_clients, d)
-    count = min(total, max(n_clients, MIN_RANDOM_STARTS))
+    count = min(total, max(min(n_clients, MAX_STARTS), MIN_RANDOM_STARTS))
     rng = np.random.default_rng(seed)
     seen: set[tuple[int, ...]] = set()
     subsets = []
