@@ -559,8 +559,10 @@ def margin(ctx: AttackContext, *, m: float = 1.0) -> FloatArray:
     honest update, in-subspace part, heterogeneity and noise. At the true subspace
     its statistic :math:`T_k` (docs/pipeline.md §3.3.2) is noncentral chi-square
     with df and noncentrality :math:`m^2\,\mathrm{df}` (plus the heterogeneity):
-    mean :math:`(1 + m^2)\,\mathrm{df}`. Being common, the f offsets form a rank-one
-    block that can pull the estimated subspace (docs/beyond.md §8.1).
+    mean :math:`(1 + m^2)\,\mathrm{df}`. Being common, the f offsets form a
+    low-rank block of the stacked M = [..., D, ..., D] (its column space is that
+    of D, of rank min(p - r, q)) that can pull the estimated subspace
+    (docs/beyond.md §8.1).
 
     Parameters
     ----------
