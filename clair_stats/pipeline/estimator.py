@@ -327,9 +327,10 @@ def clair(
         ceil(r / q) (+ 1 with a centre), and its subspace held at that limit
         for q >= 2 (up to a quarter of the clients for q = 1). L^'s fit is kept
         when the majority fits it as well as its own, up to noise. It costs
-        K + 5 starts of a few eigen-decompositions each: 3.6-7.7 times the
-        call without it on dense updates from 40 x 240 to 200 x 3200, 1.2-1.5
-        times on LoRA factors (benchmarks/results/refit.md). ``"none"``: A^
+        at most 61 starts of a few eigen-decompositions each (a second round
+        when copies are found): 2.4-5.1 times the call without it on dense
+        updates from 40 x 240 to 200 x 3200, 1.2-1.3 times on LoRA factors
+        (benchmarks/results/refit.md). ``"none"``: A^
         from L^ and c^ from the decomposition, as in the paper.
     pooling : {"distinct", "mean"}
         The average Thetabar of step 4 over S^. ``"distinct"``: clients whose
