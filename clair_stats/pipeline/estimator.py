@@ -283,7 +283,9 @@ def clair(
     rank : int, optional
         r. Default: for P1 the directions of L^ that the median client carries
         above its noise (median_k ||u_i^T (Theta^_k - c^)||^2 / (sigma_k^2 q) >
-        2 (1 + sqrt(p / (Kq)))^2); for P0 the numerical rank of L^.
+        2 (1 + sqrt(p / (Kq)))^2), then (``refit="trimmed"``) the same rule on
+        the trimmed fit's directions at the noise edge of its h clients
+        (docs/pipeline.md §3.6); for P0 the numerical rank of L^.
     lam : float, optional
         Default c_lam / sqrt(K) (:func:`clair_stats.default_lam`).
     mode : {"auto", "exact", "penalized"}
