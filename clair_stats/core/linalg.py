@@ -8,6 +8,8 @@ studies all need (docs/model.md §1):
 - :func:`left_singular` and :func:`top_subspace`: the top-r left singular vectors
   of a matrix or of a stack of updates (dense or factored), e.g. A^ of step 2, the
   plain SVD baseline and the oracle subspace of the benign clients;
+- :func:`off_subspace_residuals`: R_k = P_A^perp (Theta_k - c), the explicit
+  projection that the energies, the trimmed refit and the copy rules share;
 - :func:`off_subspace_energy`: E_k = ||P_A^perp (Theta_k - c)||_F^2 for every
   client, the statistic of step 3, from dense or factored updates.
 """
@@ -23,6 +25,7 @@ __all__ = [
     "RANGE_TOL",
     "left_singular",
     "off_subspace_energy",
+    "off_subspace_residuals",
     "stack",
     "top_subspace",
     "unstack",
@@ -203,7 +206,32 @@ def off_subspace_energy(
             ra = np.linalg.qr(updates.A[k].T, mode="r")
             out[k] = float(np.sum((rg @ ra.T) ** 2))
         return out
-    centred = updates if center is None else updates - center
-    inside = np.einsum("pr,kpq->krq", subspace, centred)
-    outside = centred - np.einsum("pr,krq->kpq", subspace, inside)
+    outside = off_subspace_residuals(updates, subspace, center)
     return np.einsum("kpq,kpq->k", outside, outside)
+
+
+def off_subspace_residuals(
+    updates: np.ndarray, subspace: np.ndarray, center: np.ndarray | None = None
+) -> np.ndarray:
+    """R_k = P_A^perp (Theta_k - c) = X_k - A (A^T X_k), X_k = Theta_k - c.
+
+    Applied explicitly rather than as a difference of squared norms, so that a
+    residual far below ||X_k|| keeps its relative accuracy (no cancellation).
+
+    Parameters
+    ----------
+    updates : numpy.ndarray, shape (K, p, q)
+        Theta_k (dense, or the core of factored updates).
+    subspace : numpy.ndarray, shape (p, r)
+        A, orthonormal columns (r = 0 allowed: R_k = Theta_k - c).
+    center : numpy.ndarray, shape (p, q), optional
+        c, subtracted first.
+
+    Returns
+    -------
+    numpy.ndarray, shape (K, p, q)
+        A new array.
+    """
+    centred = updates if center is None else updates - center
+    # matmul broadcasts over the clients (faster than the einsum pair)
+    return centred - subspace @ (subspace.T @ centred)

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from clair_stats.core.linalg import off_subspace_energy
+from clair_stats.core.linalg import off_subspace_energy, off_subspace_residuals
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.results import (
     Decomposition,
@@ -167,9 +167,9 @@ class DenseUpdates:
         center: np.ndarray | None,
         scale: float = 1.0,
     ) -> np.ndarray:
-        x = self.data / scale if center is None else (self.data - center) / scale
-        outside = (x - subspace @ (subspace.T @ x)).reshape(x.shape[0], -1)
-        return outside @ outside.T
+        return _gram(
+            self.data / scale, subspace, None if center is None else center / scale
+        )
 
     def refine(
         self,
@@ -219,11 +219,11 @@ class FactoredUpdates:
         scale: float = 1.0,
     ) -> np.ndarray:
         if center is not None:  # a shared row basis: the core's inner products
-            x = (decomposition.core_data - center) / scale
-            core_subspace = decomposition.basis.T @ subspace
-            outside = x - core_subspace @ (core_subspace.T @ x)
-            outside = outside.reshape(x.shape[0], -1)
-            return outside @ outside.T
+            return _gram(
+                decomposition.core_data / scale,
+                decomposition.basis.T @ subspace,
+                center / scale,
+            )
         # <G_j A_j, G_k A_k> = sum((G_j^T G_k) * (A_j A_k^T)), G_k = s_k P_A^perp B_k
         data = self.data
         left = np.hstack([data.scaling[k] * data.B[k] for k in range(data.n_clients)])
@@ -252,6 +252,16 @@ class FactoredUpdates:
 
     def restore(self, refined: RefinedFactors, side: str) -> RefinedFactors:
         return refined.transpose() if side == "right" else refined
+
+
+def _gram(
+    blocks: np.ndarray, subspace: np.ndarray, center: np.ndarray | None
+) -> np.ndarray:
+    """<R_j, R_k> for the residuals R_k = P_A^perp (X_k - c) of blocks in a shared
+    row basis, shape (K, K)."""
+    outside = off_subspace_residuals(blocks, subspace, center)
+    outside = outside.reshape(outside.shape[0], -1)
+    return outside @ outside.T
 
 
 def as_updates(updates: object) -> DenseUpdates | FactoredUpdates:

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from clair_stats.core.linalg import left_singular
+from clair_stats.core.linalg import left_singular, off_subspace_energy
 
 __all__ = [
     "TrimmedFit",
@@ -406,10 +406,7 @@ class _Problem:
         return subspace, c, sv[: self.rank]
 
     def energies(self, subspace: np.ndarray, c: np.ndarray | None) -> np.ndarray:
-        x = self.blocks if c is None else self.blocks - c
-        # explicit projection (no cancellation); matmul broadcasts over k
-        outside = x - subspace @ (subspace.T @ x)
-        return np.sum(outside * outside, axis=(1, 2))
+        return off_subspace_energy(self.blocks, subspace, c)
 
     def kept(self, subspace: np.ndarray, c: np.ndarray | None) -> np.ndarray:
         """H: the h smallest weighted energies (ties to the lower index)."""

@@ -50,7 +50,6 @@ import scipy.linalg
 from scipy.linalg import lapack
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
-from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.results import (
     Decomposition,
@@ -61,7 +60,6 @@ from clair_stats.core.results import (
 __all__ = [
     "ITERATIVE_SVD_MIN",
     "Reduction",
-    "core_energies",
     "reduce_updates",
     "refine_factored",
     "span_basis",
@@ -282,31 +280,6 @@ def as_factored(
         reduction_error=reduction.reduction_error,
         reduction_seconds=reduction.seconds,
     )
-
-
-def core_energies(
-    core: np.ndarray, core_subspace: np.ndarray, core_center: np.ndarray | None
-) -> np.ndarray:
-    """||P_A^perp (Theta^_k - c)||_F^2 from the core, for A^ = Q A_c, c = Q c_c W^T.
-
-    Q and W_k are isometries and A^ lies in span(Q), so the energy of client k
-    is ||(I - A_c A_c^T)(C_k - c_c)||_F^2 (padding columns are zero): the dense
-    :func:`~clair_stats.core.linalg.off_subspace_energy` of the core.
-
-    Parameters
-    ----------
-    core : numpy.ndarray, shape (K, R, m)
-        C_k.
-    core_subspace : numpy.ndarray, shape (R, r)
-        A_c, orthonormal columns.
-    core_center : numpy.ndarray, shape (R, m), or None
-        c_c (a shared row basis is then used).
-
-    Returns
-    -------
-    numpy.ndarray, shape (K,)
-    """
-    return off_subspace_energy(core, core_subspace, core_center)
 
 
 def refine_factored(
