@@ -919,10 +919,12 @@ class _Fit:
                 center=center,
                 tolerance=tolerance,
             )
-            if not new.reweighted or np.array_equal(new.fitted, current.fitted):
-                current = new if new.reweighted else current
+            if not new.reweighted:
                 break
+            repeated = np.array_equal(new.fitted, current.fitted)
             current = new
+            if repeated:
+                break
         return current
 
     def _sd(self, given: GivenNoise) -> np.ndarray:

@@ -105,8 +105,6 @@ class TrimmedFit:
     fitted : numpy.ndarray of bool, shape (K,)
         The clients (A, c) is fitted on: H, or the reweighted set
         (:func:`reweighted`).
-    reweighted : bool
-        Whether (A, c) is the reweighted fit.
     source : str
         Where (A, c) comes from: ``"trimmed"`` (the trimmed fit),
         ``"reweighted"``, or ``"decomposition"`` (L^'s subspace and c^, kept
@@ -129,12 +127,16 @@ class TrimmedFit:
     steps: int
     n_starts: int
     fitted: np.ndarray = field(repr=False, default=None)
-    reweighted: bool = False
     source: str = "trimmed"
 
     def __post_init__(self) -> None:
         if self.fitted is None:
             object.__setattr__(self, "fitted", self.kept.copy())
+
+    @property
+    def reweighted(self) -> bool:
+        """Whether (A, c) is the reweighted fit (``source == "reweighted"``)."""
+        return self.source == "reweighted"
 
     @property
     def h(self) -> int:
@@ -254,7 +256,7 @@ def trimmed_subspace(
         subspace=subspace,
         center=c,
         kept=kept,
-        objective=float(np.sum(np.sort(w * energies)[:h])),
+        objective=problem.trim(energies)[0],
         energies=energies,
         leverage=problem.leverage(kept, subspace, c, sv),
         start=name,
@@ -274,7 +276,7 @@ def trimmed_objective(
     blocks = np.asarray(blocks, dtype=float)
     w = np.ones(blocks.shape[0]) if weights is None else np.asarray(weights, float)
     problem = _Problem(blocks, w, subspace.shape[1], center is not None, h)
-    return float(np.sum(np.sort(w * problem.energies(subspace, center))[:h]))
+    return problem.trim(problem.energies(subspace, center))[0]
 
 
 def reweighted(
@@ -318,7 +320,7 @@ def reweighted(
     Returns
     -------
     TrimmedFit
-        ``fit`` with (A, c) = the refit (``reweighted=True``), or ``fit``.
+        ``fit`` with (A, c) = the refit (``source="reweighted"``), or ``fit``.
     """
     blocks = np.asarray(blocks, dtype=float)
     n_clients = blocks.shape[0]
@@ -330,8 +332,7 @@ def reweighted(
     problem = _Problem(blocks, w, fit.subspace.shape[1], center, h)
     subspace, c, sv = problem.fit(members, exact=True)
     energies = problem.energies(subspace, c)
-    objective = float(np.sum(np.sort(w * energies)[:h]))
-    if objective > fit.objective + tolerance:
+    if problem.trim(energies)[0] > fit.objective + tolerance:
         return fit
     return replace(
         fit,
@@ -340,7 +341,6 @@ def reweighted(
         energies=energies,
         leverage=problem.leverage(members, subspace, c, sv),
         fitted=members.copy(),
-        reweighted=True,
         source="reweighted",
     )
 
@@ -408,12 +408,18 @@ class _Problem:
     def energies(self, subspace: np.ndarray, c: np.ndarray | None) -> np.ndarray:
         return off_subspace_energy(self.blocks, subspace, c)
 
-    def kept(self, subspace: np.ndarray, c: np.ndarray | None) -> np.ndarray:
-        """H: the h smallest weighted energies (ties to the lower index)."""
-        order = np.argsort(self.w * self.energies(subspace, c), kind="stable")
+    def trim(self, energies: np.ndarray) -> tuple[float, np.ndarray]:
+        """(F, H): the sum of the h smallest weighted energies and those clients
+        (ties to the lower index)."""
+        weighted = self.w * energies
+        order = np.argsort(weighted, kind="stable")[: self.h]
         kept = np.zeros(self.w.size, dtype=bool)
-        kept[order[: self.h]] = True
-        return kept
+        kept[order] = True
+        return float(np.sum(weighted[order])), kept
+
+    def kept(self, subspace: np.ndarray, c: np.ndarray | None) -> np.ndarray:
+        """H at (A, c)."""
+        return self.trim(self.energies(subspace, c))[1]
 
     def concentrate(
         self, kept: np.ndarray, max_steps: int
@@ -422,11 +428,7 @@ class _Problem:
         objective = np.inf
         for step in range(1, max_steps + 1):
             subspace, c, _ = self.fit(kept)
-            weighted = self.w * self.energies(subspace, c)
-            order = np.argsort(weighted, kind="stable")
-            new = np.zeros_like(kept)
-            new[order[: self.h]] = True
-            objective = float(np.sum(weighted[order[: self.h]]))
+            objective, new = self.trim(self.energies(subspace, c))
             if np.array_equal(new, kept):
                 return objective, kept, step
             kept = new
