@@ -59,6 +59,7 @@ from clair_stats.pipeline.refine import (
     close_by_distance,
     copy_groups,
     distinct_weights,
+    exact_copies,
 )
 from clair_stats.pipeline.subspace import estimate_subspace
 from clair_stats.pipeline.trimmed import (
@@ -714,32 +715,30 @@ class _Fit:
     def trimmed(
         self, given: GivenNoise, center: bool, select_rank: bool = False
     ) -> _Fit:
-        """A^ (and c^) refitted on a majority of clients (docs/pipeline.md §3.6).
+        """A^ (and c^) checked against a majority of clients (docs/pipeline.md §3.6).
 
-        1. Clients whose updates are closer to one another than independent
-           noise allows form a group that enters the fit once (its first
-           member): copies carry no more information than one client.
-        2. Least trimmed squares by concentration steps
+        1. Least trimmed squares by concentration steps
            (:func:`clair_stats.pipeline.trimmed.trimmed_subspace`) from L^'s
            subspace and from elemental starts, each client's energy weighted
-           by its noise (1 / sigma_k^2 when given, else equal), on h = floor((G
-           + d) / 2) of the G groups, d = ceil(r / q) (+ 1 with a centre): its
-           objective is bounded whatever floor((G - d) / 2) contaminated groups
-           send, and so is the subspace when the benign clients it keeps span
-           A well (docs/pipeline.md §3.6: measured at that limit for q >= 2, up
+           by its noise (1 / sigma_k^2 when given, else equal), on h =
+           floor((G + d) / 2) of the G distinct clients, d = ceil(r / q) (+ 1
+           with a centre): its objective is bounded whatever floor((G - d) / 2)
+           contaminated clients send, and so is the subspace when the benign
+           clients it keeps span A well (measured at that limit for q >= 2, up
            to a quarter of the clients for vector updates).
-        With ``select_rank`` (``rank=None``), the rank rule of :meth:`shared`
-        is applied again to the trimmed fit's directions, which the majority
-        determines: a direction of L^ that only a coordinated minority carries,
-        or one that mixes such a direction into a shared one (L^'s singular
-        vectors mix directions of similar energy, and the median client then
-        carries each mixture), is dropped, and the fit is redone at the smaller
-        rank.
-
-        3. Reweighting (:func:`clair_stats.pipeline.trimmed.reweighted`):
-           refit on the groups whose energy is below the 0.975 quantile of the
-           null law, kept when the trimmed objective rises by at most the
-           energy of one noise direction, sigma^2 (sqrt(hq) + sqrt(p))^2.
+        2. Copies enter once: clients whose updates are closer than
+           independent noise allows (the noise level the smaller of the median
+           rule at L^ and at a first trimmed fit) form a group represented by
+           its first member, and the fit is redone on the distinct clients.
+        3. With ``select_rank`` (``rank=None``) the rank rule of :meth:`shared`
+           runs on the trimmed fit's directions at the noise edge of h clients,
+           and the whole is redone at the smaller rank: L^'s singular vectors
+           mix a coordinated minority's direction into the shared ones.
+        4. Which fit is used: L^'s when no copies were found and its trimmed
+           objective is within r noise directions, sigma^2 r (sqrt(hq) +
+           sqrt(p))^2, of the trimmed fit's; else the reweighted fit on the
+           clients below the chi-square cut at level REWEIGHT_LEVEL / G (kept
+           within the same tolerance, :meth:`_reweight`); else the trimmed fit.
         """
         n_clients, p, q = self.work.shape
         coords = self.coords
@@ -951,9 +950,7 @@ class _Fit:
         if np.all(mean > 0):
             close = close_by_distance(gram, mean, df, DUPLICATE_LEVEL)
         else:  # noiseless: exact copies only (equal to 1e-12 relative)
-            diag = np.diag(gram)
-            distance = np.maximum(diag[:, None] + diag[None, :] - 2 * gram, 0.0)
-            close = distance <= COPY_RTOL**2 * diag.max()
+            close = exact_copies(gram, COPY_RTOL)
         groups = copy_groups(close)
         _, first = np.unique(groups, return_index=True)
         return np.sort(first)

@@ -9,6 +9,7 @@ __all__ = [
     "close_by_distance",
     "copy_groups",
     "distinct_weights",
+    "exact_copies",
     "refine",
 ]
 
@@ -158,12 +159,34 @@ def close_by_distance(
     import scipy.stats
 
     n = gram.shape[0]
-    diag = np.diag(gram)
-    distance = np.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0)
-    scaled = distance * df / (mean_energy[:, None] + mean_energy[None, :])
+    scaled = _distances(gram) * df / (mean_energy[:, None] + mean_energy[None, :])
     close = scaled < scipy.stats.chi2.ppf(level / max(n * (n - 1) / 2, 1), df)
     np.fill_diagonal(close, True)
     return close
+
+
+def exact_copies(gram: np.ndarray, rtol: float) -> np.ndarray:
+    """Pairs of noiseless updates that are copies: ||X_j - X_k||_F <= rtol
+    max_k ||X_k||_F (round-off, where no noise level tells copies apart).
+
+    Parameters
+    ----------
+    gram : numpy.ndarray, shape (n, n)
+        <X_j, X_k>.
+    rtol : float
+        Relative tolerance.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (n, n)
+    """
+    return _distances(gram) <= rtol**2 * np.max(np.diag(gram))
+
+
+def _distances(gram: np.ndarray) -> np.ndarray:
+    """||X_j - X_k||_F^2 from the Gram matrix (clipped at 0 against round-off)."""
+    diag = np.diag(gram)
+    return np.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0)
 
 
 def close_by_angle(gram: np.ndarray, df: float, level: float = 1e-3) -> np.ndarray:
