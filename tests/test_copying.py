@@ -464,3 +464,167 @@ def test_relative_change_is_nan_where_local_scores_zero(torch):
     out = relative_change(np.array([0.5, 0.2, 0.0]), np.array([0.25, 0.0, 0.0]))
     assert out[0] == 1.0
     assert np.isnan(out[1:]).all()
+
+
+# ------------------------------------------------------- cache of client updates
+#: Settings that only CLAIR or the evaluation read: they must not enter the key.
+NOT_TRAINING = {"n_test", "clair_rank", "clair_alpha"}
+
+
+def _changed(settings, name):
+    """``settings`` with field ``name`` changed to another valid value."""
+    from dataclasses import replace
+
+    value = getattr(settings, name)
+    if isinstance(value, str):
+        candidates = [v for v in ("homogeneous", "heterogeneous") if v != value]
+    elif isinstance(value, int):
+        candidates = [value + 1, 2 * value, value - 1]
+    else:
+        candidates = [value / 2, 2 * value]
+    for candidate in candidates:
+        try:
+            out = replace(settings, **{name: candidate})
+            out.pretrain_config()
+        except (TypeError, ValueError):
+            continue
+        return out
+    raise AssertionError(f"no valid change of {name}")
+
+
+def test_cache_key_follows_the_training_settings_only(torch):
+    """Every setting of the heterogeneous design (where every field matters) is
+    changed in turn: the key changes with each one that the training reads, and
+    with the seed, and stays when CLAIR's or the evaluation's settings change. A
+    new setting fails here until it is classified."""
+    from dataclasses import fields
+
+    from simulations.copying.federation import Settings, client_key
+
+    base = Settings(experiment="heterogeneous")
+    key = client_key(base, seed=1)
+    assert client_key(Settings(experiment="heterogeneous"), seed=1) == key
+    assert client_key(base, seed=2) != key
+    kept = {
+        f.name for f in fields(Settings) if client_key(_changed(base, f.name), 1) == key
+    }
+    assert kept == NOT_TRAINING
+
+
+def _tiny_settings(copying_tiny):
+    from simulations.copying.federation import Settings
+
+    return Settings.from_config({"experiment": "heterogeneous", **copying_tiny})
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("fine_tune was called: the cache was not used")
+
+
+def test_cached_replicate_gives_the_same_rows(
+    torch, results, copying_tiny, monkeypatch
+):
+    """The first run writes <results>/copying/clients/<key>.npz, the second reads
+    it without training; both give the rows of a run without cache, bit for bit
+    (compared as JSON text, where NaN equals NaN)."""
+    import json
+
+    from simulations.copying import federation, study
+
+    settings = _tiny_settings(copying_tiny)
+    config = {"experiment": "heterogeneous", **copying_tiny}
+    plain = federation.run_replicate(settings, 4, str(results / "ckpt"), None)
+    assert not (results / "copying" / "clients").exists()
+    first = study.run(config, seed=4)
+    files = list((results / "copying" / "clients").glob("*.npz"))
+    assert [f.stem for f in files] == [federation.client_key(settings, 4)]
+    monkeypatch.setattr(federation, "fine_tune", _no_training)
+    second = study.run(config, seed=4)
+    text = json.dumps(plain)
+    assert json.dumps(first) == text
+    assert json.dumps(second) == text
+    # a CLAIR setting changes the rows but reuses the cache
+    other = study.run({**config, "clair_alpha": 0.2}, seed=4)
+    assert len(list((results / "copying" / "clients").glob("*.npz"))) == 1
+    assert len(other) == len(plain)
+
+
+def _write_bad(path, kind, updates, key):
+    import zipfile
+
+    from simulations.copying.clients import write_updates
+
+    if kind == "garbage":
+        path.write_bytes(b"not a numpy archive")
+    elif kind == "truncated":
+        write_updates(path, updates, key)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "shape":
+        write_updates(path, {k: v[:, :-1] for k, v in updates.items()}, key)
+    elif kind == "module":
+        write_updates(path, dict(list(updates.items())[1:]), key)
+    elif kind == "key":
+        write_updates(path, updates, "another")
+    elif kind == "dtype":
+        write_updates(path, {k: v.astype(np.float32) for k, v in updates.items()}, key)
+    elif kind == "nan":
+        first = next(iter(updates))
+        write_updates(
+            path, {**updates, first: np.full_like(updates[first], np.nan)}, key
+        )
+    elif kind == "pickle":
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("__meta__.npy", b"\x80\x04N.")  # a pickle, not .npy
+    else:
+        raise ValueError(kind)
+
+
+BAD_FILES = ["garbage", "truncated", "shape", "module", "key", "dtype", "nan", "pickle"]
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_read_updates_refuses_a_bad_file(tmp_path, kind):
+    from simulations.copying.clients import (
+        CacheError,
+        read_updates,
+        updates_path,
+        write_updates,
+    )
+
+    rng = np.random.default_rng(0)
+    updates = {f"layers.0.{m}": rng.standard_normal((5, 8, 8)) for m in "qkvo"}
+    shapes = {name: value.shape for name, value in updates.items()}
+    path = updates_path(tmp_path, "k1")
+    assert read_updates(path, "k1", shapes) is None  # no file yet
+    write_updates(path, updates, "k1")
+    back = read_updates(path, "k1", shapes)
+    assert list(back) == list(updates)
+    for name in updates:
+        np.testing.assert_array_equal(back[name], updates[name])
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+    _write_bad(path, kind, updates, "k1")
+    with pytest.raises(CacheError, match=path.name):
+        read_updates(path, "k1", shapes)
+
+
+def test_a_corrupt_cache_file_is_retrained(torch, results, copying_tiny):
+    """A damaged file warns, is trained again and overwritten with good updates."""
+    import json
+    import warnings
+
+    from simulations.copying import federation, study
+    from simulations.copying.clients import CacheWarning
+
+    settings = _tiny_settings(copying_tiny)
+    config = {"experiment": "heterogeneous", **copying_tiny}
+    expected = json.dumps(study.run(config, seed=3))
+    path = results / "copying" / "clients" / f"{federation.client_key(settings, 3)}.npz"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(CacheWarning, match="training the clients again"):
+        assert json.dumps(study.run(config, seed=3)) == expected
+    before = path.read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)  # the new file is good
+        assert json.dumps(study.run(config, seed=3)) == expected
+    assert path.read_bytes() == before

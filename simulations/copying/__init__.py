@@ -10,6 +10,9 @@ and Zhong (PNAS 2025). Modules, in the order of the pipeline:
   LoRA adapters (needs torch);
 * :mod:`~simulations.copying.training`: pretraining with a checkpoint cache keyed by
   its configuration, local LoRA fine-tuning, masked accuracy;
+* :mod:`~simulations.copying.clients`: the cache of the clients' fine-tuned
+  updates, keyed by what the training reads (numpy only), so that a change of
+  CLAIR or of the evaluation reruns without fine-tuning;
 * :mod:`~simulations.copying.federation`: one replicate: clients, the methods
   (local, FedAvg, SVD + refinement, CLAIR per module, oracle CLAIR), evaluation;
 * :mod:`~simulations.copying.study`: the study (``python -m simulations.copying``),

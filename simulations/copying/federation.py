@@ -80,6 +80,7 @@ are in :mod:`clair_stats.lora.verdict`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -92,6 +93,14 @@ from clair_stats.evaluation.metrics import detection_scores
 from clair_stats.lora.adapters import fit_module
 from clair_stats.lora.verdict import client_verdict
 from clair_stats.pipeline.paths import as_updates
+from simulations.copying.clients import (
+    CacheError,
+    CacheWarning,
+    read_updates,
+    training_key,
+    updates_path,
+    write_updates,
+)
 from simulations.copying.tasks import CopyBatch, CopyTask
 from simulations.copying.training import (
     FineTuneConfig,
@@ -111,6 +120,7 @@ __all__ = [
     "Settings",
     "TrainedClients",
     "clair_per_module",
+    "client_key",
     "client_tasks",
     "federate",
     "relative_change",
@@ -517,8 +527,39 @@ class TrainedClients:
     kinds: list[str]
 
 
+def client_key(settings: Settings, seed: int) -> str:
+    """The key of a replicate's cached client updates.
+
+    A hash of what :func:`train_clients` reads
+    (:func:`simulations.copying.clients.training_key`): the pretraining and
+    fine-tuning configurations, the clients' tasks, ``n_train`` and the seed;
+    not CLAIR's settings nor ``n_test``.
+
+    Parameters
+    ----------
+    settings : Settings
+    seed : int
+        The replicate's seed.
+
+    Returns
+    -------
+    str
+    """
+    tasks, _ = client_tasks(settings)
+    return training_key(
+        settings.pretrain_config(),
+        settings.fine_tune_config(),
+        tasks,
+        settings.n_train,
+        seed,
+    )
+
+
 def train_clients(
-    settings: Settings, seed: int, checkpoints: str | None = None
+    settings: Settings,
+    seed: int,
+    checkpoints: str | None = None,
+    clients: str | None = None,
 ) -> TrainedClients:
     """Fine-tune the K clients of one replicate from the common initialisation.
 
@@ -531,14 +572,36 @@ def train_clients(
         is left to the test sequences of :func:`run_replicate`).
     checkpoints : str, optional
         Folder of the pretraining cache (None: pretrain in memory).
+    clients : str, optional
+        Folder of the cache of client updates
+        (:mod:`simulations.copying.clients`, file named by :func:`client_key`):
+        read when present, else trained and written; a file that cannot be used
+        is trained again and overwritten, with a
+        :class:`~simulations.copying.clients.CacheWarning`. None: no cache.
 
     Returns
     -------
     TrainedClients
     """
     torch.set_num_threads(1)
-    model, _ = _base_model(settings, checkpoints)
+    model, base = _base_model(settings, checkpoints)
     tasks, kinds = client_tasks(settings)
+    path = None
+    if clients is not None:
+        key = client_key(settings, seed)
+        path = updates_path(clients, key)
+        shapes = {name: (len(tasks), *w.shape) for name, w in base.items()}
+        try:
+            cached = read_updates(path, key, shapes)
+        except CacheError as exc:
+            warnings.warn(
+                f"{exc}; training the clients again and overwriting it.",
+                CacheWarning,
+                stacklevel=2,
+            )
+            cached = None
+        if cached is not None:
+            return TrainedClients(updates=cached, tasks=tasks, kinds=kinds)
     streams = np.random.SeedSequence(seed).spawn(3)
     data_rng = np.random.default_rng(streams[0])
     init_seed = int(streams[2].generate_state(1)[0])
@@ -555,11 +618,16 @@ def train_clients(
         local.append(fine_tune(model, init, batch, config, data_rng))
     model.remove_adapters()
     updates = _stack(local, list(local[0]), "left")
+    if path is not None:
+        write_updates(path, updates, key)
     return TrainedClients(updates=updates, tasks=tasks, kinds=kinds)
 
 
 def run_replicate(
-    settings: Settings, seed: int, checkpoints: str | None = None
+    settings: Settings,
+    seed: int,
+    checkpoints: str | None = None,
+    clients: str | None = None,
 ) -> list[dict]:
     """One replicate: fine-tune K clients, federate, evaluate every method.
 
@@ -572,6 +640,9 @@ def run_replicate(
         fixed by ``settings.pretrain_seed``.
     checkpoints : str, optional
         Folder of the pretraining cache (None: pretrain in memory).
+    clients : str, optional
+        Folder of the cache of client updates (:func:`train_clients`; None: no
+        cache). The rows are the same with or without it.
 
     Returns
     -------
@@ -587,12 +658,12 @@ def run_replicate(
         ``exact``, ``n_flagged``, ``flagged`` and ``module_flags`` (lists of K),
         ``n_modules`` and ``unconverged_modules``.
     """
-    clients = train_clients(settings, seed, checkpoints)
-    tasks, kinds, benign = clients.tasks, clients.kinds, settings.benign
+    trained = train_clients(settings, seed, checkpoints, clients)
+    tasks, kinds, benign = trained.tasks, trained.kinds, settings.benign
     model, base = _base_model(settings, checkpoints)
     test_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(3)[1])
     tests = [task.sample(settings.n_test, test_rng) for task in tasks]
-    methods, verdict = federate(clients.updates, benign, settings)
+    methods, verdict = federate(trained.updates, benign, settings)
     accuracy = {m: _evaluate(model, base, methods[m], tests) for m in METHODS}
     model.set_weights(base)
     scores = detection_scores(verdict.flagged, ~benign)

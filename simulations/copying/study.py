@@ -132,12 +132,19 @@ def run(config: dict, seed: int) -> list[dict]:
     -------
     list of dict
         One row per method.
+
+    Notes
+    -----
+    The pretrained model and the clients' fine-tuned updates are cached under
+    ``<results>/copying/checkpoints/`` and ``<results>/copying/clients/``.
     """
     from simulations.copying.federation import Settings, run_replicate
 
     settings = Settings.from_config(config)
-    checkpoints = results_dir() / NAME / "checkpoints"
-    return run_replicate(settings, seed, str(checkpoints))
+    folder = results_dir() / NAME
+    return run_replicate(
+        settings, seed, str(folder / "checkpoints"), str(folder / "clients")
+    )
 
 
 def parser() -> argparse.ArgumentParser:
