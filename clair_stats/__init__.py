@@ -26,7 +26,13 @@ from clair_stats.core.results import (
 from clair_stats.pipeline.decompose import DEFAULT_C_LAM, decompose, default_lam
 from clair_stats.pipeline.detection import ClientTest, chi_square_test
 from clair_stats.pipeline.estimator import ClairResult, clair
-from clair_stats.pipeline.refine import refine
+from clair_stats.pipeline.refine import (
+    Refinement,
+    Shrinkage,
+    refine,
+    refine_clients,
+    shrinkage_factors,
+)
 from clair_stats.pipeline.subspace import estimate_subspace
 from clair_stats.pipeline.trimmed import TrimmedFit, trimmed_subspace
 from clair_stats.simulate.contamination import CONTAMINATION_TYPES
@@ -53,6 +59,8 @@ __all__ = [
     "PerformanceWarning",
     "Problem",
     "RefinedFactors",
+    "Refinement",
+    "Shrinkage",
     "SolverInfo",
     "chi_square_test",
     "clair",
@@ -61,6 +69,8 @@ __all__ = [
     "duality_gap",
     "estimate_subspace",
     "refine",
+    "refine_clients",
+    "shrinkage_factors",
     "svt",
     "trimmed_subspace",
 ]

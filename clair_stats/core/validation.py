@@ -27,6 +27,7 @@ __all__ = [
     "check_positive",
     "check_rank",
     "check_real_array",
+    "check_shrinkage",
     "check_updates",
     "check_weights",
     "is_real_dtype",
@@ -501,3 +502,19 @@ def check_interval(
     if not (np.isfinite(value) and above and below):
         raise ValueError(f"{name} must be in {interval}, got {value}.{why}")
     return value
+
+
+def check_shrinkage(shrinkage: float | np.ndarray | None, n_clients: int) -> np.ndarray:
+    """b_k as an array of shape (K,), checked to lie in [0, 1] (None: zeros)."""
+    if shrinkage is None:
+        return np.zeros(n_clients)
+    if isinstance(shrinkage, bool):
+        raise TypeError("shrinkage must be a number in [0, 1] or an array of them.")
+    b = np.broadcast_to(np.asarray(shrinkage, dtype=float), (n_clients,))
+    if not (np.all(np.isfinite(b)) and np.all((b >= 0) & (b <= 1))):
+        raise ValueError(
+            "shrinkage must lie in [0, 1] (0 keeps a client's in-subspace part, "
+            f"1 replaces it by the mean's); got values in [{b.min():.3g}, "
+            f"{b.max():.3g}]."
+        )
+    return np.array(b)

@@ -35,6 +35,7 @@ from clair_stats.core.validation import (
     check_choice,
     check_int,
     check_positive,
+    check_shrinkage,
 )
 from clair_stats.pipeline.decompose import DEFAULT_TOL
 from clair_stats.pipeline.detection import (
@@ -55,11 +56,13 @@ from clair_stats.pipeline.noise import (
 )
 from clair_stats.pipeline.paths import Coordinates, Updates, as_updates
 from clair_stats.pipeline.refine import (
+    Shrinkage,
     close_by_angle,
     close_by_distance,
     copy_groups,
     distinct_weights,
     exact_copies,
+    shrinkage_factors,
 )
 from clair_stats.pipeline.subspace import estimate_subspace
 from clair_stats.pipeline.trimmed import (
@@ -67,6 +70,7 @@ from clair_stats.pipeline.trimmed import (
     elemental_size,
     majority_size,
     reweighted,
+    subset_fit,
     trimmed_objective,
     trimmed_subspace,
 )
@@ -77,6 +81,8 @@ SIDES: tuple[str, ...] = ("left", "right")
 DETECT_RULES: tuple[str, ...] = ("auto", "support", "test")
 REFITS: tuple[str, ...] = ("trimmed", "none")
 POOLINGS: tuple[str, ...] = ("distinct", "mean")
+SHRINKS: tuple[str, ...] = ("auto", "none")
+FINAL_SUBSPACES: tuple[str, ...] = ("kept", "detection")
 #: Family-wise probability that the copy rules (docs/pipeline.md §3.4, §3.6)
 #: group two independent benign clients.
 DUPLICATE_LEVEL = 1e-3
@@ -144,6 +150,15 @@ class ClairResult:
     pool_weights : numpy.ndarray of shape (K,), or None
         The weights pi_k of Thetabar in step 4 (0 outside S^, summing to 1);
         None when S^ is empty.
+    shrinkage : Shrinkage or None
+        The in-subspace pooling of step 4: b_k (``factors``, 0 outside S^), the
+        estimated spread T^ of the clients inside span(A^) that is not noise,
+        their noise energies v_k; None when
+        S^ is empty or r = 0. Its energies are in units of u^2, as the refit's.
+    detection_subspace : numpy.ndarray of shape (p, r), or None
+        The A^ at which step 3 ran (the test's energies are measured there),
+        when ``subspace`` was refitted on S^ after it (``final_subspace="kept"``);
+        else None (the same as ``subspace``).
     """
 
     subspace: np.ndarray = field(repr=False)
@@ -160,6 +175,8 @@ class ClairResult:
     rules: dict[str, str] = field(default_factory=dict, repr=False)
     refit: TrimmedFit | None = field(default=None, repr=False)
     pool_weights: np.ndarray | None = field(default=None, repr=False)
+    shrinkage: Shrinkage | None = field(default=None, repr=False)
+    detection_subspace: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def statistics(self) -> np.ndarray | None:
@@ -246,6 +263,8 @@ def clair(
     center: bool = False,
     refit: str = "trimmed",
     pooling: str = "distinct",
+    shrink: str | float = "auto",
+    final_subspace: str = "kept",
     side: str = "left",
     weights: np.ndarray | None = None,
     solver: str = "proximal",
@@ -259,10 +278,13 @@ def clair(
     (:func:`clair_stats.decompose`); step 2 takes A^ = top-r left singular
     vectors of L^; step 3 finds S^ by a test of the off-subspace energies
     E_k = ||P_A^perp (Theta^_k - c^)||_F^2 or from the block support of S^;
-    step 4 refines, for k in S^,
+    step 4 refits A^ on S^ and refines, for k in S^,
 
-    .. math:: \\tilde\\Theta_k = P_{\\hat A}\\hat\\Theta_k
-              + P_{\\hat A}^\\perp \\bar\\Theta_{\\hat S}.
+    .. math:: \\tilde\\Theta_k = \\bar\\Theta_{\\hat S}
+              + (1 - b_k) P_{\\hat A} (\\hat\\Theta_k - \\bar\\Theta_{\\hat S}),
+
+    b_k estimated from the data (b_k = 0 is the paper's P_A^ Theta^_k +
+    P_A^^perp Thetabar; b_k = 1 is FedAvg over S^).
 
     With no argument but ``updates``, every choice follows a documented rule
     (module docstring, docs/pipeline.md §3.5) recorded in ``result.rules``: the
@@ -342,6 +364,21 @@ def clair(
         groups that count as one client each, so that identical or
         near-identical updates cannot dominate it (with ``detect="test"``);
         ``"mean"``: the plain mean.
+    shrink : {"auto", "none"} or float
+        b_k of step 4, the share of each collaborative client's in-subspace
+        deviation from Thetabar pooled away. ``"auto"``: empirical Bayes
+        (James-Stein) from the spread of the clients inside span(A^) against
+        their noise (``noise_cov``, ``sigma``, else the median rule), b_k = v_k /
+        (v_k + T^) (docs/pipeline.md §3.4): near 1 (FedAvg over S^) when the
+        clients differ inside span(A^) no more than their noise, near 0 when
+        they differ much more; to first order never worse than the better of
+        the two (docs/claims.md §4.5). ``"none"``: b_k = 0, each client keeps its
+        in-subspace part, as in the paper. A number in [0, 1]: that b for all.
+    final_subspace : {"kept", "detection"}
+        The A^ of step 4. ``"kept"``: refitted on the clients S^ keeps (the top-r
+        left singular vectors of their updates, pooled with the weights pi_k,
+        about c^ = Thetabar with ``center``): the oracle's subspace when S^ = S.
+        ``"detection"``: the A^ of step 3 (L^'s, or the trimmed refit's).
     side : {"left", "right"}
         Share the column space (p-dim) or the row space (apply to transposes).
     weights : array_like, shape (K,), optional
@@ -388,6 +425,11 @@ def clair(
     _check_options(data, detect, test, mode, side, refined_rank, noise_cov)
     check_choice(refit, "refit", REFITS)
     check_choice(pooling, "pooling", POOLINGS)
+    check_choice(final_subspace, "final_subspace", FINAL_SUBSPACES)
+    if isinstance(shrink, str):
+        check_choice(shrink, "shrink", SHRINKS)
+    else:
+        check_shrinkage(shrink, 1)
     alpha = check_alpha(alpha)
     check_choice(correction, "correction", METHODS)
     support_tol = check_positive(support_tol, "support_tol")
@@ -421,8 +463,21 @@ def clair(
     pool, rules["pooling"] = _pool_weights(
         fit, given, collaborative, pooling if detect_used == "test" else "mean"
     )
+    detection_subspace = None
+    if final_subspace == "kept" and pool is not None:
+        subspace, rules["final_subspace"] = _kept_subspace(fit, collaborative, pool)
+        if subspace is not None:
+            detection_subspace, fit = fit.subspace, replace(fit, subspace=subspace)
+    else:
+        rules["final_subspace"] = "detection (A^ of step 3)"
+    shrinkage, rules["shrink"] = _shrinkage(fit, given, collaborative, pool, shrink)
     refined = work.refine(
-        fit.decomposition, fit.subspace, collaborative, refined_rank, pool
+        fit.decomposition,
+        fit.subspace,
+        collaborative,
+        refined_rank,
+        pool,
+        None if shrinkage is None else shrinkage.factors,
     )
     return ClairResult(
         subspace=fit.subspace,
@@ -439,6 +494,8 @@ def clair(
         rules={**fit.rules, **rules},
         refit=fit.refit,
         pool_weights=pool,
+        shrinkage=shrinkage,
+        detection_subspace=detection_subspace,
     )
 
 
@@ -1145,6 +1202,90 @@ def _pool_weights(
             else "; no near-identical residuals"
         )
         + f", angle rule at family-wise level {DUPLICATE_LEVEL:g})"
+    )
+
+
+def _kept_subspace(
+    fit: _Fit, collaborative: np.ndarray, pool: np.ndarray
+) -> tuple[np.ndarray | None, str]:
+    """A^ refitted on S^ (pooled with the weights pi_k), and the rule in words.
+
+    None when there is nothing to refit: r = 0, or S^ spans fewer than r
+    directions (|S^| q < r).
+    """
+    _, _, q = fit.work.shape
+    members = np.flatnonzero(collaborative)
+    if fit.rank == 0 or members.size * q < fit.rank:
+        return None, (
+            "detection (A^ of step 3: "
+            + ("r = 0)" if fit.rank == 0 else f"|S^| q = {members.size * q} < r)")
+        )
+    coords = fit.coords
+    subspace, _ = subset_fit(
+        coords.blocks / fit.unit,
+        collaborative,
+        fit.rank,
+        weights=np.where(collaborative, pool, 1.0),
+        center=fit.center is not None,
+    )
+    return coords.outward(subspace), (
+        f"kept (A^ refitted on the {members.size} clients of S^, weighted by pi_k"
+        + (", about their weighted mean" if fit.center is not None else "")
+        + ")"
+    )
+
+
+def _shrinkage(
+    fit: _Fit,
+    given: GivenNoise,
+    collaborative: np.ndarray,
+    pool: np.ndarray | None,
+    shrink: str | float,
+) -> tuple[Shrinkage | None, str]:
+    """b_k of step 4 by the rule of ``shrink``, and the rule in words.
+
+    ``"auto"``: :func:`clair_stats.pipeline.refine.shrinkage_factors` on the
+    in-subspace Gram matrix of S^ (the full Gram minus the off-subspace one)
+    with the in-subspace noise energies v_k = q tr(A^^T C_k A^) (``noise_cov``),
+    r q sigma_k^2 (``sigma``), else r q sigma^2 with sigma^ the median rule at A^.
+    """
+    n_clients, p, q = fit.work.shape
+    members = np.flatnonzero(collaborative)
+    if pool is None or fit.rank == 0:
+        return None, "none (" + ("S^ is empty)" if pool is None else "r = 0)")
+    if shrink == "none" or not isinstance(shrink, str):
+        b = 0.0 if shrink == "none" else float(shrink)
+        factors = np.where(collaborative, b, 0.0)
+        zeros = np.zeros(n_clients)
+        return Shrinkage(factors, np.nan, zeros, np.nan, np.nan), (
+            f"{'none' if shrink == 'none' else 'given'} (b = {b:.3g} for all of S^)"
+        )
+    rank = fit.rank
+    if given.cov is not None:
+        inside = np.einsum("pr,kps,sr->k", fit.subspace, given.cov, fit.subspace)
+        noise = q * np.broadcast_to(inside, (n_clients,)) / fit.unit**2
+        source = "noise_cov"
+    else:
+        sd = given.sd if given.sd is not None else fit.median_sd()
+        noise = rank * q * (np.broadcast_to(sd, (n_clients,)) / fit.unit) ** 2
+        source = given.source if given.sd is not None else "sigma^ by the median rule"
+    empty = np.zeros((p, 0))
+    total = fit.work.residual_gram(fit.decomposition, empty, None, fit.unit)
+    outside = fit.work.residual_gram(fit.decomposition, fit.subspace, None, fit.unit)
+    gram = (total - outside)[np.ix_(members, members)]
+    weights = pool[members] / pool[members].sum()
+    found = shrinkage_factors(gram, noise[members], weights, rank * q)
+    factors = np.zeros(n_clients)
+    factors[members] = found.factors
+    noise_full = np.zeros(n_clients)
+    noise_full[members] = found.noise
+    # energies in units of u^2, as the refit's (a scale of 1e300 squares to inf)
+    result = Shrinkage(factors, found.between, noise_full, found.spread, found.dof)
+    return result, (
+        f"auto (empirical Bayes: b_k = v_k / (v_k + T^), T^ = "
+        f"{result.between:.4g} the in-subspace spread beyond noise, v_k the "
+        f"in-subspace noise energy from {source}; b_k in "
+        f"[{found.factors.min():.3g}, {found.factors.max():.3g}] over S^)"
     )
 
 

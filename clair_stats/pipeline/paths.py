@@ -129,8 +129,10 @@ class Updates(Protocol):
         collaborative: np.ndarray,
         refined_rank: int | None,
         weights: np.ndarray | None = None,
+        shrinkage: np.ndarray | None = None,
     ) -> np.ndarray | RefinedFactors:
-        """Step 4: Theta~_k for k in S^, Theta^_k otherwise (mean weighted by w)."""
+        """Step 4: Theta~_k for k in S^, Theta^_k otherwise (mean weighted by w,
+        in-subspace deviations shrunk by b_k)."""
 
     def restore(
         self, refined: np.ndarray | RefinedFactors, side: str
@@ -178,8 +180,9 @@ class DenseUpdates:
         collaborative: np.ndarray,
         refined_rank: int | None,
         weights: np.ndarray | None = None,
+        shrinkage: np.ndarray | None = None,
     ) -> np.ndarray:
-        return refine(self.data, subspace, collaborative, weights)
+        return refine(self.data, subspace, collaborative, weights, shrinkage)
 
     def restore(self, refined: np.ndarray, side: str) -> np.ndarray:
         return np.ascontiguousarray(
@@ -240,6 +243,7 @@ class FactoredUpdates:
         collaborative: np.ndarray,
         refined_rank: int | None,
         weights: np.ndarray | None = None,
+        shrinkage: np.ndarray | None = None,
     ) -> RefinedFactors:
         return refine_factored(
             self.data,
@@ -248,6 +252,7 @@ class FactoredUpdates:
             rank=refined_rank,
             basis=decomposition.basis,
             weights=weights,
+            shrinkage=shrinkage,
         )
 
     def restore(self, refined: RefinedFactors, side: str) -> RefinedFactors:

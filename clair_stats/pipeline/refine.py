@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from clair_stats.core.validation import check_shrinkage
+
 __all__ = [
+    "Refinement",
+    "Shrinkage",
     "close_by_angle",
     "close_by_distance",
     "copy_groups",
     "distinct_weights",
     "exact_copies",
     "refine",
+    "refine_clients",
+    "shrinkage_factors",
 ]
 
 
@@ -19,20 +27,24 @@ def refine(
     subspace: np.ndarray,
     collaborative: np.ndarray,
     weights: np.ndarray | None = None,
+    shrinkage: float | np.ndarray | None = None,
 ) -> np.ndarray:
     """Keep each collaborative client's in-subspace part, average the rest.
 
     .. math::
 
-        \\tilde\\Theta_k = P_{\\hat A} \\hat\\Theta_k
-            + P_{\\hat A}^\\perp \\bar\\Theta, \\qquad
+        \\tilde\\Theta_k = \\bar\\Theta
+            + (1 - b_k) P_{\\hat A} (\\hat\\Theta_k - \\bar\\Theta), \\qquad
         \\bar\\Theta = \\sum_{j \\in \\hat S} \\pi_j \\hat\\Theta_j,
         \\qquad k \\in \\hat S;
 
-    clients outside S^ keep their local estimate. The pooling weights pi_j are
-    1 / |S^| by default (the paper's mean); :func:`clair_stats.clair` passes
-    weights that count a group of near-identical updates once
-    (docs/pipeline.md §3.4).
+    clients outside S^ keep their local estimate. With b_k = 0 (the default)
+    this is the paper's P_A^ Theta^_k + P_A^^perp Thetabar: each client keeps its
+    in-subspace part; with b_k = 1 every collaborative client gets Thetabar
+    (FedAvg over S^); :func:`shrinkage_factors` estimates b_k from the data
+    (docs/pipeline.md §3.4). The pooling weights pi_j are 1 / |S^| by default
+    (the paper's mean); :func:`clair_stats.clair` passes weights that count a
+    group of near-identical updates once.
 
     Parameters
     ----------
@@ -46,6 +58,10 @@ def refine(
     weights : numpy.ndarray, shape (K,), optional
         Nonnegative pooling weights (those outside S^ are ignored), normalised
         to sum to one over S^; default equal.
+    shrinkage : float or numpy.ndarray of shape (K,), optional
+        b_k in [0, 1], the share of each collaborative client's in-subspace
+        deviation from Thetabar that is pooled away (those outside S^ are
+        ignored); default 0.
 
     Returns
     -------
@@ -89,12 +105,105 @@ def refine(
             )
         pool = pool[collaborative]
         mean = np.tensordot(pool / pool.sum(), updates[collaborative], axes=1)
+    keep = 1.0 - check_shrinkage(shrinkage, n_clients)[collaborative]
     # P_A Theta_k + P_A^perp mean = mean + P_A (Theta_k - mean)
     deviation = updates[collaborative] - mean
-    refined[collaborative] = mean + np.einsum(
-        "pr,krq->kpq", subspace, np.einsum("pr,kpq->krq", subspace, deviation)
-    )
+    inside = np.einsum("pr,kpq->krq", subspace, deviation) * keep[:, None, None]
+    refined[collaborative] = mean + np.einsum("pr,krq->kpq", subspace, inside)
     return refined
+
+
+@dataclass(frozen=True)
+class Shrinkage:
+    """The in-subspace pooling of step 4 (docs/pipeline.md §3.4).
+
+    Attributes
+    ----------
+    factors : numpy.ndarray, shape (K,)
+        b_k (0 outside the pooled set).
+    between : float
+        T^, the estimated energy of a client's in-subspace deviation from the
+        mean that is not noise (per client, in the units of the Gram matrix).
+    noise : numpy.ndarray, shape (K,)
+        v_k, the in-subspace noise energy of each client.
+    spread : float
+        sum_k pi_k ||P_A (Theta^_k - Thetabar)||^2, the observed spread.
+    dof : float
+        D = (n_eff - 1) r q, the dimension of the deviations (n_eff =
+        1 / sum_k pi_k^2).
+    """
+
+    factors: np.ndarray
+    between: float
+    noise: np.ndarray
+    spread: float
+    dof: float
+
+
+def shrinkage_factors(
+    inside_gram: np.ndarray,
+    noise_energy: np.ndarray,
+    weights: np.ndarray,
+    dim: int,
+) -> Shrinkage:
+    r"""Empirical-Bayes shrinkage of in-subspace deviations towards the mean.
+
+    Model: y_k = P_A Theta^_k = theta_k + e_k with e_k of energy E||e_k||^2 =
+    v_k (``noise_energy``; r q sigma_k^2 for iid noise of sd sigma_k) and the
+    theta_k spread around their mean with energy T per client. The Bayes rule
+    (linear in y_k) is theta~_k = ybar + (1 - b_k)(y_k - ybar) with b_k = v_k /
+    (v_k + T). T is estimated by the method of moments from the weighted spread
+    S = sum_k pi_k ||y_k - ybar||^2 (ybar = sum pi_k y_k), whose mean is
+
+    .. math:: E S = T (1 - \sum_k \pi_k^2) + \sum_k \pi_k v_k (1 - \pi_k),
+
+    with the James-Stein factor D / (D - 2) on S (D = (n_eff - 1) ``dim``,
+    n_eff = 1 / sum pi_k^2), so that with equal weights and equal v_k the
+    factor is the positive-part James-Stein (Lindley) one, b = min(1, (D - 2)
+    v / (dim S')), S' = sum_k ||y_k - ybar||^2: its risk exceeds that of the
+    best b (chosen knowing theta) by less than 4 sigma^2 over all n clients
+    (docs/claims.md §4.5), and it is never far from the better of b = 0 (keep
+    y_k) and b = 1 (the mean).
+
+    Parameters
+    ----------
+    inside_gram : numpy.ndarray, shape (n, n)
+        <y_j, y_k> over the n pooled clients.
+    noise_energy : numpy.ndarray, shape (n,)
+        v_k > 0.
+    weights : numpy.ndarray, shape (n,)
+        pi_k > 0, summing to one.
+    dim : int
+        r q, the number of coordinates of each y_k.
+
+    Returns
+    -------
+    Shrinkage
+        With ``factors`` of shape (n,).
+
+    References
+    ----------
+    Efron, Morris (1973). Stein's estimation rule and its competitors: an
+    empirical Bayes approach. JASA 68, 117-130.
+    Morris (1983). Parametric empirical Bayes inference: theory and
+    applications. JASA 78, 47-55.
+    """
+    gram = np.asarray(inside_gram, dtype=float)
+    v = np.asarray(noise_energy, dtype=float)
+    pi = np.asarray(weights, dtype=float)
+    n = pi.size
+    concentration = float(np.sum(pi**2))
+    n_eff = 1.0 / concentration
+    dof = (n_eff - 1.0) * dim
+    spread = max(float(pi @ np.diag(gram) - pi @ gram @ pi), 0.0)
+    if n < 2 or dof <= 2.0:
+        # too few clients to tell their spread from noise: keep each client's part
+        return Shrinkage(np.zeros(n), np.inf, v, spread, dof)
+    noise = float(np.sum(pi * v * (1.0 - pi)))
+    between = max((spread * dof / (dof - 2.0) - noise) / (1.0 - concentration), 0.0)
+    total = v + between
+    factors = np.divide(v, total, out=np.ones(n), where=total > 0)
+    return Shrinkage(np.clip(factors, 0.0, 1.0), between, v, spread, dof)
 
 
 def copy_groups(close: np.ndarray) -> np.ndarray:
@@ -243,3 +352,108 @@ def distinct_weights(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     groups = copy_groups(close)
     sizes = np.bincount(groups)
     return 1.0 / sizes[groups], groups
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """What :func:`refine_clients` returns.
+
+    Attributes
+    ----------
+    refined : numpy.ndarray, shape (K, p, q)
+        Theta~_k.
+    subspace : numpy.ndarray, shape (p, r)
+        The A^ used (refitted on S^ with ``final_subspace="kept"``).
+    shrinkage : Shrinkage or None
+        b_k and its estimate (None when S^ is empty or r = 0).
+    """
+
+    refined: np.ndarray
+    subspace: np.ndarray
+    shrinkage: Shrinkage | None
+
+
+def refine_clients(
+    updates: np.ndarray,
+    subspace: np.ndarray,
+    collaborative: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    shrink: str | float = "auto",
+    final_subspace: str = "kept",
+    sigma: float | np.ndarray | None = None,
+) -> Refinement:
+    """Step 4 with CLAIR's defaults, on dense updates whose S^ is already known.
+
+    For pipelines that form S^ themselves (one verdict over several modules of
+    a LoRA adapter, :mod:`clair_stats.lora.verdict`) and then refine each
+    module as :func:`clair_stats.clair` would: A^ refitted on S^
+    (``final_subspace="kept"``, :func:`clair_stats.pipeline.trimmed.subset_fit`),
+    then :func:`refine` with b_k from :func:`shrinkage_factors`
+    (``shrink="auto"``), v_k = r q sigma_k^2 with sigma_k given or the median
+    rule on the off-subspace energies at the ``subspace`` passed in
+    (docs/pipeline.md §3.4).
+
+    Parameters
+    ----------
+    updates : numpy.ndarray, shape (K, p, q)
+        Theta^_k.
+    subspace : numpy.ndarray, shape (p, r)
+        A^ of step 2 (orthonormal columns).
+    collaborative : numpy.ndarray of bool, shape (K,)
+        S^.
+    weights : numpy.ndarray, shape (K,), optional
+        Pooling weights pi_k on S^ (default equal).
+    shrink : {"auto", "none"} or float
+        As in :func:`clair_stats.clair`.
+    final_subspace : {"kept", "detection"}
+        As in :func:`clair_stats.clair` (``"detection"``: ``subspace`` as given).
+    sigma : float or numpy.ndarray of shape (K,), optional
+        Per-entry noise sd of the updates (default: the median rule).
+
+    Returns
+    -------
+    Refinement
+    """
+    from clair_stats.core.linalg import off_subspace_energy
+    from clair_stats.core.validation import check_choice
+    from clair_stats.pipeline.detection import median_rule
+    from clair_stats.pipeline.trimmed import subset_fit
+
+    updates = np.asarray(updates, dtype=float)
+    collaborative = np.asarray(collaborative, dtype=bool)
+    check_choice(final_subspace, "final_subspace", ("kept", "detection"))
+    if isinstance(shrink, str):
+        check_choice(shrink, "shrink", ("auto", "none"))
+    n_clients, p, q = updates.shape
+    rank = subspace.shape[1]
+    members = np.flatnonzero(collaborative)
+    if members.size == 0 or rank == 0:
+        return Refinement(refine(updates, subspace, collaborative), subspace, None)
+    pool = np.ones(n_clients) if weights is None else np.asarray(weights, float)
+    pool = np.where(collaborative, pool, 0.0)
+    pool = pool / pool.sum()
+    if sigma is None:
+        energy = off_subspace_energy(updates, subspace)
+        sd = np.full(n_clients, np.sqrt(median_rule(energy, (p - rank) * q)))
+    else:
+        sd = np.broadcast_to(np.asarray(sigma, dtype=float), (n_clients,))
+    if final_subspace == "kept" and members.size * q >= rank:
+        subspace, _ = subset_fit(updates, collaborative, rank, weights=pool)
+    if isinstance(shrink, str) and shrink == "auto":
+        inside = np.einsum("pr,kpq->krq", subspace, updates[members])
+        flat = inside.reshape(members.size, -1)
+        found = shrinkage_factors(
+            flat @ flat.T, rank * q * sd[members] ** 2, pool[members], rank * q
+        )
+        factors = np.zeros(n_clients)
+        factors[members] = found.factors
+        noise = np.zeros(n_clients)
+        noise[members] = found.noise
+        shrinkage = Shrinkage(factors, found.between, noise, found.spread, found.dof)
+    else:
+        b = 0.0 if shrink == "none" else float(check_shrinkage(shrink, 1)[0])
+        factors = np.where(collaborative, b, 0.0)
+        shrinkage = Shrinkage(factors, np.nan, np.zeros(n_clients), np.nan, np.nan)
+    refined = refine(updates, subspace, collaborative, pool, shrinkage.factors)
+    return Refinement(refined, subspace, shrinkage)

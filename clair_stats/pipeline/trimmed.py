@@ -62,6 +62,7 @@ __all__ = [
     "elemental_size",
     "majority_size",
     "reweighted",
+    "subset_fit",
     "trimmed_objective",
     "trimmed_subspace",
 ]
@@ -263,6 +264,51 @@ def trimmed_subspace(
         steps=steps,
         n_starts=len(starts),
     )
+
+
+def subset_fit(
+    blocks: np.ndarray,
+    members: np.ndarray,
+    rank: int,
+    *,
+    weights: np.ndarray | None = None,
+    center: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    r"""(A, c) fitted on a set of clients: the top-r left singular vectors.
+
+    .. math:: \min_{A, c} \sum_{k \in R} w_k \|P_A^\perp (X_k - c)\|_F^2,
+
+    solved by c = the w-weighted mean over R (with ``center``, else 0) and A =
+    the top-r left singular vectors of [sqrt(w_k) (X_k - c), k in R] (one exact
+    SVD). With R the clients CLAIR keeps and equal weights, this is the
+    oracle's subspace when R = S (docs/pipeline.md §3.4).
+
+    Parameters
+    ----------
+    blocks : numpy.ndarray, shape (K, d, m)
+        X_k (in any basis whose row parts are isometries).
+    members : numpy.ndarray of bool, shape (K,)
+        R, not empty.
+    rank : int
+        r.
+    weights : numpy.ndarray, shape (K,), optional
+        w_k > 0 on R; default equal.
+    center : bool
+        Fit a centre c.
+
+    Returns
+    -------
+    subspace : numpy.ndarray, shape (d, r)
+    center : numpy.ndarray of shape (d, m), or None
+    """
+    blocks = np.asarray(blocks, dtype=float)
+    members = np.asarray(members, dtype=bool)
+    if not members.any():
+        raise ValueError("members is empty: a subspace needs at least one client.")
+    w = np.ones(blocks.shape[0]) if weights is None else np.asarray(weights, float)
+    problem = _Problem(blocks, w, rank, center, int(members.sum()))
+    subspace, c, _ = problem.fit(np.flatnonzero(members), exact=True)
+    return subspace, c
 
 
 def trimmed_objective(

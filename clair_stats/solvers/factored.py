@@ -56,6 +56,7 @@ from clair_stats.core.results import (
     FactoredDecomposition,
     RefinedFactors,
 )
+from clair_stats.core.validation import check_shrinkage
 
 __all__ = [
     "ITERATIVE_SVD_MIN",
@@ -290,24 +291,27 @@ def refine_factored(
     *,
     basis: np.ndarray | None = None,
     weights: np.ndarray | None = None,
+    shrinkage: float | np.ndarray | None = None,
 ) -> RefinedFactors:
     """Refine factored updates and truncate each refined update by SVD.
 
     .. math::
 
-        \\tilde\\Theta_k = P_{\\hat A} \\hat\\Theta_k + P_{\\hat A}^\\perp
-            \\bar\\Theta, \\qquad \\bar\\Theta = \\sum_{j \\in \\hat S}
-            \\pi_j \\hat\\Theta_j, \\qquad k \\in \\hat S,
+        \\tilde\\Theta_k = \\bar\\Theta + (1 - b_k) P_{\\hat A}
+            (\\hat\\Theta_k - \\bar\\Theta), \\qquad \\bar\\Theta =
+            \\sum_{j \\in \\hat S} \\pi_j \\hat\\Theta_j, \\qquad k \\in \\hat S
+            \\quad (b_k = 0: P_{\\hat A} \\hat\\Theta_k + P_{\\hat A}^\\perp
+            \\bar\\Theta),
 
-    held as Q Z_k W^T with Q a basis of span(B_1, ..., B_K, A^) and W one of all
-    row spaces, Z_k = Q^T Theta~_k W = A_c w_k + D (R x n_w), where A^ = Q A_c,
-    w_k = A_c^T Q^T Theta^_k W and D = Q^T P_A^perp Thetabar W is common to all
-    clients. With D = U_D Sigma_D V_D^T (one SVD) and O_k an orthonormal basis
-    of the part of row(w_k) outside span(V_D), Z_k is an (r + d) x (d + r)
-    matrix in the orthonormal bases [A_c, U_D] and [V_D, O_k]; its SVD gives the
-    best rank-t approximation B~_k A~_k = (Q U_t Sigma_t)(W V_t)^T and the
-    truncation error sqrt(sum_{i > t} sigma_i^2) exactly. Clients outside S^
-    keep their factors (s_k B_k, A_k).
+    held as Q Z_k W^T with Q a basis of span(B_1, ..., B_K, A^) and W one of all row
+    spaces, Z_k = Q^T Theta~_k W = A_c w_k + D (R x n_w), where A^ = Q A_c, w_k =
+    A_c^T Q^T ((1 - b_k) Theta^_k + b_k Thetabar) W and D = Q^T P_A^perp Thetabar W
+    is common to all clients. With D = U_D Sigma_D V_D^T (one SVD) and O_k an
+    orthonormal basis of the part of row(w_k) outside span(V_D), Z_k is an (r + d) x
+    (d + r) matrix in the orthonormal bases [A_c, U_D] and [V_D, O_k]; its SVD gives
+    the best rank-t approximation B~_k A~_k = (Q U_t Sigma_t)(W V_t)^T and the
+    truncation error sqrt(sum_{i > t} sigma_i^2) exactly. Clients outside S^ keep
+    their factors (s_k B_k, A_k).
 
     Parameters
     ----------
@@ -326,6 +330,8 @@ def refine_factored(
     weights : numpy.ndarray, shape (K,), optional
         Pooling weights of Thetabar over S^ (normalised there; default equal),
         as in :func:`clair_stats.pipeline.refine.refine`.
+    shrinkage : float or numpy.ndarray of shape (K,), optional
+        b_k in [0, 1] (default 0), as in :func:`clair_stats.pipeline.refine.refine`.
 
     Returns
     -------
@@ -355,6 +361,7 @@ def refine_factored(
             raise TypeError(f"rank must be an int or None, got {rank!r}.")
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}.")
+    pooled = check_shrinkage(shrinkage, n_clients)
     ranks = [updates.ranks[k] if rank is None else int(rank) for k in range(n_clients)]
     out_b = [updates.scaling[k] * updates.B[k] for k in range(n_clients)]
     out_a = list(updates.A)
@@ -410,6 +417,8 @@ def refine_factored(
         # orthonormal bases [A_c, U_D] (rows) and [V_D, O_k] (columns), O_k the
         # part of row(w_k) outside span(V_D):  F = [[w V_D, T^T], [Sigma_D, 0]]
         w = (a_c.T @ left[:, sl]) @ right[sl]
+        if pooled[k] > 0:  # pool a share b_k of the in-subspace deviation
+            w = (1.0 - pooled[k]) * w + pooled[k] * (a_c.T @ mean)
         inside = w @ v_d
         o_k, t_k = np.linalg.qr(w.T - v_d @ inside.T)
         middle = np.zeros((outer.shape[1], v_d.shape[1] + o_k.shape[1]))

@@ -79,6 +79,9 @@ __all__ = [
     "oracle_mse",
     "predicted_gain",
     "refined_prediction",
+    "shrinkage_excess_bound",
+    "shrinkage_factor",
+    "shrinkage_mse",
     "spec_prediction",
     "subspace_cost",
     "zero_gain_heterogeneity",
@@ -257,6 +260,151 @@ def predicted_gain(
     het = heterogeneity_cost(m, eta)
     sub = subspace_cost(p, q, r, m, tau, eta)
     return _out(np.asarray(G - het - sub))
+
+
+def shrinkage_factor(tau: ArrayLike, delta: ArrayLike) -> FloatOrArray:
+    r"""The best in-subspace pooling factor :math:`b^* = \tau^2 / (\tau^2 + \delta^2)`.
+
+    Client k's in-subspace coordinates are :math:`y_k = \theta_k + e_k` with
+    noise of variance tau^2 and clients spread around their mean with variance
+    delta^2 per coordinate; :math:`\bar y + (1 - b)(y_k - \bar y)` has the
+    smallest risk at b* (docs/claims.md §4.5). b* = 1 (pool) when the clients
+    do not differ, b* -> 0 (keep) when they differ much more than their noise.
+
+    Parameters
+    ----------
+    tau : float or array_like
+        Per-entry noise standard deviation, >= 0.
+    delta : float or array_like
+        Per-coordinate standard deviation of the clients inside span(A), >= 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+        In [0, 1] (1 where tau = delta = 0).
+    """
+    tau = check_real_array(tau, "tau")
+    delta = check_real_array(delta, "delta")
+    total = tau**2 + delta**2
+    ones = np.ones(np.broadcast(tau, delta).shape)
+    return _out(np.divide(tau**2, total, out=ones, where=total > 0))
+
+
+def shrinkage_mse(
+    p: int,
+    q: int,
+    r: int,
+    m: ArrayLike,
+    tau: ArrayLike,
+    delta: ArrayLike,
+    eta: ArrayLike = 0.0,
+    common: ArrayLike = 0.0,
+    b: ArrayLike | None = None,
+    estimated_subspace: bool = True,
+) -> FloatOrArray:
+    r"""First-order MSE of CLAIR with in-subspace pooling b (S known).
+
+    Benign :math:`\Theta_k = A (\bar B + Z_k)^\top + H_k`, Z_k with iid
+    entries of variance delta^2 (the spread inside span(A)), :math:`\bar B`
+    with :math:`\bar B^\top \bar B \approx q\, \mathrm{common}^2 I_r`, H_k as in the
+    module docstring, direct noise of sd tau; the refinement
+    :math:`\tilde\Theta_k = \bar\Theta + (1 - b) P_{\hat A}(\hat\Theta_k -
+    \bar\Theta)` over the m benign clients. Per client (docs/claims.md §4.5):
+
+    .. math::
+
+        r q \bigl[\tau^2 \bigl(1 - (1 - \tfrac1m)(2b - b^2)\bigr)
+            + b^2 \delta^2 (1 - \tfrac1m)\bigr]
+        + \frac{(p - r) q \tau^2}{m} + \eta^2 (1 - \tfrac1m)
+        + \frac{f}{m}\Bigl[(1 - b)^2 \bigl((p - r) r \tau^2 + \frac{r \eta^2}{q}\bigr)
+            - 2 (1 - b) \frac{r \eta^2}{q}\Bigr],
+
+    f = delta^2 / (common^2 + delta^2) (the last term only with an estimated
+    A: A^'s error leaks the in-subspace deviation B_k - Bbar out of span(A),
+    and a common part makes A^ better determined). b = 0 gives
+    :func:`oracle_mse` + :func:`subspace_cost` (at common = 0); b = 1 gives
+    FedAvg over S, p q tau^2 / m + r q delta^2 (1 - 1/m) + eta^2 (1 - 1/m). The
+    in-subspace term is smallest at b = :func:`shrinkage_factor`, where it is
+    :math:`r q [\tau^2 - (1 - 1/m) \tau^4 / (\tau^2 + \delta^2)]`.
+
+    Parameters
+    ----------
+    p, q, r : int
+        Shape of Theta_k and dimension of span(A), 1 <= r < p.
+    m : int or array_like
+        |S| >= 1.
+    tau : float or array_like
+        Per-entry noise standard deviation, >= 0.
+    delta : float or array_like
+        Per-coordinate spread of the benign clients inside span(A), >= 0.
+    eta : float or array_like
+        :math:`\|H_k\|_F`, >= 0.
+    common : float or array_like
+        Per-entry size of the common part :math:`\bar B`, >= 0.
+    b : float or array_like, optional
+        The pooling factor in [0, 1]; default :func:`shrinkage_factor` (what the
+        empirical-Bayes b^ estimates, to first order).
+    estimated_subspace : bool
+        Include the cost of estimating A from the m benign clients.
+
+    Returns
+    -------
+    float or numpy.ndarray
+    """
+    p, q, r = check_dims(p, q, r)
+    m = check_real_array(m, "m", minimum=1, whole=True)
+    tau = check_real_array(tau, "tau")
+    delta = check_real_array(delta, "delta")
+    eta = check_real_array(eta, "eta")
+    common = check_real_array(common, "common")
+    if b is None:
+        b = np.asarray(shrinkage_factor(tau, delta), dtype=float)
+    else:
+        b = check_real_array(b, "b")
+        if np.any(b > 1):
+            raise ValueError(f"b must lie in [0, 1], got a maximum of {np.max(b):.3g}.")
+    inside = (
+        r
+        * q
+        * (tau**2 * (1 - (1 - 1 / m) * (2 * b - b**2)) + b**2 * delta**2 * (1 - 1 / m))
+    )
+    outside = (p - r) * q * tau**2 / m + eta**2 * (1 - 1 / m)
+    total = inside + outside
+    if estimated_subspace:
+        spread = delta**2 + common**2
+        zeros = np.zeros(np.shape(spread))
+        f = np.divide(delta**2, spread, out=zeros, where=spread > 0)
+        noise = (p - r) * r * tau**2 + r * eta**2 / q
+        total = total + f / m * ((1 - b) ** 2 * noise - 2 * (1 - b) * r * eta**2 / q)
+    return _out(np.asarray(total))
+
+
+def shrinkage_excess_bound(m: ArrayLike, tau: ArrayLike) -> FloatOrArray:
+    r"""Per-client bound on the James-Stein b^'s excess risk over the best b.
+
+    The bound is 4 tau^2 / m.
+
+    With equal noise tau^2 known, equal weights and A and S known, the
+    positive-part James-Stein (Lindley) estimator of the m clients'
+    in-subspace parts, b^ = min(1, (D - 2) tau^2 / sum_k ||y_k - ybar||^2), D =
+    (m - 1) r q, has total risk below that of the best fixed b by less than
+    4 tau^2 (D - 1) / D (docs/claims.md §4.5): at most 4 tau^2 / m per client
+    above the better of keeping (b = 0) and pooling (b = 1).
+
+    Parameters
+    ----------
+    m : int or array_like
+        |S| >= 2.
+    tau : float or array_like
+        Per-entry noise standard deviation, >= 0.
+
+    Returns
+    -------
+    float or numpy.ndarray
+    """
+    m = check_real_array(m, "m", minimum=2, whole=True)
+    tau = check_real_array(tau, "tau")
+    return _out(np.asarray(4 * tau**2 / m))
 
 
 def zero_gain_heterogeneity(p: int, q: int, r: int, tau: ArrayLike) -> FloatOrArray:

@@ -93,6 +93,7 @@ from clair_stats.evaluation.metrics import detection_scores
 from clair_stats.lora.adapters import fit_module
 from clair_stats.lora.verdict import client_verdict
 from clair_stats.pipeline.paths import as_updates
+from clair_stats.pipeline.refine import refine_clients
 from simulations.copying.clients import (
     CacheError,
     CacheWarning,
@@ -369,6 +370,8 @@ class ClairVerdict:
     ----------
     refined : dict of str to numpy.ndarray
         Delta W~_k per module, shape (K, p, q).
+    shrinkage : dict of str to numpy.ndarray
+        b_k per module, shape (K,) (0 outside S^).
     flagged : numpy.ndarray of bool, shape (K,)
         The combined verdict (outside S^).
     module_flags : numpy.ndarray of int, shape (K,)
@@ -383,6 +386,7 @@ class ClairVerdict:
     """
 
     refined: dict[str, np.ndarray]
+    shrinkage: dict[str, np.ndarray]
     flagged: np.ndarray
     module_flags: np.ndarray
     p_values: np.ndarray
@@ -395,6 +399,8 @@ def clair_per_module(
     rank: int,
     alpha: float = 0.05,
     side: str = "left",
+    shrink: str | float = "auto",
+    final_subspace: str = "kept",
 ) -> ClairVerdict:
     """CLAIR on each module's updates, one verdict per client, refinement.
 
@@ -402,11 +408,15 @@ def clair_per_module(
     (P0, A^ of rank r, the off-subspace energies); the (M, K) energies give one
     verdict per client by :func:`clair_stats.lora.verdict.client_verdict`
     (empirical-null p-values, Holm over the K x M pairs at ``alpha``, flagged iff
-    any module is rejected); every module is then refined with its own A^ and
-    the common S^:
+    any module is rejected); every module is then refined with the common S^ as
+    :func:`clair_stats.clair` refines
+    (:func:`clair_stats.pipeline.refine.refine_clients`): A^ refitted on S^,
+    and each client's in-subspace deviation from the mean shrunk by the
+    empirical-Bayes factor b_k (sigma by the median rule):
 
-    .. math:: \\tilde\\Theta_k = P_{\\hat A} \\hat\\Theta_k
-              + P_{\\hat A}^\\perp \\bar\\Theta_{\\hat S}, \\quad k \\in \\hat S.
+    .. math:: \\tilde\\Theta_k = \\bar\\Theta_{\\hat S}
+              + (1 - b_k) P_{\\hat A} (\\hat\\Theta_k - \\bar\\Theta_{\\hat S}),
+              \\quad k \\in \\hat S.
 
     Parameters
     ----------
@@ -418,6 +428,9 @@ def clair_per_module(
         Family-wise level of the verdict over the K x M (client, module) pairs.
     side : {"left", "right"}
         Column space (default) or row space of Delta W.
+    shrink, final_subspace
+        As in :func:`clair_stats.clair` (``shrink="none"``,
+        ``final_subspace="detection"``: the paper's refinement).
 
     Returns
     -------
@@ -430,13 +443,25 @@ def clair_per_module(
     verdict = client_verdict(
         [fits[name].energies for name in names], alpha, modules=names
     )
-    refined = {}
+    refined, shrinkage = {}, {}
     for name in names:
         work = as_updates(updates[name]).oriented(side)
-        out = refine(work.data, fits[name].subspace, verdict.collaborative)
-        refined[name] = work.restore(out, side)
+        out = refine_clients(
+            work.data,
+            fits[name].subspace,
+            verdict.collaborative,
+            shrink=shrink,
+            final_subspace=final_subspace,
+        )
+        refined[name] = work.restore(out.refined, side)
+        shrinkage[name] = (
+            np.zeros(verdict.flagged.size)
+            if out.shrinkage is None
+            else out.shrinkage.factors
+        )
     return ClairVerdict(
         refined=refined,
+        shrinkage=shrinkage,
         flagged=verdict.flagged,
         module_flags=verdict.module_flags,
         p_values=verdict.p_values,
@@ -693,6 +718,7 @@ def run_replicate(
             "module_flags": None,
             "n_modules": None,
             "unconverged_modules": None,
+            "shrinkage": None,
         }
         if m == "clair":
             row.update(
@@ -704,6 +730,7 @@ def run_replicate(
                 module_flags=verdict.module_flags.tolist(),
                 n_modules=verdict.n_modules,
                 unconverged_modules=verdict.unconverged,
+                shrinkage=np.mean(list(verdict.shrinkage.values()), axis=0).tolist(),
             )
         rows.append(row)
     return rows
