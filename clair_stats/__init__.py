@@ -26,6 +26,7 @@ from clair_stats.core.results import (
 from clair_stats.pipeline.decompose import DEFAULT_C_LAM, decompose, default_lam
 from clair_stats.pipeline.detection import ClientTest, chi_square_test
 from clair_stats.pipeline.estimator import ClairResult, clair
+from clair_stats.pipeline.lam import LamSelection, select_lam
 from clair_stats.pipeline.refine import (
     Refinement,
     Shrinkage,
@@ -54,6 +55,7 @@ __all__ = [
     "FactoredDecomposition",
     "FederatedModel",
     "FederatedSample",
+    "LamSelection",
     "LowRankUpdates",
     "NuclearNorm",
     "PerformanceWarning",
@@ -68,6 +70,7 @@ __all__ = [
     "default_lam",
     "duality_gap",
     "estimate_subspace",
+    "select_lam",
     "refine",
     "refine_clients",
     "shrinkage_factors",

@@ -1,7 +1,9 @@
 """The CLAIR estimator, step by step (docs/pipeline.md).
 
 :mod:`~clair_stats.pipeline.decompose` (step 1: P0 / P1 / P1c by a solver of
-:mod:`clair_stats.solvers`), :mod:`~clair_stats.pipeline.subspace` (step 2: A^),
+:mod:`clair_stats.solvers`), :mod:`~clair_stats.pipeline.lam` (lam="auto": a
+path over lam and a reweighted solve), :mod:`~clair_stats.pipeline.subspace`
+(step 2: A^),
 :mod:`~clair_stats.pipeline.multitest` and :mod:`~clair_stats.pipeline.detection`
 (step 3: the per-client tests and their multiple-testing correction),
 :mod:`~clair_stats.pipeline.empirical_null` (step 3 without a noise level: the

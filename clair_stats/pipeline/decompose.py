@@ -68,7 +68,7 @@ def default_lam(n_clients: int) -> float:
 
 def decompose(
     updates: np.ndarray | LowRankUpdates,
-    lam: float | None = None,
+    lam: float | str | None = None,
     mode: str = "exact",
     mu: float | None = None,
     eps: float | None = None,
@@ -105,10 +105,15 @@ def decompose(
         s_k B_k A_k are solved on a core of size R x K max_k r_k, R <= sum_k r_k
         (with ``center=True``: R x K n_w, n_w <= min(q, sum_k r_k)), and never
         multiplied out (:mod:`clair_stats.solvers.factored`).
-    lam : float, optional
+    lam : float or "auto", optional
         lam > 0. Default c_lam / sqrt(K) (:func:`default_lam`). The objective is
         positively homogeneous, so lam does not depend on the scale of M; the
-        theory value of T1 is 3 / (7 sqrt(gamma K)).
+        theory value of T1 is 3 / (7 sqrt(gamma K)). ``"auto"`` chooses lam from
+        the data (modes "exact" and "penalized"): a path over lam, the widest
+        plateau of the flagged set, and a second solve with the weights of the
+        flagged clients reduced (:func:`clair_stats.pipeline.lam.select_lam`,
+        docs/programs.md §3.1.7); the result's ``problem`` records the lam and
+        weights used. Not with ``init``.
     mode : {"exact", "penalized", "constrained"}
         P0, P1 or P1c. P1c is solved by cvxpy only.
     mu : float
@@ -174,6 +179,20 @@ def decompose(
     >>> bool((result.support() == ~sample.benign).all())
     True
     """
+    if isinstance(lam, str):
+        return _decompose_auto(
+            updates,
+            lam,
+            init,
+            mode=mode,
+            mu=mu,
+            eps=eps,
+            center=center,
+            weights=weights,
+            solver=solver,
+            tol=tol,
+            max_iter=max_iter,
+        )
     if isinstance(updates, LowRankUpdates):
         return _decompose_factored(
             updates,
@@ -221,6 +240,32 @@ def decompose(
         data_norm=float(np.linalg.norm(scaled.matrix)) * scaled.scale,
         penalty=out.penalty,
     )
+
+
+def _decompose_auto(
+    updates: np.ndarray | LowRankUpdates,
+    lam: str,
+    init: Decomposition | None,
+    *,
+    eps: float | None,
+    **options,
+) -> Decomposition | FactoredDecomposition:
+    """decompose(lam="auto"): the final solve of :func:`~.lam.select_lam`."""
+    from clair_stats.pipeline.lam import select_lam
+
+    if lam != "auto":
+        raise ValueError(f"lam must be a positive number, None or 'auto', got {lam!r}.")
+    if init is not None:
+        raise ValueError(
+            "lam='auto' runs its own warm-started path over lam; omit init, or "
+            "pass a number for lam."
+        )
+    if eps is not None:
+        raise ValueError(
+            "lam='auto' serves mode='exact' and mode='penalized'; eps belongs to "
+            "mode='constrained', which needs a number for lam."
+        )
+    return select_lam(updates, **options).decomposition
 
 
 def _decompose_factored(

@@ -1,0 +1,391 @@
+"""lam = "auto": a path over lam, the widest plateau of the detected set, a reweighting.
+
+See :func:`select_lam` and docs/programs.md §3.1.7.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clair_stats.core.exceptions import ConvergenceWarning
+from clair_stats.core.linalg import stack
+from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.results import Decomposition, FactoredDecomposition
+from clair_stats.core.validation import check_bool, check_updates, check_weights
+from clair_stats.solvers.factored import as_factored, reduce_updates
+
+__all__ = ["AUTO_MODES", "LamSelection", "select_lam"]
+
+#: The programs lam="auto" serves (P1c, cvxpy only, is left to a given lam).
+AUTO_MODES = ("exact", "penalized")
+#: Largest number of points of the path (the ratio between them grows when the
+#: span ceiling / floor is wide) and the smallest ratio between two of them.
+MAX_PATH = 12
+MIN_RATIO = 1.1
+#: The factor t of the second solve: flagged clients get weight t w_k.
+REWEIGHT = 0.1
+#: A flagged block must have more than this fraction of its norm off the
+#: column space of L^ (noiseless data: the benign blocks have 0 up to the
+#: solver's tolerance).
+OFF_FLOOR = 1e-4
+P1_LOWEST = True
+
+
+@dataclass(frozen=True)
+class LamSelection:
+    """The lam chosen by :func:`select_lam` and how it was found.
+
+    Attributes
+    ----------
+    lam : float
+        The chosen lam (the final solve's; its weights are ``weights``).
+    c : float
+        lam sqrt(K).
+    path : numpy.ndarray, shape (n,)
+        The values of lam solved along the path, decreasing.
+    supports : numpy.ndarray of bool, shape (n, K)
+        The block support of S^ at each lam of the path.
+    ranks : numpy.ndarray of int, shape (n,)
+        The numerical rank of L^ at each lam of the path.
+    plateau : tuple of float
+        (lowest, highest) lam of the chosen plateau (the path's points with the
+        chosen support), or (nan, nan) when the rule fell back.
+    ceiling : float
+        sqrt(min(block rows, block columns)) / min_k w_k: at and above it P0 and
+        P1 flag nobody, whatever the data.
+    weights : numpy.ndarray, shape (K,)
+        The block weights of the final solve: the given w_k, times
+        :data:`REWEIGHT` on the clients of the plateau's support.
+    n_solves : int
+        Solves done, the final one included.
+    seconds : float
+        Wall-clock time of the whole selection.
+    fallback : bool
+        True when no plateau qualified and the rule used lam = min(4 / sqrt(K),
+        ceiling / 1.1) with the given weights.
+    rule : str
+        One line saying what was done.
+    decomposition : Decomposition or FactoredDecomposition
+        The final solve (what ``decompose(..., lam="auto")`` returns).
+    """
+
+    lam: float
+    c: float
+    path: np.ndarray = field(repr=False)
+    supports: np.ndarray = field(repr=False)
+    ranks: np.ndarray = field(repr=False)
+    plateau: tuple[float, float]
+    ceiling: float
+    weights: np.ndarray = field(repr=False)
+    n_solves: int
+    seconds: float
+    fallback: bool
+    rule: str
+    decomposition: Decomposition | FactoredDecomposition = field(repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"LamSelection(lam={self.lam:.4g}, c={self.c:.3g}, plateau="
+            f"[{self.plateau[0]:.4g}, {self.plateau[1]:.4g}], {self.n_solves} solves, "
+            f"{self.seconds:.3g} s{', fallback' if self.fallback else ''})"
+        )
+
+
+def select_lam(
+    updates: np.ndarray | LowRankUpdates,
+    mode: str = "exact",
+    mu: float | None = None,
+    center: bool = False,
+    weights: np.ndarray | None = None,
+    solver: str = "proximal",
+    tol: float | None = None,
+    max_iter: int | None = None,
+    *,
+    max_path: int = MAX_PATH,
+    reweight: float = REWEIGHT,
+) -> LamSelection:
+    """Choose lam from the data: the widest plateau of the detected set.
+
+    P0 and P1 (docs/programs.md §3.1),
+
+    .. math::
+
+        (P0)\\quad \\min_{L,S,c} \\|L\\|_* + \\lambda \\sum_k w_k \\|S_k\\|_F
+            \\ \\text{ s.t. } L + S + c 1^T = M,
+
+        (P1)\\quad \\min_{L,S,c} \\tfrac12 \\|M - L - S - c 1^T\\|_F^2
+            + \\mu \\|L\\|_* + \\mu\\lambda \\sum_k w_k \\|S_k\\|_F,
+
+    flag nobody for lam w_k >= sqrt(min(p, q)) (the ceiling; on factored
+    updates the core's block shape), and everybody for lam small. In between,
+    on data with a benign majority, the set of flagged clients (the block
+    support of S^) stays equal to the contaminated set over a range of lam:
+    from where the contaminated clients are flagged (just below the ceiling)
+    down to where a benign client's block of V (L0 = U Sigma V^T, V_k the rows
+    of client k) exceeds lam w_k. The rule:
+
+    1. **Path.** Solve at lam_j = ceiling / rho^(j - 1/2), j = 1, ..., n, a
+       log grid from the ceiling down to the floor ceiling / sqrt(s K)
+       (c = lam sqrt(K) = 1 with unit weights, s = min(block rows, block
+       columns); below it some benign ||V_k||_F >= sqrt(r / K) >= lam), with
+       ratio rho = max(1.1, sqrt(s K)^(1 / max_path)), each solve warm-started
+       from the previous one. Stop early once more than K / 2 clients are
+       flagged or L^ = 0. Record the support and the numerical rank of L^.
+    2. **Plateau.** Among the runs of consecutive path points with the same
+       support, leave out those flagging more than K / 2 clients or with
+       L^ = 0 (CLAIR assumes a benign majority), and keep the longest; ties go
+       to the larger lam (fewer clients flagged). Its middle point (the upper
+       one of two) is lam.
+    3. **Reweighting.** Solve once more at lam with the weights of the
+       plateau's clients multiplied by ``reweight`` (an adaptive group lasso
+       step: Zou 2006; Wang and Leng 2008). On the plateau the contaminated
+       blocks are flagged but, at q = 1 and large gamma, only partly moved
+       into S^ (L^ keeps a rank above r at every lam: measured on the
+       calibration study's hardest regimes); a smaller weight moves them
+       entirely, while the benign clients keep lam w_k above their ||V_k||_F.
+
+    When no run qualifies (every point flags more than K / 2 clients, or
+    L^ = 0), the rule falls back to lam = min(4 / sqrt(K), ceiling / 1.1)
+    with the given weights (``fallback=True``).
+
+    Parameters
+    ----------
+    updates : array_like of shape (K, p, q), or LowRankUpdates
+        The local estimates Theta^_k. Factored updates are reduced once to
+        their core (:func:`clair_stats.solvers.factored.reduce_updates`) and
+        the path runs on it.
+    mode : {"exact", "penalized"}
+        P0 or P1.
+    mu : float, optional
+        mu > 0 of P1 (required for ``mode="penalized"``).
+    center : bool
+        Estimate a common centre c.
+    weights : array_like, shape (K,), optional
+        Block weights w_k > 0 (default 1); the rule multiplies them.
+    solver : {"proximal", "cvxpy"}
+        As in :func:`~clair_stats.pipeline.decompose.decompose` (cvxpy: no
+        warm starts, small instances only).
+    tol, max_iter : optional
+        Solver settings of every solve (defaults of ``decompose``).
+    max_path : int
+        Largest number of path points (>= 2).
+    reweight : float
+        The factor t in (0, 1] of the second solve; 1 skips it.
+
+    Returns
+    -------
+    LamSelection
+        The chosen lam, c = lam sqrt(K), the path, its supports and ranks, the
+        plateau, the final weights, the number of solves, the rule and the
+        final :class:`~clair_stats.core.results.Decomposition` (a
+        ``FactoredDecomposition`` for LowRankUpdates).
+
+    Notes
+    -----
+    Cost: at most ``max_path`` + 1 solves, fewer when the path stops at the
+    majority; measured on the calibration study (docs/programs.md §3.1.7):
+    a median of ... solves, ... times the time of one solve at the chosen lam.
+
+    On noisy data P0 puts the noise into L^ (full rank at every lam) and the
+    support still has a plateau when the contamination stands out of the
+    noise; P1 with mu of the noise operator norm is the program for noisy data.
+
+    References
+    ----------
+    Xu, Caramanis, Sanghavi (2012). Robust PCA via outlier pursuit. IEEE
+    Transactions on Information Theory 58(5), 3047-3064.
+    Zou (2006). The adaptive lasso and its oracle properties. JASA 101(476).
+    Wang, Leng (2008). A note on adaptive group lasso. Computational
+    Statistics and Data Analysis 52(12), 5277-5286.
+    He, Chen, Feng (2026). Federated LoRA fine-tuning for LLMs via collaborative
+    alignment. arXiv:2605.21217.
+    """
+    from clair_stats.pipeline.decompose import DEFAULT_C_LAM, decompose
+
+    start = time.perf_counter()
+    if mode not in AUTO_MODES:
+        raise ValueError(
+            f"lam='auto' chooses lam for mode in {AUTO_MODES}, got mode={mode!r}; "
+            "pass a number for lam with mode='constrained'."
+        )
+    if isinstance(max_path, bool) or not isinstance(max_path, int) or max_path < 2:
+        raise ValueError(f"max_path must be an integer >= 2, got {max_path!r}.")
+    if not (isinstance(reweight, int | float) and 0 < reweight <= 1):
+        raise ValueError(f"reweight must be in (0, 1], got {reweight!r}.")
+    reduction = None
+    if isinstance(updates, LowRankUpdates):
+        reduction = reduce_updates(updates, shared_rows=check_bool(center, "center"))
+        data = reduction.core
+    else:
+        data = check_updates(updates)
+    n_clients, rows, cols = data.shape
+    w = check_weights(weights, n_clients)
+    options = {
+        "mode": mode,
+        "mu": mu,
+        "center": center,
+        "solver": solver,
+        "tol": tol,
+        "max_iter": max_iter,
+    }
+    warm = solver == "proximal"
+
+    ceiling = math.sqrt(min(rows, cols)) / float(np.min(w))
+    span = math.sqrt(min(rows, cols) * n_clients)
+    ratio = max(MIN_RATIO, span ** (1.0 / max_path))
+    n_points = max(2, math.ceil(math.log(span) / math.log(ratio)))
+
+    lams, supports, ranks, results, consistent = [], [], [], [], []
+    previous = None
+    for j in range(n_points):
+        lam = ceiling / ratio ** (j + 0.5)
+        res = _solve(decompose, data, lam, w, previous if warm else None, options)
+        previous = res
+        flagged = res.support()
+        lams.append(lam)
+        supports.append(flagged)
+        ranks.append(res.rank())
+        results.append(res)
+        consistent.append(_consistent(data, res, flagged, ranks[-1]))
+        if 2 * int(flagged.sum()) > n_clients or ranks[-1] == 0:
+            break
+    lams_a = np.asarray(lams)
+    supports_a = np.asarray(supports, dtype=bool)
+    ranks_a = np.asarray(ranks, dtype=int)
+
+    run = _widest_run(supports_a, ranks_a, np.asarray(consistent), n_clients)
+    if run is not None and mode == "penalized" and P1_LOWEST:
+        run = _lowest_run(supports_a, ranks_a, np.asarray(consistent), n_clients)
+    if run is None:
+        lam = min(DEFAULT_C_LAM / math.sqrt(n_clients), ceiling / MIN_RATIO)
+        final = _solve(decompose, data, lam, w, None, options)
+        extra = 1
+        final_w, plateau, fallback = w, (math.nan, math.nan), True
+        rule = (
+            f"no plateau of at most K/2 flagged clients with L^ != 0 on {len(lams)} "
+            f"path points: fallback lam = {lam:.4g} (c = "
+            f"{lam * math.sqrt(n_clients):.3g})"
+        )
+    else:
+        first, last = run  # indices into the path, first = largest lam
+        mid = first + (last - first) // 2
+        if mode == "penalized" and P1_LOWEST:
+            mid = last
+        lam = float(lams_a[mid])
+        plateau = (float(lams_a[last]), float(lams_a[first]))
+        flagged = supports_a[mid]
+        fallback = False
+        final_w = np.where(flagged, w * reweight, w)
+        extra = int(reweight < 1 and bool(flagged.any()))
+        if extra:
+            final = _solve(
+                decompose, data, lam, final_w, results[mid] if warm else None, options
+            )
+        else:
+            final = results[mid]
+        rule = (
+            f"widest plateau of the support: {last - first + 1} of {len(lams)} path "
+            f"points, {int(flagged.sum())} clients flagged, lam in "
+            f"[{plateau[0]:.4g}, {plateau[1]:.4g}]; lam = {lam:.4g} (c = "
+            f"{lam * math.sqrt(n_clients):.3g}), flagged weights x {reweight:g}"
+        )
+    n_solves = len(lams) + extra
+    if reduction is not None:
+        final = as_factored(reduction, final)
+    return LamSelection(
+        lam=lam,
+        c=lam * math.sqrt(n_clients),
+        path=lams_a,
+        supports=supports_a,
+        ranks=ranks_a,
+        plateau=plateau,
+        ceiling=ceiling,
+        weights=final_w,
+        n_solves=int(n_solves),
+        seconds=time.perf_counter() - start,
+        fallback=fallback,
+        rule=rule,
+        decomposition=final,
+    )
+
+
+def _solve(decompose, data, lam, weights, init, options) -> Decomposition:
+    """One solve of the path; a ConvergenceWarning is re-issued once, not per solve."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return decompose(data, lam=lam, weights=weights, init=init, **options)
+
+
+def _off_fraction(data: np.ndarray, res: Decomposition) -> np.ndarray:
+    """||P_perp (M_k - c^)||_F / ||M_k - c^||_F, P_perp off the column space of L^."""
+    centred = data if res.center is None else data - res.center[None]
+    stacked = stack(res.low_rank)
+    u, sv, _ = np.linalg.svd(stacked, full_matrices=False)
+    basis = u[:, sv > 1e-6 * res.data_norm]
+    off = centred - np.einsum("pi,iq,kqj->kpj", basis, basis.T, centred)
+    norms = np.sqrt(np.einsum("kij,kij->k", centred, centred))
+    return np.sqrt(np.einsum("kij,kij->k", off, off)) / np.maximum(norms, 1e-300)
+
+
+def _consistent(
+    data: np.ndarray, res: Decomposition, flagged: np.ndarray, rank: int
+) -> bool:
+    """L^ is not of full rank, and every flagged block stands off its column space
+    more than any other block."""
+    n_clients, rows, cols = data.shape
+    if rank >= min(rows, n_clients * cols):
+        return False
+    if not flagged.any():
+        return True
+    if flagged.all():
+        return False
+    frac = _off_fraction(data, res)
+    floor = max(OFF_FLOOR, float(np.max(frac[~flagged])))
+    return bool(np.min(frac[flagged]) > floor)
+
+
+def _lowest_run(
+    supports: np.ndarray, ranks: np.ndarray, consistent: np.ndarray, n_clients: int
+) -> tuple[int, int] | None:
+    """(first, last) of the run holding the admissible point of smallest lam."""
+    for j in range(len(supports) - 1, -1, -1):
+        if 2 * int(supports[j].sum()) <= n_clients and ranks[j] and consistent[j]:
+            i = j
+            while (
+                i > 0
+                and np.array_equal(supports[i - 1], supports[j])
+                and consistent[i - 1]
+            ):
+                i -= 1
+            return (i, j)
+    return None
+
+
+def _widest_run(
+    supports: np.ndarray, ranks: np.ndarray, consistent: np.ndarray, n_clients: int
+) -> tuple[int, int] | None:
+    """(first, last) path indices of the longest run of one admissible support."""
+    best: tuple[int, int] | None = None
+    i = 0
+    while i < len(supports):
+        j = i
+        while (
+            j + 1 < len(supports)
+            and np.array_equal(supports[j + 1], supports[i])
+            and consistent[j + 1] == consistent[i]
+        ):
+            j += 1
+        admissible = (
+            2 * int(supports[i].sum()) <= n_clients
+            and ranks[i : j + 1].all()
+            and consistent[i]
+        )
+        if admissible and (best is None or j - i > best[1] - best[0]):
+            best = (i, j)
+        i = j + 1
+    return best
