@@ -17,6 +17,40 @@ Y + beta (N_{t+1} - N_t) is a subgradient of the nuclear norm at L: this gives a
 dual-feasible point, hence a duality gap, at the cost of a few inner products.
 The solver stops when the relative gap and the relative primal residual are
 both below ``tol``.
+
+Acceleration (``accelerate=True``, the default). For a fixed beta the iteration
+is Douglas-Rachford splitting on the single matrix w = N + Y / beta: N = prox(w)
+(the (S, c) step), Y = beta (w - N), and one iteration maps w to
+T(w) = M - L + Y / beta, with fixed-point residual T(w) - w = M - L - N_in,
+the primal and dual residuals in one matrix. Type-II Anderson acceleration
+(Walker and Ni 2011; for Douglas-Rachford and ADMM, Fu, Zhang and Boyd 2020,
+and Zhang, O'Donoghue and Boyd 2020) extrapolates w from the last 10 residuals;
+the next iteration starts from (N, Y) = (prox(w), beta (w - prox(w))), so the
+dual candidate still meets the block and centring conditions exactly and the
+operator-norm bound above, hence the certificate, holds at every iterate.
+Safeguard: an extrapolated point is kept only if the fixed-point residual found
+there is at most the one it was extrapolated from; otherwise the plain image
+T(w_k) is restored and the memory cleared (a rejection costs one iteration).
+The memory is also cleared when beta changes (a new map), so beta is balanced
+more sparingly (x2 when one residual is ten times the other, Boyd et al. 2011).
+Measured (benchmarks/results/admm.md): to a relative gap of 1e-9 on noisy data
+the median number of iterations falls from about 100 to about 40, on noiseless
+data from 30 to 17.
+
+References
+----------
+Lin, Chen, Ma (2010). The augmented Lagrange multiplier method for exact
+recovery of corrupted low-rank matrices. arXiv:1009.5055.
+Boyd, Parikh, Chu, Peleato, Eckstein (2011). Distributed optimization and
+statistical learning via the alternating direction method of multipliers.
+Foundations and Trends in Machine Learning 3(1).
+Walker, Ni (2011). Anderson acceleration for fixed-point iterations. SIAM J.
+Numer. Anal. 49(4), 1715-1735.
+Zhang, O'Donoghue, Boyd (2020). Globally convergent type-I Anderson
+acceleration for nonsmooth fixed-point iterations. SIAM J. Optim. 30(4).
+Fu, Zhang, Boyd (2020). Anderson accelerated Douglas-Rachford splitting. SIAM J.
+Sci. Comput. 42(6).
+Xu, Caramanis, Sanghavi (2012). Robust PCA via outlier pursuit. IEEE TIT 58(5).
 """
 
 from __future__ import annotations
@@ -26,9 +60,17 @@ import numpy as np
 from clair_stats.core.certificates import duality_gap, operator_norm
 from clair_stats.core.penalties import block_norms, svt
 from clair_stats.core.problems import Problem, remove_block_mean, repeat_center
-from clair_stats.solvers.base import SolverOutput, sparse_center_step
+from clair_stats.solvers.base import (
+    SafeguardedAnderson,
+    SolverOutput,
+    sparse_center_step,
+)
 
 __all__ = ["admm_p0"]
+
+#: Differences kept by the Anderson acceleration (10 needed fewer iterations than 5
+#: on the hardest noisy instances of benchmarks/bench_admm.py, and 20 no fewer).
+ANDERSON_MEMORY = 10
 
 
 def admm_p0(
@@ -40,6 +82,7 @@ def admm_p0(
     init: tuple | None = None,
     verbose: bool = False,
     svd_method: str = "auto",
+    accelerate: bool = True,
 ) -> SolverOutput:
     """Solve P0 on the stacked matrix ``data`` (p, Kq) by ADMM.
 
@@ -61,6 +104,9 @@ def admm_p0(
     svd_method : {"auto", "gram", "svd", "partial"}
         Passed to :func:`clair_stats.core.penalties.svt`, with the singular subspace
         of the previous iterate as a warm start.
+    accelerate : bool
+        Safeguarded Anderson acceleration of the Douglas-Rachford map (module
+        docstring); False gives the plain ADMM with its 2 / 1.5 penalty rule.
 
     Returns
     -------
@@ -91,6 +137,9 @@ def admm_p0(
         beta = 1.25 / max(op_data, np.finfo(float).tiny)
     stack_n = sparse + repeat_center(center, n_clients)
     start = None
+    anderson = SafeguardedAnderson(ANDERSON_MEMORY) if accelerate else None
+    balance = _balanced_accelerated if accelerate else _balanced
+    on_graph = False  # (N, Y) is a prox pair, N = prox(w), after the first step
 
     converged, message = False, f"stopped at max_iter={max_iter}"
     primal_res = dual_res = np.inf
@@ -109,8 +158,10 @@ def admm_p0(
         new_n = sparse + repeat_center(center, n_clients) if problem.center else sparse
         residual = data - low_rank
         residual -= new_n
-        dual += beta * residual
-        dual_res = beta * float(np.linalg.norm(new_n - stack_n))
+        w_in = stack_n + dual / beta  # the Douglas-Rachford point of this step
+        dual = dual + beta * residual
+        step_n = new_n - stack_n
+        dual_res = beta * float(np.linalg.norm(step_n))
         stack_n = new_n
         primal_res = float(np.linalg.norm(residual)) / max(norm_data, 1e-300)
         # the stopping rule needs both: the certificate waits for feasibility
@@ -135,7 +186,31 @@ def admm_p0(
             if cert.relative_gap <= tol and primal_res <= tol:
                 converged, message = True, "relative gap and primal residual below tol"
                 break
-        beta = _balanced(beta, primal_res, dual_res)
+        if iteration == max_iter or anderson is None:
+            beta = balance(beta, primal_res, dual_res)
+            continue
+        # T(w) - w = M - L - N_in: primal and dual residuals in one matrix
+        fixed = residual + step_n
+        plain = anderson.rejected_step(float(np.linalg.norm(fixed)))
+        if plain is not None:  # safeguard: continue from T(w_k) instead
+            stack_n, sparse, center, dual = plain
+            continue
+        new_beta = balance(beta, primal_res, dual_res)
+        if new_beta != beta or not on_graph:
+            # a new beta is a new map T (and w = N + Y / beta a new point)
+            beta, on_graph = new_beta, True
+            anderson.reset()
+            continue
+        target = anderson.propose(w_in, fixed, (stack_n, sparse, center, dual))
+        if target is not None:
+            # (N, Y) of the extrapolated w: N = prox(w), Y = beta (w - N)
+            sparse, center = sparse_center_step(
+                target, lam_w / beta, problem.center, center
+            )
+            stack_n = (
+                sparse + repeat_center(center, n_clients) if problem.center else sparse
+            )
+            dual = beta * (target - stack_n)
 
     if norm_data == 0.0:
         converged, message = True, "M = 0: the solution is L = S = 0"
@@ -157,6 +232,8 @@ def admm_p0(
         objective=objective,
         message=message,
         penalty=beta,
+        accepted=0 if anderson is None else anderson.accepted,
+        rejected=0 if anderson is None else anderson.rejected,
     )
 
 
@@ -172,4 +249,21 @@ def _balanced(beta: float, primal_res: float, dual_res: float) -> float:
         return beta * 1.5
     if dual_res > 2.0 * primal_res:
         return beta / 1.5
+    return beta
+
+
+def _balanced_accelerated(beta: float, primal_res: float, dual_res: float) -> float:
+    """Residual balancing for the accelerated solver: x2 when one residual is ten
+    times the other (Boyd et al. 2011, §3.4.1).
+
+    Each change of beta changes the fixed-point map and clears the Anderson
+    memory, so the rule moves beta rarely: with the 2 / 1.5 rule of
+    :func:`_balanced` beta changed every few iterations and the accelerated
+    solver needed up to 471 iterations on the noisy instances of
+    benchmarks/bench_admm.py, against 301 with this one.
+    """
+    if primal_res > 10.0 * dual_res:
+        return beta * 2.0
+    if dual_res > 10.0 * primal_res:
+        return beta / 2.0
     return beta

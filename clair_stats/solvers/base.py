@@ -1,4 +1,5 @@
-"""Pieces shared by the fast solvers: the (S, c) step and the iteration record."""
+"""Pieces shared by the fast solvers: the (S, c) step, Anderson acceleration and
+the iteration record."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 
 from clair_stats.core.penalties import block_soft_threshold
 
-__all__ = ["SolverOutput", "sparse_center_step"]
+__all__ = ["SafeguardedAnderson", "SolverOutput", "sparse_center_step"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class SolverOutput:
     objective: float
     message: str
     penalty: float | None = None  # ADMM's final beta, for warm starts
+    accepted: int = 0  # Anderson extrapolations that passed the safeguard
+    rejected: int = 0  # and those that failed it (each cost one iteration)
 
 
 def sparse_center_step(
@@ -82,3 +85,131 @@ def sparse_center_step(
             break
     centred = (blocks - c[:, None, :]).reshape(target.shape)
     return block_soft_threshold(centred, thresholds), c
+
+
+class SafeguardedAnderson:
+    """Type-II Anderson acceleration of a fixed-point map w -> T(w), safeguarded.
+
+    With g_i = T(w_i) - w_i and the last m differences dW = [w_{i+1} - w_i],
+    dG = [g_{i+1} - g_i], the extrapolated point is
+
+        w_k + g_k - (dW + dG) gamma,   gamma = argmin ||g_k - dG gamma||_2
+
+    (Walker and Ni 2011); a ridge of ``ridge`` tr(dG^T dG) keeps the small
+    least-squares problem well posed. The differences live in a ring buffer with
+    their Gram matrix, updated by one row per step (m inner products).
+
+    Safeguard: the solver evaluates T at the extrapolated point (its next
+    iteration) and hands the residual norm to :meth:`rejected`; if it is above
+    ||g_k||, the extrapolation is rejected, the memory cleared and the plain
+    image T(w_k), stored by :meth:`propose`, is returned for the solver to
+    continue from. Every accepted point thus lowers the fixed-point residual,
+    and a rejection costs one iteration.
+
+    Parameters
+    ----------
+    memory : int
+        m, the number of differences kept.
+    ridge : float
+        Relative Tikhonov weight of the least-squares problem.
+
+    Attributes
+    ----------
+    accepted, rejected : int
+        Extrapolations that passed and failed the safeguard.
+    """
+
+    def __init__(self, memory: int, ridge: float = 1e-10) -> None:
+        self.memory = memory
+        self.ridge = ridge
+        self.accepted = self.rejected = 0
+        self._dw: np.ndarray | None = None
+        self._dg: np.ndarray | None = None
+        self._gram = np.zeros((memory, memory))
+        self._plain: object | None = None  # T(w_k) while its extrapolation is tried
+        self._bound = np.inf  # ||g_k||, which the extrapolation must not exceed
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the history (after a rejection, or when the map changes)."""
+        self._w: np.ndarray | None = None
+        self._g: np.ndarray | None = None
+        self._count = 0  # differences stored
+        self._next = 0  # ring-buffer slot of the next difference
+        self._plain = None
+
+    def __len__(self) -> int:
+        """The number of differences in memory."""
+        return self._count
+
+    def rejected_step(self, residual_norm: float) -> object | None:
+        """Judge the last extrapolation by the residual norm found there.
+
+        Parameters
+        ----------
+        residual_norm : float
+            ||T(w) - w|| at the point the solver just evaluated.
+
+        Returns
+        -------
+        object or None
+            When that point was an extrapolation whose residual exceeds the one
+            it started from: the plain state given to :meth:`propose` (the
+            memory is then cleared). Otherwise None.
+        """
+        plain, self._plain = self._plain, None
+        if plain is None:
+            return None
+        if residual_norm > self._bound:
+            self.rejected += 1
+            self.reset()
+            return plain
+        self.accepted += 1
+        return None
+
+    def propose(self, w: np.ndarray, g: np.ndarray, plain: object) -> np.ndarray | None:
+        """Record (w, g = T(w) - w); the extrapolated point, or None.
+
+        Parameters
+        ----------
+        w, g : numpy.ndarray
+            The current point and its fixed-point residual.
+        plain : object
+            The solver's state at T(w), returned by :meth:`rejected_step` if
+            the extrapolation fails.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            The extrapolated point (shape of w); None when no difference is
+            stored yet or the least-squares problem is singular (the solver
+            then takes the plain step).
+        """
+        shape = w.shape
+        w, g = w.ravel(), g.ravel()
+        if self._dw is None or self._dw.shape[1] != w.size:
+            self._dw = np.empty((self.memory, w.size))
+            self._dg = np.empty((self.memory, w.size))
+        if self._w is not None:
+            slot = self._next
+            np.subtract(w, self._w, out=self._dw[slot])
+            np.subtract(g, self._g, out=self._dg[slot])
+            self._count = min(self._count + 1, self.memory)
+            self._next = (slot + 1) % self.memory
+            row = self._dg[: self._count] @ self._dg[slot]
+            self._gram[slot, : self._count] = row
+            self._gram[: self._count, slot] = row
+        self._w, self._g = w.copy(), g.copy()
+        if not self._count:
+            return None
+        n = self._count
+        gram = self._gram[:n, :n].copy()
+        gram[np.diag_indices(n)] += self.ridge * np.trace(gram) + 1e-300
+        try:
+            gamma = np.linalg.solve(gram, self._dg[:n] @ g)
+        except np.linalg.LinAlgError:
+            return None
+        if not np.all(np.isfinite(gamma)):
+            return None
+        self._plain, self._bound = plain, float(np.linalg.norm(g))
+        return (w + g - gamma @ (self._dw[:n] + self._dg[:n])).reshape(shape)

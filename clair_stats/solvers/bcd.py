@@ -23,9 +23,16 @@ import numpy as np
 from clair_stats.core.certificates import duality_gap
 from clair_stats.core.penalties import svt
 from clair_stats.core.problems import Problem, repeat_center
-from clair_stats.solvers.base import SolverOutput, sparse_center_step
+from clair_stats.solvers.base import (
+    SafeguardedAnderson,
+    SolverOutput,
+    sparse_center_step,
+)
 
 __all__ = ["bcd_p1"]
+
+#: Differences kept by the Anderson acceleration of the sweeps.
+ANDERSON_MEMORY = 10
 
 
 def bcd_p1(
@@ -37,6 +44,7 @@ def bcd_p1(
     init: tuple | None = None,
     verbose: bool = False,
     svd_method: str = "auto",
+    accelerate: bool | None = None,
 ) -> SolverOutput:
     """Solve P1 on the stacked matrix ``data`` (p, Kq) by block-coordinate descent.
 
@@ -57,6 +65,14 @@ def bcd_p1(
     svd_method : {"auto", "gram", "svd", "partial"}
         Passed to :func:`clair_stats.core.penalties.svt`, with the singular subspace
         of the previous iterate as a warm start.
+    accelerate : bool, optional
+        Anderson-accelerate the sweeps, seen as the fixed-point map N -> N'
+        (:class:`~clair_stats.solvers.base.SafeguardedAnderson`); False gives
+        the plain sweeps. Default (None): on without a centre, off with one
+        (measured in benchmarks/results/admm.md: without a centre the median
+        number of sweeps to a relative gap of 1e-9 fell from 77 to 25 on noisy
+        data; with a centre a third of the extrapolations were rejected and one
+        instance went from 42 to 297 sweeps).
 
     Returns
     -------
@@ -73,6 +89,9 @@ def bcd_p1(
     stack_n = sparse + repeat_center(center, n_clients) if problem.center else sparse
     low_rank = np.zeros_like(data)
     start = None
+    if accelerate is None:
+        accelerate = not problem.center
+    anderson = SafeguardedAnderson(ANDERSON_MEMORY) if accelerate else None
 
     converged, message = False, f"stopped at max_iter={max_iter}"
     change = dual_res = np.inf
@@ -90,8 +109,9 @@ def bcd_p1(
             residual, thresholds, problem.center, center
         )
         new_n = sparse + repeat_center(center, n_clients) if problem.center else sparse
-        dual_res = float(np.linalg.norm(new_n - stack_n)) / mu
-        stack_n = new_n
+        step_n = new_n - stack_n  # T(N) - N of the sweep as a fixed-point map
+        dual_res = float(np.linalg.norm(step_n)) / mu
+        n_in, stack_n = stack_n, new_n
         residual -= stack_n
         cert = duality_gap(
             problem,
@@ -112,6 +132,16 @@ def bcd_p1(
         if cert.relative_gap <= tol:
             converged, message = True, "relative duality gap below tol"
             break
+        if anderson is None or iteration == max_iter:
+            continue
+        plain = anderson.rejected_step(dual_res)
+        if plain is not None:  # safeguard: continue from T(N_k) instead
+            stack_n = plain
+            continue
+        # the next sweep starts from the extrapolated N; (S, c) stay the sweep's
+        target = anderson.propose(n_in, step_n, stack_n)
+        if target is not None:
+            stack_n = target
     return SolverOutput(
         low_rank=low_rank,
         sparse=sparse,
@@ -125,4 +155,6 @@ def bcd_p1(
         relative_gap=cert.relative_gap,
         objective=cert.primal,
         message=message,
+        accepted=0 if anderson is None else anderson.accepted,
+        rejected=0 if anderson is None else anderson.rejected,
     )
