@@ -15,6 +15,29 @@ from clair_stats.lora.peft import read_adapters
 from clair_stats.lora.synthetic import MODULES, synthetic_federation
 from clair_stats.pipeline.refine import refine
 
+
+def _step4(work, subspace, collaborative):
+    """docs/pipeline.md §3.4 from its formulas: A^ refitted on S^ (top-r left
+    singular vectors of the kept updates), sigma^2 by the median rule at the
+    module's A^, and the positive-part James-Stein share b = min(1, (D - 2)
+    sigma^2 / sum_k ||A^T (Theta_k - Thetabar)||^2), D = (|S^| - 1) r q."""
+    import scipy.stats
+
+    n, p, q = work.shape
+    r = subspace.shape[1]
+    off = work - np.einsum("pr,rs,ksq->kpq", subspace, subspace.T, work)
+    sigma2 = np.median(np.sum(off**2, axis=(1, 2))) / scipy.stats.chi2.median(
+        (p - r) * q
+    )
+    kept = work[collaborative]
+    stacked = np.concatenate(list(kept), axis=1)
+    refit = np.linalg.svd(stacked, full_matrices=False)[0][:, :r]
+    inside = np.einsum("pr,kpq->krq", refit, kept - kept.mean(axis=0))
+    dof = (kept.shape[0] - 1) * r * q
+    b = min(1.0, (dof - 2) * sigma2 / np.sum(inside**2))
+    return refine(work, refit, collaborative, shrinkage=b)
+
+
 R = 4  # every client's LoRA rank in every module
 V_PROJ = "model.layers.0.self_attn.v_proj"
 # client 2 is contaminated in down_proj and q_proj, client 5 in v_proj
@@ -144,9 +167,9 @@ def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, cap
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_refined_adapters_are_the_spec_refinement(tmp_path, side):
     """With out_rank >= min(out, in) nothing is truncated, so each written adapter
-    is Theta~_k = P_A^ Theta^_k + P_A^^perp Thetabar over S^ (docs/pipeline.md §3.4, on
-    the transposes for side="right"), with A^ the module's subspace and S^ the
-    combined verdict; the energies are ||P_A^^perp Theta^_k||_F^2."""
+    is step 4 of docs/pipeline.md §3.4 (on the transposes for side="right"), with
+    the module's A^ and S^ the combined verdict; the energies are
+    ||P_A^^perp Theta^_k||_F^2."""
     folders = _federation(tmp_path / "in", seed=1)
     result = run_adapters(
         folders, tmp_path / "out", side=side, out_rank=16, progress=False
@@ -163,7 +186,7 @@ def test_refined_adapters_are_the_spec_refinement(tmp_path, side):
         np.testing.assert_allclose(
             module.energies, np.sum(off**2, axis=(1, 2)), rtol=1e-10
         )
-        expected = refine(work, u, result.collaborative)
+        expected = _step4(work, u, result.collaborative)
         if side == "right":
             expected = expected.transpose(0, 2, 1)
         np.testing.assert_allclose(
@@ -295,7 +318,7 @@ def test_zero_updates_are_left_out_named_and_kept(tmp_path):
             assert not after[3].any()
             # the others: refined among themselves (no truncation at rank 16)
             work = inputs.dense(m)[kept]
-            expected = refine(work, q.subspace, result.collaborative[kept])
+            expected = _step4(work, q.subspace, result.collaborative[kept])
             np.testing.assert_allclose(
                 after[kept], expected, rtol=0, atol=_float32_bound(expected)
             )

@@ -133,7 +133,15 @@ def _regime(p, q, r, K, tau, c):
         s = model.sample(noise=tau, seed=7919 * i + K)
         res = clair(s.updates, rank=r, detect="test", sigma=tau)
         loc = _mse(s.updates, s.truth, s.benign)
-        known_s = refine(s.updates, res.subspace, s.benign)
+        # T4's subspace cost is for A^ fitted through every client (L^'s, the
+        # subspace the test runs at); step 4's A^ is refitted on S^, which
+        # leaves out the heterogeneous benign clients the test flags, so the
+        # formula (m clients, each tilting A^ towards its own H_k) is checked
+        # on the former
+        detected = (
+            res.subspace if res.detection_subspace is None else res.detection_subspace
+        )
+        known_s = refine(s.updates, detected, s.benign)
         a_hat[i] = loc - _mse(known_s, s.truth, s.benign)
         full[i] = loc - _mse(res.refined, s.truth, s.benign)
     m = int(s.benign.sum())

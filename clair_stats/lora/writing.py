@@ -1,15 +1,19 @@
 """Step 4 of CLAIR per module and the refined PEFT adapters, one per client.
 
 With the verdict's collaborative set S^ (the same in every module) and each
-module's A^_m, every collaborative client's update is refined (docs/pipeline.md §3.4),
+module's A^_m, every collaborative client's update is refined as
+:func:`clair_stats.clair` refines (docs/pipeline.md §3.4,
+:func:`clair_stats.pipeline.refine.refine_clients`): A^_m refitted on S^, and
 
-.. math:: \\tilde\\Theta_{km} = P_{\\hat A_m} \\hat\\Theta_{km}
-          + P_{\\hat A_m}^\\perp \\bar\\Theta_{m}, \\qquad
+.. math:: \\tilde\\Theta_{km} = \\bar\\Theta_m + (1 - b_{km}) P_{\\hat A_m}
+          (\\hat\\Theta_{km} - \\bar\\Theta_m), \\qquad
           \\bar\\Theta_m = \\frac{1}{|\\hat S|}
           \\sum_{j \\in \\hat S} \\hat\\Theta_{jm},
 
-truncated to a LoRA rank by SVD (:func:`clair_stats.solvers.factored.refine_factored`,
-on the factors), and written as one PEFT adapter per client
+b_km the empirical-Bayes share of the in-subspace deviation pooled away (sigma by
+the median rule per module), truncated to a LoRA rank by SVD
+(:func:`clair_stats.solvers.factored.refine_factored`, on the factors), and
+written as one PEFT adapter per client
 (:func:`clair_stats.lora.peft.write_adapter`, scaling 1). A flagged client keeps
 its local update in every module. Each module's refined factors go to a temporary
 safetensors file first, so that memory holds one module of all clients at a time.
@@ -98,7 +102,7 @@ def write_refined(
     safe_open = require_safetensors().safe_open
     save_file = require_safetensors("numpy").save_file
 
-    from clair_stats.solvers.factored import refine_factored
+    from clair_stats.pipeline.refine import refine_clients
 
     if result.names != adapters.names or [m.name for m in result.modules] != list(
         adapters.module_names
@@ -138,12 +142,12 @@ def write_refined(
                 kept = np.flatnonzero(~module.zero_update)
                 work = FactoredUpdates(_subset(updates, kept)).oriented(result.side)
                 refined = work.restore(
-                    refine_factored(
+                    refine_clients(
                         work.data,
                         module.subspace,
                         result.collaborative[kept],
-                        rank=out_rank,
-                    ),
+                        refined_rank=out_rank,
+                    ).refined,
                     result.side,
                 )
                 for j, k in enumerate(kept):

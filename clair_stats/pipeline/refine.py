@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.results import RefinedFactors
 from clair_stats.core.validation import check_shrinkage
 
 __all__ = [
@@ -360,21 +362,21 @@ class Refinement:
 
     Attributes
     ----------
-    refined : numpy.ndarray, shape (K, p, q)
-        Theta~_k.
+    refined : numpy.ndarray of shape (K, p, q), or RefinedFactors
+        Theta~_k (as factors truncated by SVD for LowRankUpdates).
     subspace : numpy.ndarray, shape (p, r)
         The A^ used (refitted on S^ with ``final_subspace="kept"``).
     shrinkage : Shrinkage or None
         b_k and its estimate (None when S^ is empty or r = 0).
     """
 
-    refined: np.ndarray
+    refined: np.ndarray | RefinedFactors
     subspace: np.ndarray
     shrinkage: Shrinkage | None
 
 
 def refine_clients(
-    updates: np.ndarray,
+    updates: np.ndarray | LowRankUpdates,
     subspace: np.ndarray,
     collaborative: np.ndarray,
     *,
@@ -382,21 +384,23 @@ def refine_clients(
     shrink: str | float = "auto",
     final_subspace: str = "kept",
     sigma: float | np.ndarray | None = None,
+    refined_rank: int | None = None,
 ) -> Refinement:
-    """Step 4 with CLAIR's defaults, on dense updates whose S^ is already known.
+    """Step 4 with CLAIR's defaults, for updates whose S^ is already known.
 
     For pipelines that form S^ themselves (one verdict over several modules of
     a LoRA adapter, :mod:`clair_stats.lora.verdict`) and then refine each
     module as :func:`clair_stats.clair` would: A^ refitted on S^
-    (``final_subspace="kept"``, :func:`clair_stats.pipeline.trimmed.subset_fit`),
-    then :func:`refine` with b_k from :func:`shrinkage_factors`
-    (``shrink="auto"``), v_k = r q sigma_k^2 with sigma_k given or the median
-    rule on the off-subspace energies at the ``subspace`` passed in
-    (docs/pipeline.md §3.4).
+    (``final_subspace="kept"``: the top-r left singular vectors of the kept
+    updates, weighted by pi_k), then :func:`refine` with b_k from
+    :func:`shrinkage_factors` (``shrink="auto"``), v_k = r q sigma_k^2 with
+    sigma_k given or the median rule on the off-subspace energies at the
+    ``subspace`` passed in (docs/pipeline.md §3.4). Factored updates are never
+    multiplied out.
 
     Parameters
     ----------
-    updates : numpy.ndarray, shape (K, p, q)
+    updates : numpy.ndarray of shape (K, p, q), or LowRankUpdates
         Theta^_k.
     subspace : numpy.ndarray, shape (p, r)
         A^ of step 2 (orthonormal columns).
@@ -410,41 +414,80 @@ def refine_clients(
         As in :func:`clair_stats.clair` (``"detection"``: ``subspace`` as given).
     sigma : float or numpy.ndarray of shape (K,), optional
         Per-entry noise sd of the updates (default: the median rule).
+    refined_rank : int, optional
+        LowRankUpdates only: the rank of the refined factors
+        (:func:`clair_stats.solvers.factored.refine_factored`).
 
     Returns
     -------
     Refinement
     """
-    from clair_stats.core.linalg import off_subspace_energy
+    from clair_stats.core.linalg import off_subspace_energy, top_subspace
     from clair_stats.core.validation import check_choice
     from clair_stats.pipeline.detection import median_rule
-    from clair_stats.pipeline.trimmed import subset_fit
+    from clair_stats.pipeline.paths import as_updates
 
-    updates = np.asarray(updates, dtype=float)
+    work = as_updates(updates)
     collaborative = np.asarray(collaborative, dtype=bool)
     check_choice(final_subspace, "final_subspace", ("kept", "detection"))
     if isinstance(shrink, str):
         check_choice(shrink, "shrink", ("auto", "none"))
-    n_clients, p, q = updates.shape
+    else:
+        check_shrinkage(shrink, 1)
+    n_clients, p, q = work.shape
+    if collaborative.shape != (n_clients,):
+        raise ValueError(
+            f"collaborative must have shape (K,) = ({n_clients},), got "
+            f"{collaborative.shape}."
+        )
     rank = subspace.shape[1]
     members = np.flatnonzero(collaborative)
+
+    def finish(basis: np.ndarray, factors: np.ndarray | None, pool=None):
+        if work.factored:
+            from clair_stats.solvers.factored import refine_factored
+
+            return refine_factored(
+                work.data,
+                basis,
+                collaborative,
+                rank=refined_rank,
+                weights=pool,
+                shrinkage=factors,
+            )
+        return refine(work.data, basis, collaborative, pool, factors)
+
     if members.size == 0 or rank == 0:
-        return Refinement(refine(updates, subspace, collaborative), subspace, None)
+        return Refinement(finish(subspace, None, weights), subspace, None)
     pool = np.ones(n_clients) if weights is None else np.asarray(weights, float)
     pool = np.where(collaborative, pool, 0.0)
     pool = pool / pool.sum()
     if sigma is None:
-        energy = off_subspace_energy(updates, subspace)
+        energy = off_subspace_energy(work.data, subspace)
         sd = np.full(n_clients, np.sqrt(median_rule(energy, (p - rank) * q)))
     else:
         sd = np.broadcast_to(np.asarray(sigma, dtype=float), (n_clients,))
     if final_subspace == "kept" and members.size * q >= rank:
-        subspace, _ = subset_fit(updates, collaborative, rank, weights=pool)
+        if work.factored:
+            data = work.data
+            weighted = LowRankUpdates(
+                list(data.B),
+                list(data.A),
+                data.scaling * np.sqrt(np.where(collaborative, pool, 1.0)),
+            )
+            subspace = top_subspace(weighted, rank, clients=collaborative)
+        else:
+            from clair_stats.pipeline.trimmed import subset_fit
+
+            subspace, _ = subset_fit(work.data, collaborative, rank, weights=pool)
     if isinstance(shrink, str) and shrink == "auto":
-        inside = np.einsum("pr,kpq->krq", subspace, updates[members])
-        flat = inside.reshape(members.size, -1)
+        empty = np.zeros((p, 0))
+        total = work.residual_gram(None, empty, None)
+        gram = (total - work.residual_gram(None, subspace, None))[
+            np.ix_(members, members)
+        ]
         found = shrinkage_factors(
-            flat @ flat.T, rank * q * sd[members] ** 2, pool[members], rank * q
+            gram, rank * q * sd[members] ** 2, pool[members], rank * q
         )
         factors = np.zeros(n_clients)
         factors[members] = found.factors
@@ -452,8 +495,7 @@ def refine_clients(
         noise[members] = found.noise
         shrinkage = Shrinkage(factors, found.between, noise, found.spread, found.dof)
     else:
-        b = 0.0 if shrink == "none" else float(check_shrinkage(shrink, 1)[0])
+        b = 0.0 if shrink == "none" else float(shrink)
         factors = np.where(collaborative, b, 0.0)
         shrinkage = Shrinkage(factors, np.nan, np.zeros(n_clients), np.nan, np.nan)
-    refined = refine(updates, subspace, collaborative, pool, shrinkage.factors)
-    return Refinement(refined, subspace, shrinkage)
+    return Refinement(finish(subspace, shrinkage.factors, pool), subspace, shrinkage)
