@@ -69,10 +69,10 @@ def bcd_p1(
         Anderson-accelerate the sweeps, seen as the fixed-point map N -> N'
         (:class:`~clair_stats.solvers.base.SafeguardedAnderson`); False gives
         the plain sweeps. Default (None): on without a centre, off with one
-        (measured in benchmarks/results/admm.md: without a centre the median
-        number of sweeps to a relative gap of 1e-9 fell from 77 to 25 on noisy
-        data; with a centre a third of the extrapolations were rejected and one
-        instance went from 42 to 297 sweeps).
+        (benchmarks/results/admm.md, noisy data, relative gap 1e-9: without a
+        centre the median number of sweeps fell from 98 to 32; with a centre
+        from 240 to 116, but the worst instance rose from 1376 to 1531 and most
+        extrapolations were rejected).
 
     Returns
     -------
