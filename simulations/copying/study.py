@@ -41,6 +41,17 @@ and measurements are in :mod:`simulations.copying.federation`).
   replicates per experiment. Its configurations differ from the full ones (fewer
   steps), so quick rows are not reused by the full run.
 
+**Cache of the clients' updates** (:mod:`simulations.copying.clients`). Each
+replicate's fine-tuned updates go to ``<results>/copying/clients/<key>.npz``
+(0.66 MB each, 130 MB for the full grid), the key a hash of what the training reads
+(pretraining, fine-tuning, the clients' tasks, n_k, the seed) and not of CLAIR's
+settings or ``n_test``. A rerun after a change of CLAIR, of a baseline or of the
+evaluation (bump ``VERSION``, run with ``--fresh``) reads them and gives the rows
+an uncached run would (tested bit for bit, and checked on full replicates). The
+seeds come from the grid's configurations: a new key in them (a CLAIR setting as
+an axis) changes every seed and misses the cache, a changed default of
+:class:`~simulations.copying.federation.Settings` does not.
+
 **Cost** (one core, one thread, measured on the shared 2-core machine). A full
 replicate fine-tunes 10 clients for 300 AdamW steps each (about 3 s CPU per
 client), runs CLAIR on 8 modules (about 0.06 s each) and evaluates 7 methods x 10
@@ -48,7 +59,11 @@ clients: median 31 s, mean 32 s, at most 69 s under load; the full grid of 200
 replicates took 107 minutes with ``--jobs 1`` (``--jobs 2`` about halves it on an
 idle machine). Pretraining (once, then cached): 39 s CPU for the full grid's 1500
 steps. ``--quick``: 95 s CPU in all, pretraining included
-(about 1.5 minutes on a free core).
+(about 1.5 minutes on a free core). With the client cache filled (above) a full
+replicate costs 5.6-7.0 s CPU (median 5.8 s over 8 replicates, the first of a
+process the dearest; nearly all of it the evaluation of 7 methods x 10 clients),
+against 44 s CPU uncached in the same run on the overloaded machine: a rerun of
+the full grid takes about 20 core-minutes instead of 107.
 
 **One replicate** (:func:`run`). Fine-tune the K clients (their data, minibatches
 and the common adapter initialisation come from the replicate's seed; the
