@@ -15,6 +15,7 @@ import numpy as np
 from clair_stats.core.exceptions import ConvergenceWarning
 from clair_stats.core.linalg import stack
 from clair_stats.core.lowrank import LowRankUpdates
+from clair_stats.core.penalties import block_norms
 from clair_stats.core.results import Decomposition, FactoredDecomposition
 from clair_stats.core.validation import check_bool, check_updates, check_weights
 from clair_stats.solvers.factored import as_factored, reduce_updates
@@ -33,7 +34,14 @@ REWEIGHT = 0.1
 #: column space of L^ (noiseless data: the benign blocks have 0 up to the
 #: solver's tolerance).
 OFF_FLOOR = 1e-4
-P1_LOWEST = True
+#: Relative duality gap of the path's solves (the final solve uses ``tol``):
+#: the path needs the support and the rank only.
+PATH_TOL = 1e-6
+#: The path stops once this many points in a row are not admissible after an
+#: admissible one (noiseless data: once a benign client is flagged it stays so).
+STOP_AFTER = 2
+#: The numerical rank threshold of Decomposition.rank(), relative to ||M||_F.
+RANK_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -234,6 +242,8 @@ def select_lam(
         "max_iter": max_iter,
     }
     warm = solver == "proximal"
+    path_options = dict(options)
+    path_options["tol"] = max(PATH_TOL, tol or 0.0)
 
     ceiling = math.sqrt(min(rows, cols)) / float(np.min(w))
     span = math.sqrt(min(rows, cols) * n_clients)
@@ -241,59 +251,56 @@ def select_lam(
     n_points = max(2, math.ceil(math.log(span) / math.log(ratio)))
 
     lams, supports, ranks, results, consistent = [], [], [], [], []
+    admissible: list[bool] = []
     previous = None
     for j in range(n_points):
         lam = ceiling / ratio ** (j + 0.5)
-        res = _solve(decompose, data, lam, w, previous if warm else None, options)
+        res = _solve(decompose, data, lam, w, previous if warm else None, path_options)
         previous = res
         flagged = res.support()
         lams.append(lam)
         supports.append(flagged)
-        ranks.append(res.rank())
+        basis = _column_basis(res)
+        ranks.append(basis.shape[1])
         results.append(res)
-        consistent.append(_consistent(data, res, flagged, ranks[-1]))
+        consistent.append(_consistent(data, res, flagged, basis))
+        admissible.append(
+            consistent[-1] and 2 * int(flagged.sum()) <= n_clients and ranks[-1] > 0
+        )
         if 2 * int(flagged.sum()) > n_clients or ranks[-1] == 0:
+            break
+        if any(admissible[:-STOP_AFTER]) and not any(admissible[-STOP_AFTER:]):
             break
     lams_a = np.asarray(lams)
     supports_a = np.asarray(supports, dtype=bool)
     ranks_a = np.asarray(ranks, dtype=int)
 
-    run = _widest_run(supports_a, ranks_a, np.asarray(consistent), n_clients)
-    if run is not None and mode == "penalized" and P1_LOWEST:
-        run = _lowest_run(supports_a, ranks_a, np.asarray(consistent), n_clients)
-    if run is None:
+    choice = _choose(mode, supports_a, ranks_a, np.asarray(admissible))
+    if choice is None:
         lam = min(DEFAULT_C_LAM / math.sqrt(n_clients), ceiling / MIN_RATIO)
-        final = _solve(decompose, data, lam, w, None, options)
-        extra = 1
-        final_w, plateau, fallback = w, (math.nan, math.nan), True
+        final_w, plateau, fallback, init = w, (math.nan, math.nan), True, None
         rule = (
-            f"no plateau of at most K/2 flagged clients with L^ != 0 on {len(lams)} "
-            f"path points: fallback lam = {lam:.4g} (c = "
+            f"no admissible point among {len(lams)} on the path (each flags more "
+            f"than K/2 clients, has L^ = 0 or of full rank, or flags a block lying "
+            f"in L^'s column space): fallback lam = {lam:.4g} (c = "
             f"{lam * math.sqrt(n_clients):.3g})"
         )
     else:
-        first, last = run  # indices into the path, first = largest lam
-        mid = first + (last - first) // 2
-        if mode == "penalized" and P1_LOWEST:
-            mid = last
+        first, last, mid, how = choice  # path indices, first = largest lam
         lam = float(lams_a[mid])
         plateau = (float(lams_a[last]), float(lams_a[first]))
         flagged = supports_a[mid]
         fallback = False
         final_w = np.where(flagged, w * reweight, w)
-        extra = int(reweight < 1 and bool(flagged.any()))
-        if extra:
-            final = _solve(
-                decompose, data, lam, final_w, results[mid] if warm else None, options
-            )
-        else:
-            final = results[mid]
+        init = results[mid] if warm else None
         rule = (
-            f"widest plateau of the support: {last - first + 1} of {len(lams)} path "
-            f"points, {int(flagged.sum())} clients flagged, lam in "
+            f"{how}: {int(flagged.sum())} of {n_clients} clients flagged on "
+            f"{last - first + 1} of {len(lams)} path points, lam in "
             f"[{plateau[0]:.4g}, {plateau[1]:.4g}]; lam = {lam:.4g} (c = "
             f"{lam * math.sqrt(n_clients):.3g}), flagged weights x {reweight:g}"
         )
+    final = decompose(data, lam=lam, weights=final_w, init=init, **options)
+    extra = 1
     n_solves = len(lams) + extra
     if reduction is not None:
         final = as_factored(reduction, final)
@@ -321,71 +328,84 @@ def _solve(decompose, data, lam, weights, init, options) -> Decomposition:
         return decompose(data, lam=lam, weights=weights, init=init, **options)
 
 
-def _off_fraction(data: np.ndarray, res: Decomposition) -> np.ndarray:
-    """||P_perp (M_k - c^)||_F / ||M_k - c^||_F, P_perp off the column space of L^."""
+def _column_basis(res: Decomposition) -> np.ndarray:
+    """An orthonormal basis of the column space of L^ (numerical rank: singular
+    values above RANK_TOL ||M||_F, as ``Decomposition.rank()``)."""
+    u, sv, _ = np.linalg.svd(stack(res.low_rank), full_matrices=False)
+    return u[:, sv > RANK_TOL * res.data_norm]
+
+
+def _off_fraction(
+    data: np.ndarray, res: Decomposition, basis: np.ndarray
+) -> np.ndarray:
+    """||P_perp (M_k - c^)||_F / ||M_k - c^||_F, P_perp off the span of ``basis``."""
     centred = data if res.center is None else data - res.center[None]
-    stacked = stack(res.low_rank)
-    u, sv, _ = np.linalg.svd(stacked, full_matrices=False)
-    basis = u[:, sv > 1e-6 * res.data_norm]
-    off = centred - np.einsum("pi,iq,kqj->kpj", basis, basis.T, centred)
-    norms = np.sqrt(np.einsum("kij,kij->k", centred, centred))
-    return np.sqrt(np.einsum("kij,kij->k", off, off)) / np.maximum(norms, 1e-300)
+    n_clients = centred.shape[0]
+    matrix = stack(centred)
+    off = matrix - basis @ (basis.T @ matrix)
+    norms = block_norms(matrix, n_clients)
+    return block_norms(off, n_clients) / np.maximum(norms, np.finfo(float).tiny)
 
 
 def _consistent(
-    data: np.ndarray, res: Decomposition, flagged: np.ndarray, rank: int
+    data: np.ndarray, res: Decomposition, flagged: np.ndarray, basis: np.ndarray
 ) -> bool:
     """L^ is not of full rank, and every flagged block stands off its column space
-    more than any other block."""
+    more than any other block (and by more than OFF_FLOOR of its norm)."""
     n_clients, rows, cols = data.shape
-    if rank >= min(rows, n_clients * cols):
+    if basis.shape[1] >= min(rows, n_clients * cols):
         return False
     if not flagged.any():
         return True
     if flagged.all():
         return False
-    frac = _off_fraction(data, res)
+    frac = _off_fraction(data, res, basis)
     floor = max(OFF_FLOOR, float(np.max(frac[~flagged])))
     return bool(np.min(frac[flagged]) > floor)
 
 
-def _lowest_run(
-    supports: np.ndarray, ranks: np.ndarray, consistent: np.ndarray, n_clients: int
-) -> tuple[int, int] | None:
-    """(first, last) of the run holding the admissible point of smallest lam."""
-    for j in range(len(supports) - 1, -1, -1):
-        if 2 * int(supports[j].sum()) <= n_clients and ranks[j] and consistent[j]:
-            i = j
-            while (
-                i > 0
-                and np.array_equal(supports[i - 1], supports[j])
-                and consistent[i - 1]
-            ):
-                i -= 1
-            return (i, j)
-    return None
+def _runs(supports: np.ndarray, admissible: np.ndarray) -> list[tuple[int, int]]:
+    """(first, last) path indices of the maximal runs of admissible points with
+    one support."""
+    out: list[tuple[int, int]] = []
+    for j in range(len(supports)):
+        if not admissible[j]:
+            continue
+        if out and out[-1][1] == j - 1 and np.array_equal(supports[j], supports[j - 1]):
+            out[-1] = (out[-1][0], j)
+        else:
+            out.append((j, j))
+    return out
 
 
-def _widest_run(
-    supports: np.ndarray, ranks: np.ndarray, consistent: np.ndarray, n_clients: int
-) -> tuple[int, int] | None:
-    """(first, last) path indices of the longest run of one admissible support."""
-    best: tuple[int, int] | None = None
-    i = 0
-    while i < len(supports):
-        j = i
-        while (
-            j + 1 < len(supports)
-            and np.array_equal(supports[j + 1], supports[i])
-            and consistent[j + 1] == consistent[i]
-        ):
-            j += 1
-        admissible = (
-            2 * int(supports[i].sum()) <= n_clients
-            and ranks[i : j + 1].all()
-            and consistent[i]
-        )
-        if admissible and (best is None or j - i > best[1] - best[0]):
-            best = (i, j)
-        i = j + 1
-    return best
+def _choose(
+    mode: str, supports: np.ndarray, ranks: np.ndarray, admissible: np.ndarray
+) -> tuple[int, int, int, str] | None:
+    """(first, last, chosen, description) of the rule's choice on the path, or None.
+
+    P0: the longest run of admissible points with one nonempty support (ties:
+    the larger lam), its middle point (the upper of two); the run that flags
+    nobody only when no other qualifies. P1: the admissible point of
+    smallest lam; if it flags nobody, the point of smallest lam that flags
+    someone, at most K/2 clients, with L^ != 0.
+    """
+    runs = _runs(supports, admissible)
+    if not runs:
+        return None
+    if mode == "exact":
+        someone = [run for run in runs if supports[run[0]].any()]
+        first, last = max(someone or runs, key=lambda run: (run[1] - run[0], -run[0]))
+        return first, last, first + (last - first) // 2, "widest plateau"
+    first, last = runs[-1]
+    if supports[last].any():
+        return first, last, last, "lowest admissible point"
+    n_clients = supports.shape[1]
+    flags = supports.sum(axis=1)
+    some = (flags > 0) & (2 * flags <= n_clients) & (ranks > 0)
+    if not some.any():
+        return first, last, last, "lowest admissible point (nobody flagged)"
+    j = int(np.nonzero(some)[0][-1])
+    i = j
+    while i > 0 and some[i - 1] and np.array_equal(supports[i - 1], supports[j]):
+        i -= 1
+    return i, j, j, "lowest point flagging someone (the admissible ones flag nobody)"
