@@ -6,7 +6,9 @@ Figure 1: subspace error against the number of clients K
 ||P_A^ - P_A||_F, fall with the number of clients K in different (p, q, n) regimes
 when some clients are contaminated, and how does CLAIR compare with a plain SVD of
 all clients and with an oracle that knows the benign set S? (The paper's Figure 1;
-docs/claims.md §4 "Rates".)
+docs/claims.md §4 "Rates".) Since version 2 CLAIR's A^ is refitted on the clients
+its test keeps (``final_subspace="kept"``, the default): is it then within 5% of the
+oracle's error at K = 320, where the A^ of step 3 (read off L^) was 1.12-1.29x?
 
 **Grid.** Regimes (p, q, r, n): (20, 1, 2, 100), (20, 2, 2, 80), (30, 3, 3, 120),
 (30, 3, 3, 480), (50, 5, 3, 200), (50, 5, 3, 800) -- the two pairs at p = 30 and
@@ -20,8 +22,10 @@ replicates -- a subset of the full grid (same seeds, rows reused by a full run).
 Measured cost (one process, one BLAS thread, on the shared 2-core machine under a
 load of 5-8): quick, 36 replicates, 12 s of replicate time (25 s wall with start-up
 and report); full, 1,080 replicates, 164 s of CPU time (10.5 min wall at 26% of a
-core). The largest point, p = 50, n = 800, K = 320, dominates: drawing and fitting
-320 OLS problems of 800 x 50 per replicate.
+core). Version 2 under a load of 10-14 (a training run beside it): full, 3,695 s
+of replicate time (wall), 32 min wall with ``--jobs 2``. The largest point, p =
+50, n = 800, K = 320, dominates: drawing and fitting 320 OLS problems of 800 x 50
+per replicate.
 
 **One replicate.** ``FederatedModel(p, q, r, K, contamination=0.2,
 contamination_type=("random", "subspace")).sample_regression(n, sigma=1, seed)``:
@@ -32,8 +36,12 @@ each client fits OLS on n observations (regression generator, docs/model.md §2.
 * ``clair``: ``clair(updates, rank=r, detect="test", sigma=local_sd)`` with every
   other option at its default: ``mode="auto"`` (= P1, mu = max_k sigma_k (sqrt(p) +
   sqrt(Kq))), lam = c_lam / sqrt(K) with c_lam = ``DEFAULT_C_LAM`` = 4, the
-  proximal (block-coordinate descent) solver, Holm at alpha = 0.05;
-  A^ = top-r left singular vectors of L^;
+  proximal (block-coordinate descent) solver, Holm at alpha = 0.05,
+  ``final_subspace="kept"``: A^ = ``result.subspace``, the top-r left singular
+  vectors of the clients of S^ (refitted after the test);
+* ``clair_detection``: the A^ of step 3 of the same fit
+  (``result.detection_subspace``: top-r left singular vectors of L^), CLAIR's
+  subspace before version 2 (``final_subspace="detection"``);
 * ``svd``: top-r left singular vectors of M = [Theta^_1, ..., Theta^_K] (the
   subspace of :func:`clair_stats.evaluation.baselines.svd_refine`, no robustness);
 * ``oracle``: top-r left singular vectors of [Theta^_k, k in S] (S known, the
@@ -42,6 +50,9 @@ each client fits OLS on n observations (regression generator, docs/model.md §2.
 
 The clair row also records the benign clients flagged by the test, the
 contaminated clients missed, and whether the solver converged.
+
+Versions: 1, CLAIR's A^ read off L^ (now the ``clair_detection`` row); 2, A^
+refitted on S^ (``clair``), and the ``clair_detection`` row.
 
 **Reading the figures.** ``subspace_error.png``: one panel per regime, log-log,
 Monte Carlo mean of ||P_A^ - P_A||_F with its 95% t band, and two reference lines
@@ -53,8 +64,10 @@ parametric rate; an estimate whose curve flattens has a bias that more clients d
 not remove. ``error_ratio.png``: the same errors divided by the refined
 prediction (1 = on the prediction). ``summary.md`` / ``summary.csv``: per regime
 and method, the OLS slope of log error on log K with its 95% interval, the mean
-error at the largest K and its ratio to the refined prediction, and CLAIR's
-detection (benign clients flagged, contaminated clients missed per replicate).
+error at the largest K and its ratio to the refined prediction and to the
+oracle's error, and CLAIR's detection (benign clients flagged, contaminated
+clients missed per replicate); ``ratio_to_oracle.md`` / ``.csv``: the ratio of
+the mean errors, method / oracle, at every (regime, K).
 """
 
 from __future__ import annotations
@@ -93,10 +106,14 @@ QUICK_REGIMES = ((20, 1, 2, 100), (30, 3, 3, 120), (30, 3, 3, 480))
 FULL_K = (10, 20, 40, 80, 160, 320)
 QUICK_K = (10, 40, 160)
 FULL_REPLICATES, QUICK_REPLICATES = 30, 4
-#: Methods, in the order of the rows of a replicate and of the legends.
+#: Methods of the summary table, in the order of its rows and of the legends.
 METHODS = ("clair", "svd", "oracle")
+#: The rows of a replicate: the methods, and CLAIR's step-3 subspace (version 1's
+#: clair row) after the clair row, for the figures and the ratio to the oracle.
+ROWS = ("clair", "clair_detection", "svd", "oracle")
 LABELS = {
     "clair": r"CLAIR ($\hat A$, $\hat S$ estimated)",
+    "clair_detection": r"CLAIR's step-3 $\hat A$ (of $\hat L$; version 1)",
     "svd": "plain SVD of all clients",
     "oracle": "oracle: SVD of the benign\nclients (S known)",
 }
@@ -110,7 +127,7 @@ def _top_left(updates: np.ndarray, rank: int) -> np.ndarray:
 
 
 def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
-    """One replicate: one regression instance, three subspace estimates.
+    """One replicate: one regression instance, four subspace estimates.
 
     Parameters
     ----------
@@ -122,7 +139,7 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        One row per method of :data:`METHODS`: ``method``, ``m`` (|S|),
+        One row per entry of :data:`ROWS`: ``method``, ``m`` (|S|),
         ``error`` (||P_A^ - P_A||_F), ``error_op`` (operator norm); the clair row
         adds ``benign_flagged``, ``missed`` and ``converged``.
     """
@@ -141,14 +158,16 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # recorded below
         result = clair(sample.updates, rank=r, detect="test", sigma=sample.local_sd)
+    detection = result.detection_subspace
     estimates = {
         "clair": result.subspace,
+        "clair_detection": result.subspace if detection is None else detection,
         "svd": _top_left(sample.updates, r),
         "oracle": _top_left(sample.updates[benign], r),
     }
     m = int(benign.sum())
     rows = []
-    for method in METHODS:
+    for method in ROWS:
         row: dict[str, Any] = {
             "method": method,
             "m": m,
@@ -197,7 +216,7 @@ def build(args: argparse.Namespace) -> Study:
         run=run,
         configs=configs,
         replicates=QUICK_REPLICATES if args.quick else FULL_REPLICATES,
-        version="1",
+        version="2",
     )
 
 
@@ -288,21 +307,116 @@ def summary_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _markdown(table: pd.DataFrame, note: str) -> str:
+def oracle_ratios(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per regime, K and method: the mean error over the oracle's, with a 95% interval.
+
+    The ratio of means R = mean(X) / mean(Y) of the paired errors X (method) and
+    Y (oracle, same replicates); its interval is R +- t SE with the delta-method
+    SE = sd(X - R Y) / (sqrt(n) mean(Y)) (t with n - 1 degrees of freedom).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The study's frame.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``p, q, r, n, K, method, replicates, ratio, lo, hi`` (methods other
+        than the oracle).
+    """
+    import scipy.stats
+
+    keys = [*REGIME, "K", "replicate"]
+    wide = frame.pivot_table(index=keys, columns="method", values="error")
+    rows = []
+    for (regime_k), group in wide.groupby(level=[*REGIME, "K"], sort=True):
+        y = group["oracle"].to_numpy()
+        n = y.size
+        for method in ROWS:
+            if method == "oracle":
+                continue
+            x = group[method].to_numpy()
+            ratio = float(x.mean() / y.mean())
+            if n > 1:
+                se = float(np.std(x - ratio * y, ddof=1) / (np.sqrt(n) * y.mean()))
+                half = float(scipy.stats.t.ppf(0.975, n - 1)) * se
+            else:
+                half = np.nan
+            row = dict(zip([*REGIME, "K"], (int(v) for v in regime_k), strict=True))
+            row.update(
+                method=method,
+                replicates=n,
+                ratio=ratio,
+                lo=ratio - half,
+                hi=ratio + half,
+            )
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ratio_markdown(ratios: pd.DataFrame, note: str) -> str:
+    lines = [
+        "# Figure 1: subspace error relative to the oracle",
+        "",
+        f"{note}. Ratio of the mean errors ||P_A^ - P_A||_F, method / oracle (top-r "
+        "SVD of the benign clients, S known), same replicates, with a 95% "
+        "delta-method interval. clair: A^ refitted on S^ (version 2); "
+        "clair_detection: the A^ of step 3, read off L^ (version 1's clair).",
+        "",
+    ]
+    methods = [m for m in ROWS if m != "oracle"]
+    ks = sorted(ratios["K"].unique())
+    lines += [
+        "| regime | method | " + " | ".join(f"K={k}" for k in ks) + " |",
+        "|---|---|" + "---|" * len(ks),
+    ]
+    for regime, group in ratios.groupby(list(REGIME), sort=True):
+        for method in methods:
+            g = group[group["method"] == method].set_index("K")
+            cells = [
+                f"{g.loc[k, 'ratio']:.3f} [{g.loc[k, 'lo']:.3f}, {g.loc[k, 'hi']:.3f}]"
+                if k in g.index
+                else ""
+                for k in ks
+            ]
+            lines.append(f"| {_label(regime)} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(table: pd.DataFrame, ratios: pd.DataFrame, note: str) -> str:
     lines = [
         "# Figure 1: subspace error against K",
         "",
         f"{note}. Slope: OLS of log ||P_A^ - P_A||_F on log K over all replicates "
         "(95% interval); the first-order rate is -1/2. Ratio: mean of error / "
-        "refined prediction at the largest K. CLAIR detection: benign clients "
+        "refined prediction at the largest K; / oracle: mean error over the "
+        "oracle's mean error at the largest K (clair_detection: the A^ of step "
+        "3, version 1's clair). CLAIR detection: benign clients "
         "flagged and contaminated clients missed, mean per replicate at the "
         "largest K.",
         "",
-        "| regime | method | slope [95% CI] | error at K_max | ratio | benign "
-        "flagged | missed |",
-        "|---|---|---|---|---|---|---|",
+        "| regime | method | slope [95% CI] | error at K_max | ratio | / oracle | "
+        "benign flagged | missed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for row in table.to_dict("records"):
+    k_max = ratios.groupby(list(REGIME))["K"].transform("max")
+    to_oracle = ratios[ratios["K"] == k_max].set_index([*REGIME, "method"])["ratio"]
+    rows = table.to_dict("records")
+    for row in list(rows):
+        if row["method"] == "clair":  # version 1's clair row after the clair row
+            rows.insert(rows.index(row) + 1, {**row, "method": "clair_detection"})
+    for row in rows:
+        regime = tuple(int(row[k]) for k in REGIME)
+        if row["method"] == "clair_detection":
+            lines.append(
+                f"| {_label(regime)} | clair_detection | | | | "
+                f"{to_oracle[(*regime, 'clair_detection')]:.3f} | | |"
+            )
+            continue
+        ratio = (
+            1.0 if row["method"] == "oracle" else to_oracle[(*regime, row["method"])]
+        )
         slope = (
             "n/a (< 3 K)"
             if np.isnan(row["slope"])
@@ -312,7 +426,7 @@ def _markdown(table: pd.DataFrame, note: str) -> str:
         lines.append(
             f"| {_label([row[k] for k in REGIME])} | {row['method']} | {slope} | "
             f"{row['error_at_K_max']:.4f} (K={row['K_max']}) | "
-            f"{row['ratio_at_K_max']:.2f} | "
+            f"{row['ratio_at_K_max']:.2f} | {ratio:.3f} | "
             + (f"{row['benign_flagged']:.2f}" if clair_row else "")
             + " | "
             + (f"{row['missed']:.2f}" if clair_row else "")
@@ -323,8 +437,8 @@ def _markdown(table: pd.DataFrame, note: str) -> str:
 
 # ----------------------------------------------------------------------- figures
 #: Colour and marker of each method in the figures.
-_COLORS = {"clair": "C0", "svd": "C3", "oracle": "C2"}
-_MARKERS = {"clair": "o", "svd": "s", "oracle": "^"}
+_COLORS = {"clair": "C0", "clair_detection": "C1", "svd": "C3", "oracle": "C2"}
+_MARKERS = {"clair": "o", "clair_detection": "v", "svd": "s", "oracle": "^"}
 
 
 def _figures(frame: pd.DataFrame, folder: Path, note: str) -> None:
@@ -410,7 +524,7 @@ def _regime_panel(
     band, and the predictions (``value = "error"``) or the line 1 (``"ratio"``)."""
     from clair_stats.experiments.plotting import mc_summary
 
-    for method in METHODS:
+    for method in ROWS:
         s = mc_summary(sub[sub["method"] == method], "K", value)
         ax.plot(
             s["K"],
@@ -444,8 +558,9 @@ def _regime_panel(
 
 
 def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
-    """Write ``subspace_error.png``, ``error_ratio.png``, ``summary.md`` and
-    ``summary.csv`` into ``folder``.
+    """Write ``subspace_error.png``, ``error_ratio.png``, ``summary.md``,
+    ``summary.csv``, ``ratio_to_oracle.md`` and ``ratio_to_oracle.csv`` into
+    ``folder``.
 
     Parameters
     ----------
@@ -467,7 +582,10 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
     )
     table = summary_table(data)
     table.to_csv(folder / "summary.csv", index=False)
-    (folder / "summary.md").write_text(_markdown(table, note))
+    ratios = oracle_ratios(data)
+    (folder / "summary.md").write_text(_markdown(table, ratios, note))
+    ratios.to_csv(folder / "ratio_to_oracle.csv", index=False)
+    (folder / "ratio_to_oracle.md").write_text(_ratio_markdown(ratios, note))
     _figures(data, folder, note)
 
 

@@ -2,7 +2,8 @@
 
 The study's ``run`` is checked on small instances (seconds): documented keys with
 finite values in their ranges, determinism in the seed, the definition of the
-oracle and the plain SVD, and the report's files on a tiny stored grid.
+oracle, the plain SVD and CLAIR's two subspaces (refitted on S^, and of step 3),
+and the report's files on a tiny stored grid.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 
 import simulations.fig1_subspace_error as fig1
-from clair_stats import FederatedModel
+from clair_stats import FederatedModel, clair
 from clair_stats.evaluation.metrics import projection_distance
 from clair_stats.theory.t4 import refined_prediction, spec_prediction
 
@@ -42,7 +43,7 @@ def _top_left(blocks: np.ndarray, rank: int) -> np.ndarray:
 
 def test_run_returns_finite_documented_keys():
     rows = fig1.run(CONFIG, seed=3)
-    assert [row["method"] for row in rows] == list(fig1.METHODS)
+    assert [row["method"] for row in rows] == list(fig1.ROWS)
     n_bad = FederatedModel(
         p=12, q=2, rank=2, n_clients=12, contamination=0.2
     ).n_contaminated
@@ -82,6 +83,34 @@ def test_oracle_and_svd_follow_their_definitions():
     assert rows["svd"]["error"] == pytest.approx(
         projection_distance(plain, sample.subspace), rel=1e-10
     )
+
+
+def test_clair_rows_are_the_refitted_and_the_step_3_subspace():
+    """clair: result.subspace (A^ refitted on S^, the default); clair_detection:
+    the A^ of clair(final_subspace="detection"); with S^ = S the refit is the
+    oracle's SVD."""
+    seed = 11
+    rows = {row["method"]: row for row in fig1.run(CONFIG, seed=seed)}
+    sample = _sample(CONFIG, seed)
+    r = CONFIG["r"]
+    fit = clair(sample.updates, rank=r, detect="test", sigma=sample.local_sd)
+    old = clair(
+        sample.updates,
+        rank=r,
+        detect="test",
+        sigma=sample.local_sd,
+        final_subspace="detection",
+    )
+    assert rows["clair"]["error"] == pytest.approx(
+        projection_distance(fit.subspace, sample.subspace), rel=1e-10
+    )
+    assert rows["clair_detection"]["error"] == pytest.approx(
+        projection_distance(old.subspace, sample.subspace), rel=1e-10
+    )
+    if np.array_equal(fit.collaborative, sample.benign):
+        assert rows["clair"]["error"] == pytest.approx(
+            rows["oracle"]["error"], rel=1e-8
+        )
 
 
 def test_oracle_equals_svd_without_contamination():
@@ -136,7 +165,12 @@ def test_report_writes_figures_and_summary(quick_grid, tmp_path):
     frame = grid.frame.copy()
     folder = tmp_path / "report"
     fig1.report(frame, folder, grid.args)
-    for name in ("subspace_error.png", "error_ratio.png", "summary.md"):
+    for name in (
+        "subspace_error.png",
+        "error_ratio.png",
+        "summary.md",
+        "ratio_to_oracle.md",
+    ):
         assert (folder / name).stat().st_size > 0
     table = pd.read_csv(folder / "summary.csv")
     regimes = frame[list(fig1.REGIME)].drop_duplicates()
@@ -159,3 +193,19 @@ def test_report_writes_figures_and_summary(quick_grid, tmp_path):
         ]
         expected = float(np.mean(top["error"] / top["refined"]))
         assert row.ratio_at_K_max == pytest.approx(expected)
+    # ratio to the oracle: mean error over the oracle's, per (regime, K, method)
+    ratios = pd.read_csv(folder / "ratio_to_oracle.csv")
+    n_points = len(frame[[*fig1.REGIME, "K"]].drop_duplicates())
+    assert len(ratios) == n_points * (len(fig1.ROWS) - 1)
+    for row in ratios.head(4).itertuples():
+        point = data[
+            (data["K"] == row.K)
+            & (data["p"] == row.p)
+            & (data["q"] == row.q)
+            & (data["r"] == row.r)
+            & (data["n"] == row.n)
+        ]
+        mean = point.groupby("method")["error"].mean()
+        assert row.ratio == pytest.approx(mean[row.method] / mean["oracle"])
+        assert row.lo <= row.ratio <= row.hi
+    assert "clair_detection" in (folder / "summary.md").read_text()
