@@ -10,7 +10,9 @@ This study maps, regime by regime, the set of c = lam sqrt(K) at which P0 recove
 *exactly* on every replicate (the regime's "working window"), and recommends the c
 that lies in the most windows. It also runs, in every regime, the theory value of
 Theorem T1 (docs/claims.md §4), c_T1 = lam_T1 sqrt(K) = 3 / (7 sqrt(gamma))
-(:func:`clair_stats.theory.t1.t1_c_lam`).
+(:func:`clair_stats.theory.t1.t1_c_lam`), and the data-driven lam="auto"
+(:func:`clair_stats.select_lam`, docs/programs.md §3.1.7), which chooses lam per
+instance.
 
 **Grid** (full mode). Regimes: p in {30, 80}, q in {1, 2, 5, 10}, K in {20, 50, 100},
 r in {2, 5}, gamma in {0.1, 0.2, 0.4}, contamination type ``random`` and
@@ -27,6 +29,12 @@ took 52 minutes (2,981 s in the solver) on the same machine at load 4-8.
 stopped. ``--replicates`` changes the number of replicates (more can only shrink
 the windows).
 
+Version 2 of the study adds one row per replicate for lam="auto" (stored results
+of version 1 are refused). ``--methods auto`` runs that row alone, on the same
+instances (the seeds do not depend on the methods), into a store of its own
+(version "2-auto", by default under ``results/auto_only/``): the grid's windows
+are deterministic given the seeds, so its counts can be set against a full run's.
+
 ``--quick`` runs p = 30, q in {1, 5}, K in {20, 100}, r = 2, gamma in {0.1, 0.4},
 ``random`` only (8 regimes), 2 replicates, every c of the grid plus c_T1 (208
 solves; 7 s of solver time, 10 s in all on the loaded machine). The quick regimes
@@ -36,7 +44,10 @@ reused by a later full run.
 **One replicate** (:func:`run`). ``FederatedModel(p, q, r, K, contamination=gamma,
 contamination_type=type).sample(noise=0, seed=seed)``, then for *every* c of the
 grid and for c_T1 ``decompose(updates, lam=c / sqrt(K), tol=1e-9, max_iter=3000)``
-(ADMM), one result row per c. Exact recovery means all of
+(ADMM), one result row per c, and one row for ``select_lam(updates, tol=1e-9,
+max_iter=3000)`` (its final decomposition is scored; ``solve_seconds`` is the
+whole selection, ``reference_seconds`` one plain solve at the chosen lam, timed
+right after). Exact recovery means all of
 
 * the solver converged (a ``ConvergenceWarning`` is suppressed and the run counted
   as a failure);
@@ -62,6 +73,9 @@ by c in [4, 4.5], as before.)
    number of regimes it covers, the regimes no c covers, and the same count for the
    current ``DEFAULT_C_LAM`` and for c_T1 (run per regime), and the ceiling
    c < sqrt(q K) above which P0 returns S^ = 0 whatever the data;
+   lam="auto": the regimes it recovers on every replicate (per q), against the
+   default and the best c, the regimes with an empty window it recovers, and its
+   cost (solves, and time over one solve at the chosen lam);
 2. the coverage table: per q (and per K, p, r, gamma, type), how many regimes have
    c in their window, for every c of the grid;
 3. the intersection of the windows over all regimes, and per q and K;
@@ -80,8 +94,10 @@ the current default. ``success_rate.png``: the success rate pooled over the regi
 and replicates of each q, with 95% Wilson intervals (the regimes are a fixed design,
 so the pooled count's binomial interval is conservative for their mean rate).
 ``windows.png``: the success rate of every regime (rows, grouped by q and K) at
-every c (columns) and at c_T1; the window of a regime is its run of full-rate
-cells.
+every c (columns), at c_T1 and at lam="auto"; the window of a regime is its run of
+full-rate cells. In ``coverage.png`` the dash-dot lines give, per q, the fraction
+of regimes lam="auto" recovers on every replicate. A ``--methods auto`` run writes
+``summary.md`` and ``windows.csv`` only (no grid to draw against).
 
 A window is an empirical statement about the replicates run: "success rate 1" with
 n = 8 replicates is compatible with a true failure rate up to about 0.31 (one-sided
@@ -102,9 +118,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clair_stats import DEFAULT_C_LAM, ConvergenceWarning, FederatedModel, decompose
+from clair_stats import (
+    DEFAULT_C_LAM,
+    ConvergenceWarning,
+    FederatedModel,
+    decompose,
+    select_lam,
+)
 from clair_stats.core.linalg import top_subspace
-from clair_stats.experiments.study import Study, grid, study_main, study_parser
+from clair_stats.experiments.study import (
+    Study,
+    grid,
+    results_dir,
+    study_main,
+    study_parser,
+)
 from clair_stats.theory.t1 import t1_c_lam
 
 #: Threshold of ||P_A^ - P_A||_F for exact (and subspace-only) recovery.
@@ -135,31 +163,34 @@ QUICK_AXES: dict[str, tuple] = {
     "type": ("random",),
 }
 FULL_REPLICATES, QUICK_REPLICATES = 8, 2
+#: The study's version: 2 added the lam="auto" row (rows of version 1 are refused).
+VERSION = "2"
+#: ``--methods``: every c of the grid, c_T1 and lam="auto"; or lam="auto" alone.
+METHODS = ("all", "auto")
+#: The ``c`` of the auto rows in :func:`cell_table` (their c varies by replicate).
+AUTO_KEY = 0.0
 
 
 # ------------------------------------------------------------------ one replicate
-def _solve(sample: Any, r: int, lam: float) -> dict[str, Any]:
-    """Solve P0 at ``lam`` and check exact recovery (the fields of one row)."""
-    start = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            res = decompose(sample.updates, lam=lam, tol=TOL, max_iter=MAX_ITER)
-    except (np.linalg.LinAlgError, FloatingPointError) as exc:  # a failed solve
-        return {
-            "success": False,
-            "subspace_ok": False,
-            "converged": False,
-            "iterations": None,
-            "subspace_error": None,
-            "support_ok": False,
-            "false_pos": None,
-            "false_neg": None,
-            "rank": None,
-            "solve_seconds": time.perf_counter() - start,
-            "error": f"{type(exc).__name__}: {exc}".replace("\n", " "),
-        }
-    seconds = time.perf_counter() - start
+def _failed(start: float, exc: Exception) -> dict[str, Any]:
+    """The row fields of a solve that raised."""
+    return {
+        "success": False,
+        "subspace_ok": False,
+        "converged": False,
+        "iterations": None,
+        "subspace_error": None,
+        "support_ok": False,
+        "false_pos": None,
+        "false_neg": None,
+        "rank": None,
+        "solve_seconds": time.perf_counter() - start,
+        "error": f"{type(exc).__name__}: {exc}".replace("\n", " "),
+    }
+
+
+def _score(sample: Any, r: int, res: Any, seconds: float) -> dict[str, Any]:
+    """Exact recovery of one decomposition (the fields of one row)."""
     U = top_subspace(res.low_rank, r)
     A = sample.subspace
     error = float(np.linalg.norm(U @ U.T - A @ A.T))
@@ -183,8 +214,56 @@ def _solve(sample: Any, r: int, lam: float) -> dict[str, Any]:
     }
 
 
-def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
-    """One replicate: one noiseless instance, P0 solved at every c of the grid and c_T1.
+def _solve(sample: Any, r: int, lam: float) -> dict[str, Any]:
+    """Solve P0 at ``lam`` and check exact recovery (the fields of one row)."""
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            res = decompose(sample.updates, lam=lam, tol=TOL, max_iter=MAX_ITER)
+    except (np.linalg.LinAlgError, FloatingPointError) as exc:  # a failed solve
+        return _failed(start, exc)
+    return _score(sample, r, res, time.perf_counter() - start)
+
+
+def _auto(sample: Any, r: int) -> dict[str, Any]:
+    """The lam="auto" row: :func:`clair_stats.select_lam` and its cost.
+
+    ``solve_seconds`` is the whole selection; ``reference_seconds`` one plain
+    solve at the chosen lam (unit weights), timed right after it, so that their
+    ratio is the rule's cost in solves' time on the same instance and load.
+    """
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            sel = select_lam(sample.updates, tol=TOL, max_iter=MAX_ITER)
+    except (np.linalg.LinAlgError, FloatingPointError) as exc:
+        row = _failed(start, exc)
+        return {
+            "c_kind": "auto",
+            "c": None,
+            "lam": None,
+            **row,
+            "n_solves": None,
+            "reference_seconds": None,
+        }
+    seconds = time.perf_counter() - start
+    reference = _solve(sample, r, sel.lam)["solve_seconds"]
+    return {
+        "c_kind": "auto",
+        "c": sel.c,
+        "lam": sel.lam,
+        **_score(sample, r, sel.decomposition, seconds),
+        "n_solves": sel.n_solves,
+        "reference_seconds": reference,
+    }
+
+
+def run(
+    config: dict[str, Any], seed: int, methods: str = "all"
+) -> list[dict[str, Any]]:
+    """One replicate: one noiseless instance, P0 at every c, c_T1 and lam="auto".
 
     Parameters
     ----------
@@ -193,16 +272,21 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
         and ``type`` (a contamination type of :mod:`clair_stats.simulate.model`).
     seed : int
         Seed of the instance (the same for every c: common random numbers).
+    methods : {"all", "auto"}
+        Every row, or the lam="auto" row alone.
 
     Returns
     -------
     list of dict
-        One row per c: ``c_kind`` ("grid" or "theory"), ``c``, ``lam`` = c /
-        sqrt(K), ``success`` (exact recovery), ``subspace_ok`` (converged and
+        One row per c: ``c_kind`` ("grid", "theory" or "auto"), ``c``, ``lam`` =
+        c / sqrt(K) (for "auto" the lam chosen by :func:`clair_stats.select_lam`),
+        ``success`` (exact recovery), ``subspace_ok`` (converged and
         ||P_A^ - P_A||_F <= 1e-6), ``converged``, ``iterations``,
         ``subspace_error``, ``support_ok``, ``false_pos``, ``false_neg``,
-        ``rank`` (numerical rank of L^), ``solve_seconds`` and ``error`` (the
-        exception of a failed solve, else None).
+        ``rank`` (numerical rank of L^), ``solve_seconds``, ``error`` (the
+        exception of a failed solve, else None), ``n_solves`` (1, or the
+        rule's solves) and ``reference_seconds`` (None, or for "auto" the time
+        of one solve at the chosen lam).
     """
     p, q, K, r = (int(config[k]) for k in ("p", "q", "K", "r"))
     gamma = float(config["gamma"])
@@ -212,10 +296,25 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     sample = model.sample(noise=0.0, seed=seed)
     values = [("grid", c) for c in C_GRID] + [("theory", t1_c_lam(gamma))]
     rows = []
-    for kind, c in values:
+    for kind, c in values if methods == "all" else ():
         lam = c / math.sqrt(K)
-        rows.append({"c_kind": kind, "c": c, "lam": lam, **_solve(sample, r, lam)})
+        rows.append(
+            {
+                "c_kind": kind,
+                "c": c,
+                "lam": lam,
+                **_solve(sample, r, lam),
+                "n_solves": 1,
+                "reference_seconds": None,
+            }
+        )
+    rows.append(_auto(sample, r))
     return rows
+
+
+def run_auto(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
+    """:func:`run` with ``methods="auto"`` (the run function of ``--methods auto``)."""
+    return run(config, seed, methods="auto")
 
 
 # ---------------------------------------------------------------------- the study
@@ -231,6 +330,14 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help=f"replicates per regime (default {FULL_REPLICATES} full, "
         f"{QUICK_REPLICATES} quick)",
+    )
+    out.add_argument(
+        "--methods",
+        choices=METHODS,
+        default="all",
+        help="'all': every c of the grid, c_T1 and lam='auto' (default); 'auto': "
+        "the lam='auto' row alone, on the same instances (same seeds), stored "
+        "apart (version '2-auto'; default results folder ./results/auto_only)",
     )
     return out
 
@@ -253,12 +360,13 @@ def build(args: argparse.Namespace) -> Study:
         replicates = QUICK_REPLICATES if args.quick else FULL_REPLICATES
     if replicates < 1:
         raise ValueError(f"--replicates must be >= 1, got {replicates}")
+    auto_only = getattr(args, "methods", "all") == "auto"
     return Study(
         name="lambda_calibration",
-        run=run,
+        run=run_auto if auto_only else run,
         configs=grid(**axes),
         replicates=replicates,
-        version="1",
+        version=f"{VERSION}-auto" if auto_only else VERSION,
     )
 
 
@@ -280,11 +388,14 @@ def cell_table(frame: pd.DataFrame) -> pd.DataFrame:
     -------
     pandas.DataFrame
         Columns ``REGIME``, ``c_kind``, ``c``, ``n``, ``successes``,
-        ``sub_successes``. The c_T1 rows have ``c_kind == "theory"``.
+        ``sub_successes``. The c_T1 rows have ``c_kind == "theory"``; the
+        lam="auto" rows ``c_kind == "auto"`` and ``c`` = :data:`AUTO_KEY` (the
+        chosen c varies by replicate).
     """
     data = frame.assign(
         success=frame["success"].astype(int),
         subspace_ok=frame["subspace_ok"].astype(int),
+        c=frame["c"].where(frame["c_kind"] != "auto", AUTO_KEY).astype(float),
     )
     keys = [*REGIME, "c_kind", "c"]
     out = data.groupby(keys, sort=False).agg(
@@ -312,7 +423,8 @@ def windows_table(frame: pd.DataFrame, configs: Sequence[dict]) -> pd.DataFrame:
         ``REGIME`` columns, ``label``, ``replicates`` (run), ``window`` (text),
         ``window_values`` and ``sub_window_values`` (lists of c), ``rate_<c>``
         (exact-recovery rate at each grid c), ``c_T1``, ``rate_T1``,
-        ``t1_ok`` (rate 1 at c_T1) and ``sub_t1_ok`` (subspace-only).
+        ``t1_ok`` (rate 1 at c_T1) and ``sub_t1_ok`` (subspace-only), and the
+        same for lam="auto": ``rate_auto``, ``auto_ok``, ``sub_auto_ok``.
     """
     cells = cell_table(frame)
     index = {
@@ -323,12 +435,15 @@ def windows_table(frame: pd.DataFrame, configs: Sequence[dict]) -> pd.DataFrame:
     for config in configs:
         regime = tuple(config[k] for k in REGIME)
         grid_cells = [index.get((regime, "grid", c)) for c in C_GRID]
-        if all(cell is None for cell in grid_cells):
+        auto = index.get((regime, "auto", AUTO_KEY))
+        if all(cell is None for cell in grid_cells) and auto is None:
             continue
         theory = index.get((regime, "theory", t1_c_lam(float(config["gamma"]))))
         row: dict[str, Any] = dict(zip(REGIME, regime, strict=True))
         row["label"] = _label(regime)
-        row["replicates"] = max(cell["n"] for cell in grid_cells if cell is not None)
+        row["replicates"] = max(
+            cell["n"] for cell in [*grid_cells, auto] if cell is not None
+        )
         full = [
             c
             for c, cell in zip(C_GRID, grid_cells, strict=True)
@@ -349,6 +464,9 @@ def windows_table(frame: pd.DataFrame, configs: Sequence[dict]) -> pd.DataFrame:
         row["rate_T1"] = np.nan if theory is None else theory["successes"] / theory["n"]
         row["t1_ok"] = theory is not None and theory["successes"] == theory["n"]
         row["sub_t1_ok"] = theory is not None and theory["sub_successes"] == theory["n"]
+        row["rate_auto"] = np.nan if auto is None else auto["successes"] / auto["n"]
+        row["auto_ok"] = auto is not None and auto["successes"] == auto["n"]
+        row["sub_auto_ok"] = auto is not None and auto["sub_successes"] == auto["n"]
         out.append(row)
     return pd.DataFrame(out)
 
@@ -394,10 +512,13 @@ def coverage_table(table: pd.DataFrame, subspace_only: bool = False) -> pd.DataF
     Returns
     -------
     pandas.DataFrame
-        Columns ``group``, ``n`` (regimes), one column per grid c, ``T1``.
+        Columns ``group``, ``n`` (regimes), one column per grid c, ``T1`` and
+        ``auto`` (regimes in which c_T1, or lam="auto", recovered every
+        replicate).
     """
     col = "sub_window_values" if subspace_only else "window_values"
     t1 = "sub_t1_ok" if subspace_only else "t1_ok"
+    auto = "sub_auto_ok" if subspace_only else "auto_ok"
     out = []
     for attr in ("", "q", "K", "p", "r", "gamma", "type"):
         values = [None] if not attr else sorted(table[attr].unique())
@@ -413,6 +534,7 @@ def coverage_table(table: pd.DataFrame, subspace_only: bool = False) -> pd.DataF
             for c in C_GRID:
                 row[f"{c:g}"] = int(sum(c in w for w in group[col]))
             row["T1"] = int(group[t1].sum())
+            row["auto"] = int(group[auto].sum())
             out.append(row)
     return pd.DataFrame(out)
 
@@ -487,16 +609,21 @@ def summarize(
     Returns
     -------
     str
-        Markdown: the runs, the recommendation, the coverage tables, the
-        intersections of the windows and the per-regime table (see the module
-        docstring, "Output").
+        Markdown: the runs, the recommendation, lam="auto", the coverage
+        tables, the intersections of the windows and the per-regime table (see
+        the module docstring, "Output"); for a run of ``--methods auto``, the
+        runs and lam="auto" only.
     """
     table = windows_table(frame, configs)
     if table.empty:
         return f"# {title}\n\nNo runs yet.\n"
     out = [f"# {title}", ""]
     out += _runs_section(frame, table, configs, replicates)
+    if _auto_only(frame):
+        out += _auto_section(frame, table)
+        return "\n".join(out) + "\n"
     out += _recommendation_section(table)
+    out += _auto_section(frame, table)
     out += _coverage_sections(table)
     out += _intersection_section(table)
     out += _regime_section(table)
@@ -508,13 +635,15 @@ def _runs_section(
 ) -> list[str]:
     """What was run against what was planned, the solver settings and the
     definitions; a warning when the run is partial."""
-    planned = len(configs) * replicates * (len(C_GRID) + 1)
+    per = 1 if _auto_only(frame) else len(C_GRID) + 2
+    planned = len(configs) * replicates * per
     done = len(frame)
     n_reg = len(table)
     seconds = float(frame["solve_seconds"].sum())
+    what = "lam='auto'" if per == 1 else f"{len(C_GRID)} grid values of c + c_T1 + auto"
     out = [
         f"Runs: {done} of {planned} planned ({len(configs)} regimes x "
-        f"({len(C_GRID)} grid values of c + c_T1) x {replicates} replicates); "
+        f"({what}) x {replicates} replicates); "
         f"replicates per regime: {table['replicates'].min()}-"
         f"{table['replicates'].max()}; solver time {seconds:.0f} s (tol = {TOL:g}, "
         f"max_iter = {MAX_ITER}). Exact recovery = converged, ||P_A^ - P_A||_F <= "
@@ -529,6 +658,93 @@ def _runs_section(
             f"{len(configs) - n_reg} regimes without any run yet are left out of "
             f"every count below ({n_reg} regimes summarized).",
         ]
+    return out
+
+
+def _auto_only(frame: pd.DataFrame) -> bool:
+    """Whether the frame holds lam="auto" rows only (``--methods auto``)."""
+    return bool((frame["c_kind"] == "auto").all())
+
+
+def auto_summary(frame: pd.DataFrame, table: pd.DataFrame) -> dict[str, Any]:
+    """lam="auto" against the grid: regimes recovered, per q, and its cost.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The study's frame.
+    table : pandas.DataFrame
+        From :func:`windows_table`.
+
+    Returns
+    -------
+    dict
+        ``regimes``, ``recovered`` (regimes recovered on every replicate),
+        ``per_q`` (q -> (recovered, regimes)), ``empty_recovered`` (regimes with
+        an empty window that auto recovers), ``missed`` (labels of regimes with
+        a nonempty window that auto misses), ``default_count`` and ``best``,
+        ``best_count`` (the grid's, None without grid rows), ``solves``
+        (median, max), ``time_ratio`` (median and 90th percentile of the
+        selection's time over one solve at the chosen lam) and ``c_range``
+        (5th and 95th percentiles of the chosen c).
+    """
+    rows = frame[frame["c_kind"] == "auto"]
+    per_q = {int(q): (int(g["auto_ok"].sum()), len(g)) for q, g in table.groupby("q")}
+    has_grid = not _auto_only(frame)
+    empty = [len(w) == 0 for w in table["window_values"]]
+    rec = recommendation(table) if has_grid else None
+    ratio = (rows["solve_seconds"] / rows["reference_seconds"]).dropna()
+    return {
+        "regimes": len(table),
+        "recovered": int(table["auto_ok"].sum()),
+        "per_q": per_q,
+        "empty_recovered": int(table.loc[empty, "auto_ok"].sum()) if has_grid else None,
+        "missed": [
+            row.label
+            for row in table.itertuples()
+            if has_grid and row.window_values and not row.auto_ok
+        ],
+        "default_count": rec["default_count"] if rec else None,
+        "best": rec["best"] if rec else None,
+        "best_count": rec["best_count"] if rec else None,
+        "solves": (float(rows["n_solves"].median()), int(rows["n_solves"].max())),
+        "time_ratio": (
+            float(ratio.median()) if len(ratio) else np.nan,
+            float(ratio.quantile(0.9)) if len(ratio) else np.nan,
+        ),
+        "c_range": (float(rows["c"].quantile(0.05)), float(rows["c"].quantile(0.95))),
+    }
+
+
+def _auto_section(frame: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    """lam="auto": the regimes it recovers (per q), against the default and
+    the best c, and its cost."""
+    a = auto_summary(frame, table)
+    per_q = ", ".join(f"q={q}: {k}/{n}" for q, (k, n) in a["per_q"].items())
+    out = [
+        "",
+        "## lam='auto' (clair_stats.select_lam)",
+        "",
+        f"- Exact recovery on every replicate in **{a['recovered']} of "
+        f"{a['regimes']}** regimes ({per_q}); mean success rate "
+        f"{table['rate_auto'].mean():.3f}.",
+    ]
+    if a["best"] is not None:
+        out.append(
+            f"- Against the grid: the default c = {DEFAULT_C_LAM:g} covers "
+            f"{a['default_count']}, the best single c = {a['best']:g} covers "
+            f"{a['best_count']}; auto recovers {a['empty_recovered']} regimes with "
+            f"an empty window and misses {len(a['missed'])} with a nonempty one"
+            + (":" if a["missed"] else ".")
+        )
+        out += [f"  - {label}" for label in a["missed"]]
+    out.append(
+        f"- Chosen c = lam sqrt(K): 5-95% range {a['c_range'][0]:.2f}-"
+        f"{a['c_range'][1]:.2f}. Cost: median {a['solves'][0]:g} solves (max "
+        f"{a['solves'][1]}); time of the whole selection over one solve at the "
+        f"chosen lam on the same instance: median {a['time_ratio'][0]:.1f}, 90th "
+        f"percentile {a['time_ratio'][1]:.1f}."
+    )
     return out
 
 
@@ -681,15 +897,16 @@ def _regime_section(table: pd.DataFrame) -> list[str]:
     out.append(
         "| regime | window | "
         + " | ".join(f"{c:g}" for c in C_GRID)
-        + " | c_T1 | rate at c_T1 |"
+        + " | c_T1 | rate at c_T1 | rate at auto |"
     )
-    out.append("|" + "---|" * (len(C_GRID) + 4))
+    out.append("|" + "---|" * (len(C_GRID) + 5))
     for row in table.to_dict("records"):
         n = int(row["replicates"])
         out.append(
             f"| {row['label']} | {row['window']} | "
             + " | ".join(_rate(row[f"rate_{c:g}"], n) for c in C_GRID)
-            + f" | {row['c_T1']:.3f} | {_rate(row['rate_T1'], n)} |"
+            + f" | {row['c_T1']:.3f} | {_rate(row['rate_T1'], n)} | "
+            f"{_rate(row['rate_auto'], n)} |"
         )
     out += [
         "",
@@ -740,9 +957,12 @@ def _coverage_figure(table: pd.DataFrame, folder: Path, note: str) -> None:
             group = table[table["q"] == q]
             frac = [np.mean([c in w for w in group[col]]) for c in C_GRID]
             ax.plot(C_GRID, frac, "o-", color=colour, label=f"q = {q} ({len(group)})")
+            auto = "auto_ok" if col == "window_values" else "sub_auto_ok"
+            ax.axhline(float(group[auto].mean()), color=colour, ls="-.", lw=1.2)
         frac = [np.mean([c in w for w in table[col]]) for c in C_GRID]
         ax.plot(C_GRID, frac, "k--", lw=2, label=f"all ({len(table)})")
         ax.axvline(default, color="grey", ls=":", label=f"default c = {default:g}")
+        ax.plot([], [], color="grey", ls="-.", label="lam='auto' (per q)")
         ax.set_title(title)
         ax.set_xlabel(r"c = $\lambda\sqrt{K}$ (unitless)")
         ax.set_ylim(-0.03, 1.03)
@@ -756,7 +976,8 @@ def _coverage_figure(table: pd.DataFrame, folder: Path, note: str) -> None:
         folder / "coverage.png",
         "Fraction of regimes in which P0 with lam = c/sqrt(K) recovers exactly "
         "(left) or recovers the subspace (right) on every replicate, per q; "
-        f"{note}.",
+        "dash-dot lines: the same fraction for lam='auto' (select_lam), one per "
+        f"q in its colour; {note}.",
     )
     plt.close(fig)
 
@@ -799,19 +1020,20 @@ def _success_rate_figure(
 
 def _windows_figure(table: pd.DataFrame, folder: Path, note: str) -> None:
     """``windows.png``: the success rate of every regime (rows, grouped by q and
-    K) at every c and at c_T1 (columns)."""
+    K) at every c, at c_T1 and at lam="auto" (columns)."""
     import matplotlib.pyplot as plt
 
     from clair_stats.experiments.plotting import save_figure
 
     ordered = table.sort_values(["q", "K", "p", "r", "gamma", "type"], kind="stable")
-    rates = ordered[["rate_T1"] + [f"rate_{c:g}" for c in C_GRID]].to_numpy(float)
+    columns = ["rate_T1", "rate_auto"] + [f"rate_{c:g}" for c in C_GRID]
+    rates = ordered[columns].to_numpy(float)
     height = min(12.0, 2.5 + 0.03 * len(ordered))
     fig, ax = plt.subplots(figsize=(9, height))
     image = ax.imshow(
         rates, aspect="auto", cmap="RdYlGn", vmin=0, vmax=1, interpolation="nearest"
     )
-    ax.set_xticks(range(len(C_GRID) + 1), ["c_T1"] + [f"{c:g}" for c in C_GRID])
+    ax.set_xticks(range(len(C_GRID) + 2), ["c_T1", "auto"] + [f"{c:g}" for c in C_GRID])
     ax.set_xlabel(r"c = $\lambda\sqrt{K}$ (unitless; c_T1 = 3/(7$\sqrt{\gamma}$))")
     groups = ordered.groupby(["q", "K"], sort=False).size()
     starts = np.concatenate([[0], np.cumsum(groups.to_numpy())])
@@ -822,15 +1044,16 @@ def _windows_figure(table: pd.DataFrame, folder: Path, note: str) -> None:
     )
     for y in starts[1:-1]:
         ax.axhline(y - 0.5, color="k", lw=0.6)
-    ax.axvline(0.5, color="k", lw=1.2)
+    ax.axvline(1.5, color="k", lw=1.2)
     ax.set_ylabel("regimes (one row each)")
     fig.colorbar(image, ax=ax, label="exact-recovery rate")
     save_figure(
         fig,
         folder / "windows.png",
         "Exact-recovery rate over the replicates of every regime (row; within a "
-        "group sorted by p, r, gamma, type) at every c (column) and at the T1 value "
-        f"c_T1; a regime's window is its run of full-rate cells; {note}.",
+        "group sorted by p, r, gamma, type) at every c (column), at the T1 value "
+        "c_T1 and at lam='auto' (the first two columns); a regime's window is its "
+        f"run of full-rate cells; {note}.",
     )
     plt.close(fig)
 
@@ -861,6 +1084,11 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
     table = windows_table(frame, study.configs)
     if table.empty:
         return
+    if _auto_only(frame):  # --methods auto: no grid to draw against
+        table[[*REGIME, "label", "replicates", "rate_auto", "auto_ok"]].to_csv(
+            folder / "windows.csv", index=False
+        )
+        return
     table.drop(columns=["window_values", "sub_window_values"]).to_csv(
         folder / "windows.csv", index=False
     )
@@ -873,7 +1101,15 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the study (its missing replicates) and write the report."""
+    """Run the study (its missing replicates) and write the report.
+
+    ``--methods auto`` without ``--results`` stores in ``<results>/auto_only``,
+    apart from the full study's store (a store holds one version).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    if args.methods == "auto" and args.results is None:
+        argv += ["--results", str(results_dir() / "auto_only")]
     return study_main(build, report, parser(), argv)
 
 

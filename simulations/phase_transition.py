@@ -20,9 +20,12 @@ and at T1's lam; at r = 2 it also scans c = lam sqrt(K) in {1, 2, 3, 4, 5, 6, 8,
 dropped because ADMM needs its 3000 iterations that close to it). That is
 10 x 5 x 9 x (6 x 2 + 10) = 9,900 solves. Measured (one BLAS thread, shared 2-core
 machine at load 7-8): 4.4 minutes of CPU time (19 minutes of wall time under that
-load). ``--quick``: gamma in {0.02, 0.1, 0.3}, r in {1, 2, 4}, all five types, 2
-replicates (420 solves; 10 s of CPU time, 27 s wall under load), a subset of the
-full grid with the same seeds.
+load). Every replicate also runs lam="auto" (:func:`clair_stats.select_lam`, a
+path of a few solves and a reweighted solve, docs/programs.md §3.1.7): one more
+row, ``lam_rule == "auto"`` (version 2 of the study; the rows of version 1 are
+refused). ``--quick``: gamma in {0.02, 0.1, 0.3}, r in {1, 2, 4}, all five types, 1
+replicate (45 instances, 12 s of CPU time with the auto rows), a subset of the full
+grid with the same seeds.
 
 **One replicate.** ``FederatedModel(30, 2, r, 100, contamination=gamma,
 contamination_type=type, margin=1).sample(noise=0, seed)``; the incoherence mu of
@@ -47,6 +50,7 @@ recovery of the support is not expected; the subspace can still be recovered.
   drawn for the *median* mu over all instances of rank r (mu is computed per
   instance; instances differ): T1 guarantees recovery to its left, at T1's lam.
 * ``success_t1_lam.png``: the same map at T1's lam 3/(7 sqrt(gamma K)).
+* ``success_auto.png``: the map of ``success_gamma_r.png`` at lam="auto".
 * ``success_gamma_lam.png``: exact-recovery rate at r = 2 over gamma and
   c = lam sqrt(K); the curve is T1's c = 3/(7 sqrt(gamma)) with its own success
   rate as coloured dots, the dashed line the default c = 4, the dotted line the
@@ -54,6 +58,8 @@ recovery of the support is not expected; the subspace can still be recovered.
 * ``summary.md`` / ``summary.csv``: per type and r, the largest gamma of the grid
   at which the default lam recovered every replicate; per type, the instances that
   meet T1's condition and how many recovered at T1's lam and at the default lam;
+  the same for lam="auto", and the default against lam="auto" on the instances
+  whose largest benign ||V_k||_F exceeds 4 / sqrt(K) (:func:`auto_comparison`);
   the median mu per r.
 
 **Full-grid results** (10 replicates). With Gaussian B_k the median mu is 4.7 at
@@ -84,7 +90,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clair_stats import DEFAULT_C_LAM, ConvergenceWarning, FederatedModel, decompose
+from clair_stats import (
+    DEFAULT_C_LAM,
+    ConvergenceWarning,
+    FederatedModel,
+    decompose,
+    select_lam,
+)
 from clair_stats.core.linalg import top_subspace
 from clair_stats.evaluation.metrics import projection_distance
 from clair_stats.experiments.study import Study, study_main, study_parser
@@ -105,13 +117,15 @@ FULL_GAMMAS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
 FULL_RANKS = (1, 2, 3, 4, 6, 8, 10)
 QUICK_GAMMAS = (0.02, 0.1, 0.3)
 QUICK_RANKS = (1, 2, 4)
-FULL_REPLICATES, QUICK_REPLICATES = 10, 2
+FULL_REPLICATES, QUICK_REPLICATES = 10, 1
 #: The rank at which c = lam sqrt(K) is scanned, and the scanned values.
 SCAN_RANK = 2
 C_SCAN = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)
 #: Exact recovery: subspace tolerance; solver settings of every solve.
 SUBSPACE_TOL = 1e-6
 TOL, MAX_ITER = 1e-9, 3000
+#: The study's version: 2 added the lam="auto" row (rows of version 1 are refused).
+VERSION = "2"
 
 
 # ------------------------------------------------------------------ one replicate
@@ -149,23 +163,33 @@ def recovery(sample: Any, lam: float) -> dict[str, Any]:
         (||P_A^ - P_A||_F, NaN if the solve failed), ``false_pos``, ``false_neg``
         (clients), ``iterations``.
     """
-    r = int(sample.rank)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # recorded below
             res = decompose(sample.updates, lam=lam, tol=TOL, max_iter=MAX_ITER)
     except (np.linalg.LinAlgError, FloatingPointError):  # a failed solve
-        return {
-            "success": False,
-            "subspace_ok": False,
-            "support_ok": False,
-            "converged": False,
-            "rank": -1,
-            "subspace_error": float("nan"),
-            "false_pos": -1,
-            "false_neg": -1,
-            "iterations": -1,
-        }
+        return dict(_FAILED)
+    return score(sample, res)
+
+
+#: The fields of :func:`recovery` for a solve that raised.
+_FAILED: dict[str, Any] = {
+    "success": False,
+    "subspace_ok": False,
+    "support_ok": False,
+    "converged": False,
+    "rank": -1,
+    "subspace_error": float("nan"),
+    "false_pos": -1,
+    "false_neg": -1,
+    "iterations": -1,
+}
+
+
+def score(sample: Any, res: Any) -> dict[str, Any]:
+    """Exact recovery of a decomposition of ``sample`` (the fields of
+    :func:`recovery`)."""
+    r = int(sample.rank)
     A_hat = top_subspace(res.low_rank, r)
     error = projection_distance(A_hat, sample.subspace)
     flagged, bad = res.support(), sample.contaminated
@@ -186,6 +210,27 @@ def recovery(sample: Any, lam: float) -> dict[str, Any]:
     }
 
 
+def auto_recovery(sample: Any) -> tuple[float, int, dict[str, Any]]:
+    """lam="auto" (:func:`clair_stats.select_lam`) on a noiseless sample.
+
+    Returns
+    -------
+    c : float
+        The chosen lam sqrt(K) (NaN if the selection raised).
+    n_solves : int
+        Solves of the rule (-1 if it raised).
+    score : dict
+        The fields of :func:`recovery` for the rule's final decomposition.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            sel = select_lam(sample.updates, tol=TOL, max_iter=MAX_ITER)
+    except (np.linalg.LinAlgError, FloatingPointError):
+        return float("nan"), -1, dict(_FAILED)
+    return sel.c, sel.n_solves, score(sample, sel.decomposition)
+
+
 def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     """One replicate: one noiseless instance, P0 at every c of the configuration.
 
@@ -201,8 +246,10 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     -------
     list of dict
         One row per solve: ``lam_rule`` (``"grid"`` for the values of
-        :func:`c_values`, ``"t1"`` for T1's lam), ``c`` (= lam sqrt(K)), the keys
-        of :func:`recovery`, and the instance's ``mu``, ``t1_holds``, ``t1_lhs``
+        :func:`c_values`, ``"t1"`` for T1's lam, ``"auto"`` for lam="auto",
+        :func:`clair_stats.select_lam`), ``c`` (= lam sqrt(K), for "auto" the
+        chosen one), the keys of :func:`recovery`, ``n_solves`` (1, or the
+        rule's solves), and the instance's ``mu``, ``t1_holds``, ``t1_lhs``
         (gamma/(1 - gamma)) and ``t1_rhs`` (9/(121 mu r)).
     """
     kind, gamma, r = str(config["contamination"]), float(config["gamma"]), config["r"]
@@ -219,15 +266,21 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     }
     solves = [("grid", c) for c in c_values(int(r))]
     solves.append(("t1", t1_c_lam(sample.gamma)))
-    return [
+    rows = [
         {
             "lam_rule": rule,
             "c": float(c),
             **recovery(sample, c / math.sqrt(K)),
+            "n_solves": 1,
             **instance,
         }
         for rule, c in solves
     ]
+    c, n_solves, result = auto_recovery(sample)
+    rows.append(
+        {"lam_rule": "auto", "c": c, **result, "n_solves": n_solves, **instance}
+    )
+    return rows
 
 
 # ------------------------------------------------------------------------- study
@@ -264,7 +317,7 @@ def build(args: argparse.Namespace) -> Study:
         run=run,
         configs=configs,
         replicates=QUICK_REPLICATES if args.quick else FULL_REPLICATES,
-        version="1",
+        version=VERSION,
     )
 
 
@@ -309,13 +362,20 @@ def default_rows(frame: pd.DataFrame) -> pd.DataFrame:
     ]
 
 
-def largest_gamma_table(frame: pd.DataFrame) -> pd.DataFrame:
+def auto_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The lam="auto" rows (one per instance)."""
+    return frame[frame["lam_rule"] == "auto"]
+
+
+def largest_gamma_table(frame: pd.DataFrame, rule: str = "default") -> pd.DataFrame:
     """Per type and r: the largest gamma with exact recovery on every replicate.
 
     Parameters
     ----------
     frame : pandas.DataFrame
         The study's frame.
+    rule : {"default", "auto"}
+        The solves at the default lam, or at lam="auto".
 
     Returns
     -------
@@ -324,7 +384,7 @@ def largest_gamma_table(frame: pd.DataFrame) -> pd.DataFrame:
         grid), ``gamma_max_subspace`` (the same for subspace recovery) and
         ``t1_gamma_star`` (T1's gamma* at the median mu of rank r).
     """
-    rows_ = default_rows(frame)
+    rows_ = default_rows(frame) if rule == "default" else auto_rows(frame)
     star = boundary(frame)
     out = []
     for (kind, r), g in rows_.groupby(["contamination", "r"], sort=True):
@@ -379,7 +439,7 @@ def t1_table(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def leverage_table(frame: pd.DataFrame) -> pd.DataFrame:
+def leverage_table(frame: pd.DataFrame, rule: str = "default") -> pd.DataFrame:
     r"""Exact recovery at the default lam split by the benign-leverage condition.
 
     A benign client k stays out of S^ only if its block of the dual certificate,
@@ -391,6 +451,11 @@ def leverage_table(frame: pd.DataFrame) -> pd.DataFrame:
     ----------
     frame : pandas.DataFrame
         The study's frame.
+    rule : {"default", "auto"}
+        The solves at the default lam, or at lam="auto". The split is by the
+        default c in both cases (sqrt(mu r / (1 - gamma)) < DEFAULT_C_LAM, i.e.
+        the largest benign ||V_k||_F below 4 / sqrt(K)), so that the two
+        tables compare the same instances.
 
     Returns
     -------
@@ -399,10 +464,10 @@ def leverage_table(frame: pd.DataFrame) -> pd.DataFrame:
         ``exact_rate`` and ``mean_benign_flagged`` (false positives per
         instance), over the types other than ``scaled`` (not identifiable).
     """
-    rows = default_rows(frame)
+    rows = default_rows(frame) if rule == "default" else auto_rows(frame)
     rows = rows[rows["contamination"] != "scaled"]
     need = np.sqrt(rows["mu"] * rows["r"] / (1.0 - rows["gamma"]))
-    grouped = rows.groupby(need < rows["c"])
+    grouped = rows.groupby(need < float(DEFAULT_C_LAM))
     out = grouped.agg(
         instances=("success", "size"),
         exact_rate=("success", "mean"),
@@ -524,6 +589,7 @@ def _figures(frame: pd.DataFrame, folder: Path, note: str) -> list[Path]:
     written = [
         _success_gamma_r_figure(frame, folder, note),
         _success_t1_lam_figure(frame, folder, note),
+        _success_auto_figure(frame, folder, note),
     ]
     scan = _success_gamma_lam_figure(frame, folder, note)
     if scan is not None:
@@ -569,6 +635,19 @@ def _success_t1_lam_figure(frame: pd.DataFrame, folder: Path, note: str) -> Path
         (("success", "exact recovery"),),
         "T1's lam = 3/(7 sqrt(gamma K))",
         folder / "success_t1_lam.png",
+        note,
+    )
+
+
+def _success_auto_figure(frame: pd.DataFrame, folder: Path, note: str) -> Path:
+    """``success_auto.png``: exact and subspace recovery over (gamma, r) at
+    lam="auto"."""
+    return _gamma_r_figure(
+        frame,
+        auto_rows(frame),
+        (("success", "exact recovery"), ("subspace_ok", "subspace recovery")),
+        "lam='auto' (select_lam)",
+        folder / "success_auto.png",
         note,
     )
 
@@ -778,6 +857,18 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
         "",
         *_markdown(leverage_table(frame)),
         "",
+        "## lam='auto' (clair_stats.select_lam)",
+        "",
+        *_auto_lines(frame),
+        "",
+        "Largest gamma with exact recovery on every replicate at lam='auto':",
+        "",
+        *_markdown(largest_gamma_table(frame, "auto")),
+        "",
+        "The benign-leverage split (by the default c) at lam='auto':",
+        "",
+        *_markdown(leverage_table(frame, "auto")),
+        "",
         "## Median incoherence mu per rank (T1's boundary uses it)",
         "",
         *_markdown(
@@ -793,6 +884,62 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
         "",
     ]
     (folder / "summary.md").write_text("\n".join(lines))
+
+
+def auto_comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """Exact recovery at the default lam and at lam="auto", on the same instances,
+    split by whether the largest benign ||V_k||_F exceeds 4 / sqrt(K).
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        The study's frame.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per group (``leverage_exceeds_default``: sqrt(mu r / (1 -
+        gamma)) >= DEFAULT_C_LAM), over the types other than ``scaled``:
+        ``instances``, ``default_exact`` and ``auto_exact`` (counts),
+        ``default_benign_flagged`` and ``auto_benign_flagged`` (means), and
+        ``auto_median_solves``.
+    """
+    key = ["contamination", "gamma", "r", "replicate"]
+    default = default_rows(frame).set_index(key)
+    auto = auto_rows(frame).set_index(key)
+    both = default.join(auto.add_suffix("_auto"), how="inner")
+    both = both[both.index.get_level_values("contamination") != "scaled"]
+    r = both.index.get_level_values("r").to_numpy(float)
+    gamma = both.index.get_level_values("gamma").to_numpy(float)
+    need = np.sqrt(both["mu"].to_numpy(float) * r / (1.0 - gamma))
+    both = both.assign(leverage_exceeds_default=need >= float(DEFAULT_C_LAM))
+    out = both.groupby("leverage_exceeds_default").agg(
+        instances=("success", "size"),
+        default_exact=("success", "sum"),
+        auto_exact=("success_auto", "sum"),
+        default_benign_flagged=("false_pos", "mean"),
+        auto_benign_flagged=("false_pos_auto", "mean"),
+        auto_median_solves=("n_solves_auto", "median"),
+    )
+    return out.reset_index()
+
+
+def _auto_lines(frame: pd.DataFrame) -> list[str]:
+    """The auto-vs-default comparison as markdown, with one headline line."""
+    table = auto_comparison(frame)
+    out = _markdown(table)
+    high = table[table["leverage_exceeds_default"]]
+    if len(high):
+        row = high.iloc[0]
+        out = [
+            "Instances (all types but `scaled`) whose largest benign ||V_k||_F "
+            f"exceeds 4/sqrt(K): {int(row['instances'])}; exact recovery at the "
+            f"default lam {int(row['default_exact'])}, at lam='auto' "
+            f"{int(row['auto_exact'])}.",
+            "",
+            *out,
+        ]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

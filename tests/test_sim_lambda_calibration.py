@@ -32,6 +32,8 @@ KEYS = {
     "rank",
     "solve_seconds",
     "error",
+    "n_solves",
+    "reference_seconds",
 }
 #: q = 1, K = 20: the ceiling sqrt(q K) = 4.47 lies inside the grid of c.
 CEILING = {"p": 20, "q": 1, "K": 20, "r": 2, "gamma": 0.2, "type": "random"}
@@ -46,9 +48,10 @@ def ceiling_rows() -> list[dict]:
 
 def test_run_returns_one_row_per_c_with_documented_values(ceiling_rows) -> None:
     rows = ceiling_rows
-    assert [r["c_kind"] for r in rows] == ["grid"] * len(study.C_GRID) + ["theory"]
-    assert [r["c"] for r in rows[:-1]] == list(study.C_GRID)
-    assert rows[-1]["c"] == pytest.approx(3 / (7 * math.sqrt(CEILING["gamma"])))
+    kinds = ["grid"] * len(study.C_GRID) + ["theory", "auto"]
+    assert [r["c_kind"] for r in rows] == kinds
+    assert [r["c"] for r in rows[:-2]] == list(study.C_GRID)
+    assert rows[-2]["c"] == pytest.approx(3 / (7 * math.sqrt(CEILING["gamma"])))
     for row in rows:
         assert set(row) == KEYS
         assert row["lam"] == pytest.approx(row["c"] / math.sqrt(CEILING["K"]))
@@ -66,6 +69,22 @@ def test_run_returns_one_row_per_c_with_documented_values(ceiling_rows) -> None:
         assert row["success"] == expected
         sub = row["converged"] and row["subspace_error"] <= study.SUBSPACE_TOL
         assert row["subspace_ok"] == sub
+        if row["c_kind"] == "auto":
+            assert 2 <= row["n_solves"] <= 13
+            assert row["reference_seconds"] > 0
+            assert row["c"] < math.sqrt(CEILING["q"] * CEILING["K"])
+        else:
+            assert row["n_solves"] == 1
+            assert row["reference_seconds"] is None
+
+
+def test_auto_row_recovers_the_q1_ceiling_regime(ceiling_rows) -> None:
+    """q = 1, K = 20: the window is a single grid value (c = 3, below the default
+    and just under the ceiling's reach); lam="auto" finds it on this replicate."""
+    by_kind = {r["c_kind"]: r for r in ceiling_rows if r["c_kind"] != "grid"}
+    window = [r["c"] for r in ceiling_rows if r["c_kind"] == "grid" and r["success"]]
+    assert window == [3.0]
+    assert by_kind["auto"]["success"], by_kind["auto"]
 
 
 def test_ceiling_no_client_is_flagged_above_sqrt_qK(ceiling_rows) -> None:
@@ -94,7 +113,7 @@ def test_easy_regime_recovers_at_the_default_c() -> None:
 def test_run_is_deterministic_and_uses_one_instance_for_every_c() -> None:
     first = study.run(EASY, 5)
     second = study.run(EASY, 5)
-    drop = ("solve_seconds",)
+    drop = ("solve_seconds", "reference_seconds")
     assert [{k: v for k, v in r.items() if k not in drop} for r in first] == [
         {k: v for k, v in r.items() if k not in drop} for r in second
     ]
@@ -117,7 +136,8 @@ def test_intervals_writes_runs_of_consecutive_grid_values() -> None:
 
 
 def _hand_frame() -> tuple[pd.DataFrame, list[dict]]:
-    """Three regimes, 2 replicates: windows {3, 3.5, 4}, {4, 4.5} and {}."""
+    """Three regimes, 2 replicates: windows {3, 3.5, 4}, {4, 4.5} and {}; auto
+    recovers the first and the third on both replicates, the second on one."""
     configs = [
         {"p": 30, "q": 1, "K": 20, "r": 2, "gamma": 0.1, "type": "random"},
         {"p": 30, "q": 5, "K": 20, "r": 2, "gamma": 0.1, "type": "random"},
@@ -141,8 +161,24 @@ def _hand_frame() -> tuple[pd.DataFrame, list[dict]]:
                         "success": ok,
                         "subspace_ok": ok or c == 2.0,
                         "solve_seconds": 0.01,
+                        "n_solves": 1,
+                        "reference_seconds": None,
                     }
                 )
+            auto_ok = not (window == {4.0, 4.5} and rep == 1)
+            rows.append(
+                {
+                    **config,
+                    "replicate": rep,
+                    "c_kind": "auto",
+                    "c": 4.2 + 0.1 * rep,  # varies by replicate
+                    "success": auto_ok,
+                    "subspace_ok": True,
+                    "solve_seconds": 0.08,
+                    "n_solves": 8,
+                    "reference_seconds": 0.01,
+                }
+            )
     return pd.DataFrame(rows), configs
 
 
@@ -163,10 +199,21 @@ def test_summary_logic_on_a_hand_made_frame() -> None:
     assert coverage.loc["all", "4"] == 2
     assert coverage.loc["q=5", "4.5"] == 1
     assert coverage.loc["all", "T1"] == 0
+    assert coverage.loc["all", "auto"] == 2
+    assert coverage.loc["q=5", "auto"] == 1
+    assert table["rate_auto"].tolist() == [1.0, 0.5, 1.0]
+    auto = study.auto_summary(frame, table)
+    assert auto["recovered"] == 2
+    assert auto["per_q"] == {1: (1, 1), 5: (1, 2)}
+    assert auto["empty_recovered"] == 1
+    assert auto["missed"] == ["p=30 q=5 K=20 r=2 gamma=0.1 random"]
+    assert auto["solves"] == (8.0, 8)
+    assert auto["time_ratio"][0] == pytest.approx(8.0)
     sub = study.coverage_table(table, subspace_only=True).set_index("group")
     assert sub.loc["all", "2"] == 3
     text = study.summarize(frame, configs, 2, "t")
     assert "Recommended c_lam = **4**: in the working window of 2 of 3" in text
+    assert "every replicate in **2 of 3** regimes (q=1: 1/1, q=5: 1/2)" in text
     assert "empty window (no c of the grid works): 1" in text
     line = next(x for x in text.splitlines() if x.startswith("| p=30 q=5 K=20 "))
     cells = [x.strip() for x in line.strip("|").split("|")]
@@ -176,6 +223,11 @@ def test_summary_logic_on_a_hand_made_frame() -> None:
     # a partial run is declared as such
     partial = study.summarize(frame[frame["replicate"] == 0], configs, 2, "t")
     assert "**Partial run**" in partial
+    # a run of --methods auto: the auto rows alone, summarised without the grid
+    only = study.summarize(frame[frame["c_kind"] == "auto"], configs, 2, "t")
+    assert "Runs: 6 of 6 planned" in only
+    assert "**2 of 3**" in only
+    assert "Recommended" not in only
 
 
 def test_quick_grid_is_a_subset_of_the_full_grid() -> None:
@@ -192,6 +244,18 @@ def test_quick_grid_is_a_subset_of_the_full_grid() -> None:
     assert more.replicates == 3
     with pytest.raises(ValueError, match="replicates"):
         study.build(study.parser().parse_args(["--replicates", "0"]))
+    assert full.version == study.VERSION
+    auto = study.build(study.parser().parse_args(["--methods", "auto"]))
+    assert auto.version == f"{study.VERSION}-auto"
+    assert auto.run is study.run_auto
+    assert auto.configs == full.configs  # the same instances (seeds)
+
+
+def test_methods_auto_returns_the_auto_row_only() -> None:
+    rows = study.run_auto(EASY, derive_seed("lambda_calibration", EASY, 0))
+    assert [r["c_kind"] for r in rows] == ["auto"]
+    assert set(rows[0]) == KEYS
+    assert rows[0]["success"], rows[0]
 
 
 def test_report_writes_summary_tables_and_figures(tmp_path) -> None:
@@ -202,7 +266,9 @@ def test_report_writes_summary_tables_and_figures(tmp_path) -> None:
     study.report(frame, tmp_path, args)
     text = (tmp_path / "summary.md").read_text()
     assert "## Recommendation" in text
+    assert "## lam='auto'" in text
     for name in ("coverage.png", "success_rate.png", "windows.png"):
         assert (tmp_path / name).stat().st_size > 0
     windows = pd.read_csv(tmp_path / "windows.csv")
     assert np.all(windows["rate_4"].between(0, 1))
+    assert windows["rate_auto"].tolist() == [1.0, 0.5, 1.0]

@@ -38,6 +38,7 @@ KEYS = {
     "t1_holds",
     "t1_lhs",
     "t1_rhs",
+    "n_solves",
 }
 
 
@@ -105,8 +106,9 @@ def test_t1_formulas_reject_bad_input():
 def test_run_rows_have_documented_finite_values():
     config = {"contamination": "orthogonal", "gamma": 0.1, "r": 1}
     rows = study.run(config, seed=3)
-    assert len(rows) == len(study.c_values(1)) + 1
-    assert [r["lam_rule"] for r in rows] == ["grid"] * len(study.c_values(1)) + ["t1"]
+    assert len(rows) == len(study.c_values(1)) + 2
+    rules = ["grid"] * len(study.c_values(1)) + ["t1", "auto"]
+    assert [r["lam_rule"] for r in rows] == rules
     for row in rows:
         assert set(row) == KEYS
         for key in KEYS - {"lam_rule"}:
@@ -114,7 +116,24 @@ def test_run_rows_have_documented_finite_values():
         assert row["t1_holds"] == (row["t1_lhs"] <= row["t1_rhs"])
         assert row["mu"] >= 1.0 - 1e-12
     assert rows[0]["c"] == float(DEFAULT_C_LAM)
-    assert rows[-1]["c"] == pytest.approx(t1_c_lam(0.1))
+    assert rows[-2]["c"] == pytest.approx(t1_c_lam(0.1))
+    assert rows[-1]["n_solves"] >= 2
+    assert all(r["n_solves"] == 1 for r in rows[:-1])
+    # the instance's fields are the same on every row
+    assert len({(r["mu"], r["t1_holds"]) for r in rows}) == 1
+
+
+def test_auto_recovers_where_the_default_flags_benign_clients():
+    """r = 8: sqrt(mu r / (1 - gamma)) = 4.35 >= 4, the largest benign ||V_k||_F
+    exceeds 4 / sqrt(K); the default flags 4 benign clients, lam="auto" none."""
+    rows = study.run({"contamination": "orthogonal", "gamma": 0.1, "r": 8}, seed=1)
+    default, auto = rows[0], rows[-1]
+    assert math.sqrt(default["mu"] * 8 / 0.9) >= DEFAULT_C_LAM
+    assert not default["success"]
+    assert default["false_pos"] > 0
+    assert auto["lam_rule"] == "auto"
+    assert auto["success"], auto
+    assert auto["c"] > DEFAULT_C_LAM
 
 
 def test_run_scans_c_at_the_scan_rank():
@@ -154,7 +173,7 @@ def test_inside_t1_condition_t1_lam_recovers_orthogonal_contamination():
     config = {"contamination": "orthogonal", "gamma": 0.01, "r": 1}
     inside = 0
     for seed in range(6):
-        t1_row = study.run(config, seed)[-1]
+        t1_row = next(r for r in study.run(config, seed) if r["lam_rule"] == "t1")
         if t1_row["t1_holds"]:
             inside += 1
             assert t1_row["success"], (seed, t1_row)
@@ -189,16 +208,26 @@ def test_tables_and_report(grid, small_frame, tmp_path):
     per_type = len(axes["gamma"]) * len(axes["r"]) * grid.study.replicates
     assert set(theory["instances"]) == {per_type}
     assert (theory["inside_ok_t1"] <= theory["inside"]).all()
+    comparison = study.auto_comparison(small_frame)
+    default = study.default_rows(small_frame)
+    per_type = default.groupby("contamination").size()
+    assert comparison["instances"].sum() == per_type.drop("scaled").sum()
+    assert (comparison["auto_exact"] <= comparison["instances"]).all()
+    auto = study.auto_rows(small_frame)
+    assert len(auto) == len(default)  # one auto row per instance
     study.report(small_frame, tmp_path, argparse.Namespace(quick=True))
     for name in (
         "success_gamma_r.png",
         "success_t1_lam.png",
+        "success_auto.png",
         "success_gamma_lam.png",
         "summary.md",
         "summary.csv",
     ):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert "T1's condition" in (tmp_path / "summary.md").read_text()
+    text = (tmp_path / "summary.md").read_text()
+    assert "T1's condition" in text
+    assert "## lam='auto'" in text
 
 
 def test_quick_grid_is_a_subset_of_the_full_grid():
@@ -206,3 +235,4 @@ def test_quick_grid_is_a_subset_of_the_full_grid():
     full = study.build(argparse.Namespace(quick=False))
     assert all(c in full.configs for c in quick.configs)
     assert quick.replicates <= full.replicates
+    assert full.version == study.VERSION == "2"
