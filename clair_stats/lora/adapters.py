@@ -7,9 +7,12 @@ transposes), solved in factored form so that no p x Kq matrix is formed
 
 1. decompose M_m = [Theta^_1m, ..., Theta^_Km] by P0 (no noise level is known for
    adapters; P0 is positively homogeneous, so lam = c_lam / sqrt(K) needs no
-   scale) and take A^_m, the top-r_m left singular vectors of L^
-   (:func:`clair_stats.decompose`, :func:`clair_stats.estimate_subspace`);
-   r_m is ``rank``, by default the median LoRA rank of the clients in module m;
+   scale) and take A^_m, the top-r_m left singular vectors of L^, checked against
+   the least-trimmed-squares fit of docs/pipeline.md §3.6 as :func:`clair_stats.clair`
+   does (:func:`clair_stats.pipeline.estimator.shared_subspace`): clients that
+   share another task (a coordinated minority) could otherwise pull A^_m towards
+   their directions and hide in it; r_m is ``rank``, by default the median LoRA
+   rank of the clients in module m;
 2. measure each client's off-subspace energy E_km = ||P_{A^_m}^perp
    Theta^_km||_F^2 (:func:`clair_stats.core.linalg.off_subspace_energy`, on the
    factors);
@@ -65,10 +68,9 @@ from clair_stats.core.validation import check_alpha, check_choice, check_int
 from clair_stats.lora.peft import AdapterSet
 from clair_stats.lora.report import AdaptersResult, ModuleReport, _wording
 from clair_stats.lora.verdict import ClientVerdict, client_verdict
-from clair_stats.pipeline.decompose import decompose
 from clair_stats.pipeline.empirical_null import DRAWS
+from clair_stats.pipeline.estimator import shared_subspace
 from clair_stats.pipeline.paths import as_updates
-from clair_stats.pipeline.subspace import estimate_subspace
 
 __all__ = [
     "MIN_CLIENTS",
@@ -114,15 +116,17 @@ def fit_module(
     *,
     side: str = "left",
     lam: float | None = None,
+    refit: str = "trimmed",
     **solver_options,
 ) -> ModuleFit:
-    """Decompose one module's K updates by P0, take A^ and the energies.
+    """Decompose one module's K updates by P0, take A^ (refitted) and the energies.
 
     .. math:: \\min_{L,S} \\|L\\|_* + \\lambda \\sum_k \\|S_k\\|_F
               \\ \\text{ s.t. } L + S = M, \\qquad
               E_k = \\|P_{\\hat A}^\\perp \\hat\\Theta_k\\|_F^2,
 
-    with A^ the top-r left singular vectors of L^.
+    with A^ the top-r left singular vectors of L^, checked against a fit that
+    only a majority of clients determines (``refit="trimmed"``).
 
     Parameters
     ----------
@@ -134,6 +138,12 @@ def fit_module(
         Share the column space (output space of Delta W) or the row space.
     lam : float, optional
         lam of P0; default c_lam / sqrt(K).
+    refit : {"trimmed", "none"}
+        ``"trimmed"``: A^ checked against, and if need be replaced by, the
+        least-trimmed-squares fit of :func:`clair_stats.clair`
+        (docs/pipeline.md §3.6, :func:`clair_stats.pipeline.estimator.shared_subspace`),
+        so that a coordinated group (clients sharing another task) cannot pull
+        it; ``"none"``: the top-r left singular vectors of L^.
     **solver_options
         ``tol``, ``max_iter`` for :func:`clair_stats.decompose`.
 
@@ -156,11 +166,12 @@ def fit_module(
         )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        decomposition = decompose(work, lam=lam, **solver_options)
+        subspace, decomposition, _ = shared_subspace(
+            work, rank, lam=lam, refit=refit, **solver_options
+        )
     for w in caught:
         if not issubclass(w.category, ConvergenceWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    subspace, _ = estimate_subspace(decomposition, rank=rank)
     return ModuleFit(
         subspace=subspace,
         energies=off_subspace_energy(work, subspace),

@@ -11,7 +11,12 @@ result:
   above its noise (docs/pipeline.md §3.2); for P0 the numerical rank of L^;
 - ``detect="auto"``: the test on noisy data, the support of S^ on noiseless data;
 - ``test="auto"``: the weighted chi-square with ``noise_cov``, the chi-square
-  with ``sigma``, else the empirical null (no noise level needed).
+  with ``sigma``, else the empirical null (no noise level needed);
+- ``lam="auto"``: the widest plateau of the flagged set along a warm-started
+  path over lam, with the plateau's clients down-weighted in a second solve
+  (:mod:`clair_stats.pipeline.lam`), once per program solved;
+- ``shrink="auto"``: the in-subspace pooling of step 4 by empirical Bayes, and
+  ``final_subspace="kept"``: A^ of step 4 refitted on S^ (docs/pipeline.md §3.4).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from clair_stats.core.validation import (
     check_positive,
     check_shrinkage,
 )
-from clair_stats.pipeline.decompose import DEFAULT_TOL
+from clair_stats.pipeline.decompose import DEFAULT_TOL, default_lam
 from clair_stats.pipeline.detection import (
     TESTS,
     ClientTest,
@@ -46,6 +51,7 @@ from clair_stats.pipeline.detection import (
     median_rule,
     weighted_energy_test,
 )
+from clair_stats.pipeline.lam import LamSelection, select_lam
 from clair_stats.pipeline.multitest import METHODS, reject
 from clair_stats.pipeline.noise import (
     GivenNoise,
@@ -75,7 +81,7 @@ from clair_stats.pipeline.trimmed import (
     trimmed_subspace,
 )
 
-__all__ = ["ClairResult", "clair"]
+__all__ = ["ClairResult", "clair", "shared_subspace"]
 
 SIDES: tuple[str, ...] = ("left", "right")
 DETECT_RULES: tuple[str, ...] = ("auto", "support", "test")
@@ -250,7 +256,7 @@ def clair(
     updates: np.ndarray | LowRankUpdates,
     rank: int | None = None,
     *,
-    lam: float | None = None,
+    lam: float | str | None = "auto",
     mode: str = "auto",
     detect: str = "auto",
     test: str = "auto",
@@ -309,8 +315,17 @@ def clair(
         2 (1 + sqrt(p / (Kq)))^2), then (``refit="trimmed"``) the same rule on
         the trimmed fit's directions at the noise edge of its h clients
         (docs/pipeline.md §3.6); for P0 the numerical rank of L^.
-    lam : float, optional
-        Default c_lam / sqrt(K) (:func:`clair_stats.default_lam`).
+    lam : float, "auto" or None
+        ``"auto"`` (default): for P0 (noiseless data, or ``mode="exact"``)
+        chosen from the data by a warm-started path over lam, the widest
+        plateau of the flagged set, and a second solve that down-weights the
+        plateau's clients (:func:`clair_stats.pipeline.lam.select_lam`,
+        docs/programs.md §3.1.7); for P1 (noisy data) c_lam / sqrt(K): there
+        the test, not the support of S^, finds the contaminated clients, and
+        the path rule for P1 misclassified 5 of 30 clients of a default call
+        at tau = 0.3 that c_lam / sqrt(K) gets right (``decompose(...,
+        lam="auto", mode="penalized")`` runs it). None: c_lam / sqrt(K)
+        (:func:`clair_stats.default_lam`). A number: that lam.
     mode : {"auto", "exact", "penalized"}
         P0 or P1. ``"auto"``: P1 when a noise level is given (``sigma``,
         ``noise_cov``, ``mu``) or the data are noisy, P0 on noiseless data.
@@ -438,16 +453,10 @@ def clair(
     work = data.oriented(side)
     n_clients, p, q = work.shape
     given = GivenNoise.checked(sigma, noise_cov, noise_df, n_clients, p)
-    solve = functools.partial(
-        work.decompose,
-        lam=lam,
-        center=center,
-        weights=weights,
-        solver=solver,
-        **solver_options,
-    )
+    solve = _Solver(work, lam, center, weights, solver, solver_options)
     tol = solver_options.get("tol") or DEFAULT_TOL.get(solver, DEFAULT_TOL["proximal"])
     fit = _Fit.run(work, solve, mode, rank, given, mu, noiseless_threshold(tol))
+    fit.rules["lam"] = solve.describe(fit.mode)
     if refit == "trimmed":
         fit = fit.trimmed(
             given, center, select_rank=rank is None and fit.mode == "penalized"
@@ -497,6 +506,141 @@ def clair(
         shrinkage=shrinkage,
         detection_subspace=detection_subspace,
     )
+
+
+def shared_subspace(
+    updates: np.ndarray | LowRankUpdates,
+    rank: int,
+    *,
+    lam: float | str | None = None,
+    center: bool = False,
+    refit: str = "trimmed",
+    side: str = "left",
+    weights: np.ndarray | None = None,
+    solver: str = "proximal",
+    **solver_options,
+) -> tuple[np.ndarray, Decomposition | FactoredDecomposition, TrimmedFit | None]:
+    """Steps 1 and 2 of :func:`clair` by P0 at a given rank, with the refit of §3.6.
+
+    For pipelines that test the clients themselves (one verdict over the
+    modules of a LoRA adapter, :mod:`clair_stats.lora.adapters`): P0 (which
+    needs no noise level), A^ = the top-r left singular vectors of L^, then
+    (``refit="trimmed"``) the check against the least-trimmed-squares fit
+    with the noise level by the median rule, exactly as :func:`clair` does
+    between steps 2 and 3 (docs/pipeline.md §3.6), so that a coordinated
+    minority cannot pull A^.
+
+    Parameters
+    ----------
+    updates : array_like of shape (K, p, q), or LowRankUpdates
+        Theta^_k.
+    rank : int
+        r >= 1.
+    lam : float, "auto" or None
+        As in :func:`clair` (default None: c_lam / sqrt(K)).
+    center, refit, side, weights, solver, **solver_options
+        As in :func:`clair`.
+
+    Returns
+    -------
+    subspace : numpy.ndarray, shape (p, r)
+        A^ (of the transposes for ``side="right"``).
+    decomposition : Decomposition or FactoredDecomposition
+        Step 1 (on the transposes for ``side="right"``).
+    refit : TrimmedFit or None
+        The trimmed refit (None with ``refit="none"``); its energies are in
+        units of u^2 (:class:`ClairResult`).
+    """
+    check_choice(side, "side", SIDES)
+    check_choice(refit, "refit", REFITS)
+    rank = check_int(rank, "rank", 1)
+    work = as_updates(updates).oriented(side)
+    n_clients, p, _ = work.shape
+    solve = _Solver(work, lam, center, weights, solver, solver_options)
+    tol = solver_options.get("tol") or DEFAULT_TOL.get(solver, DEFAULT_TOL["proximal"])
+    fit = _Fit._at(
+        work, solve(mode="exact"), "exact", None, rank, noiseless_threshold(tol)
+    )
+    if refit == "trimmed":
+        fit = fit.trimmed(GivenNoise.checked(None, None, None, n_clients, p), center)
+    return fit.subspace, fit.decomposition, fit.refit
+
+
+class _Solver:
+    """Step 1's solves; with lam="auto" the first solve of each program picks
+    lam and the block weights (:func:`clair_stats.pipeline.lam.select_lam`),
+    which the later solves of that program reuse."""
+
+    def __init__(
+        self,
+        work: Updates,
+        lam: float | str | None,
+        center: bool,
+        weights: np.ndarray | None,
+        solver: str,
+        options: dict,
+    ) -> None:
+        if isinstance(lam, str) and lam != "auto":
+            raise ValueError(
+                f"lam must be a positive number, 'auto' or None, got {lam!r}."
+            )
+        self.work, self.lam, self.center = work, lam, center
+        self.weights, self.solver, self.options = weights, solver, options
+        self.selected: dict[str, LamSelection] = {}
+
+    def __call__(
+        self, mode: str, mu: float | None = None, pilot: bool = False
+    ) -> Decomposition | FactoredDecomposition:
+        """Solve ``mode``; a ``pilot`` solve (which only tells noiseless data from
+        noisy data and sets the first noise level) and P1 use c_lam / sqrt(K)
+        under lam="auto" (:meth:`describe`)."""
+        lam, weights = self.lam, self.weights
+        if lam == "auto" and (pilot or mode == "penalized"):
+            lam = None
+        elif lam == "auto":
+            if mode not in self.selected:
+                selection = select_lam(
+                    self.work.data,
+                    mode=mode,
+                    mu=mu,
+                    center=self.center,
+                    weights=weights,
+                    solver=self.solver,
+                    tol=self.options.get("tol"),
+                    max_iter=self.options.get("max_iter"),
+                )
+                self.selected[mode] = selection
+                return selection.decomposition
+            lam, weights = self.selected[mode].lam, self.selected[mode].weights
+        return self.work.decompose(
+            lam=lam,
+            mode=mode,
+            mu=mu,
+            center=self.center,
+            weights=weights,
+            solver=self.solver,
+            **self.options,
+        )
+
+    def describe(self, mode: str) -> str:
+        """How lam was set for ``mode``, in words."""
+        n_clients = self.work.shape[0]
+        if self.lam == "auto" and mode == "penalized":
+            return (
+                f"auto -> c_lam / sqrt(K) = {default_lam(n_clients):.5g} (P1, noisy "
+                "data: the test, not the support of S^, finds the contaminated "
+                "clients, and the refit of §3.6 guards A^; the path rule of P0 "
+                "has no exact plateau to find here)"
+            )
+        if self.lam == "auto":
+            chosen = self.selected[mode]
+            return (
+                f"auto -> {chosen.lam:.5g} (lam sqrt(K) = {chosen.c:.3g}; "
+                f"{chosen.n_solves} solves: {chosen.rule})"
+            )
+        if self.lam is None:
+            return f"None -> c_lam / sqrt(K) = {default_lam(n_clients):.5g}"
+        return f"{float(self.lam):.5g} (given)"
 
 
 def _check_options(
@@ -593,9 +737,16 @@ class _Fit:
             return fit
         # no noise level given: a pilot P0 (which needs none) tells noiseless
         # data from noisy data and gives the subspace of the first estimate
-        pilot = cls._at(work, solve(mode="exact"), "exact", None, rank, threshold)
+        pilot = cls._at(
+            work, solve(mode="exact", pilot=True), "exact", None, rank, threshold
+        )
         if rank is None:
             pilot = pilot.with_rank(pilot.pilot_rank())
+        if pilot.rho <= threshold and solve.lam == "auto":
+            # noiseless: P0 is the program, solved at the chosen lam
+            pilot = cls._at(work, solve(mode="exact"), "exact", None, rank, threshold)
+            if rank is None:
+                pilot = pilot.with_rank(pilot.pilot_rank())
         if pilot.rho <= threshold:
             if mode == "penalized":
                 raise ValueError(

@@ -341,6 +341,12 @@ def _off_fraction(
     """||P_perp (M_k - c^)||_F / ||M_k - c^||_F, P_perp off the span of ``basis``."""
     centred = data if res.center is None else data - res.center[None]
     n_clients = centred.shape[0]
+    # divided by a power of two near the largest entry (exact), so that the
+    # squares of block_norms neither underflow (updates of order 1e-300) nor
+    # overflow (1e300): the rule is then the same at every scale
+    top = float(np.max(np.abs(centred))) if centred.size else 0.0
+    if top > 0:
+        centred = centred / 2.0 ** np.round(np.log2(top))
     matrix = stack(centred)
     off = matrix - basis @ (basis.T @ matrix)
     norms = block_norms(matrix, n_clients)
