@@ -32,11 +32,18 @@ into W_0 for evaluation):
   contaminated clients keep their local update;
 * ``svd_refine``: plain SVD subspace of all K updates + the CLAIR refinement,
   every client collaborative (:func:`clair_stats.evaluation.baselines.svd_refine`);
-* ``clair``: CLAIR per module, one verdict per client (below), then the refinement
-  of every module with the module's A^ and the common S^;
-* ``oracle_clair``: the refinement with the true S and, per module, A = the top-r
-  left singular vectors of the benign clients' stacked updates (a trained network
-  has no "true" A; this is the subspace CLAIR would find with S known).
+* ``clair``: CLAIR per module, one verdict per client (below), then step 4 as
+  :func:`clair_stats.clair` does it (docs/pipeline.md §3.4): per module A^ refitted
+  on S^ and each client's in-subspace deviation from the mean shrunk by the
+  empirical-Bayes factor b_k (:func:`clair_stats.pipeline.refine.refine_clients`);
+* ``clair_paper``: the same verdict, then the paper's refinement
+  P_A^ Theta^_k + P_A^^perp Thetabar with the module's A^ (study versions 1-2's
+  ``clair``);
+* ``oracle_clair``: the paper's refinement with the true S and, per module, A = the
+  top-r left singular vectors of the benign clients' stacked updates (a trained
+  network has no "true" A; this is the subspace CLAIR would find with S known);
+* ``oracle_pooled``: step 4 of ``clair`` with the true S (its A^ is then the
+  oracle's A): what the refinement gives when detection is exact.
 
 FedAvg averages the dense products Delta W_k = s B_k A_k, not the factors.
 
@@ -143,8 +150,10 @@ METHODS = (
     "fedavg",
     "fedavg_benign",
     "svd_refine",
+    "clair_paper",
     "clair",
     "oracle_clair",
+    "oracle_pooled",
 )
 
 
@@ -470,11 +479,6 @@ def clair_per_module(
     )
 
 
-def _oracle(updates: np.ndarray, benign: np.ndarray, rank: int) -> np.ndarray:
-    """Refinement with the true S and A = top-r left singular vectors on S."""
-    return refine(updates, top_subspace(updates, rank, clients=benign), benign)
-
-
 def federate(
     updates: dict[str, np.ndarray], benign: np.ndarray, settings: Settings
 ) -> tuple[dict[str, dict[str, np.ndarray]], ClairVerdict]:
@@ -497,6 +501,13 @@ def federate(
     """
     rank = settings.clair_rank
     verdict = clair_per_module(updates, rank=rank, alpha=settings.clair_alpha)
+    paper = clair_per_module(
+        updates,
+        rank=rank,
+        alpha=settings.clair_alpha,
+        shrink="none",
+        final_subspace="detection",
+    )
     out: dict[str, dict[str, np.ndarray]] = {m: {} for m in METHODS}
     for name, stack in updates.items():
         out["pretrained"][name] = np.zeros_like(stack)
@@ -506,8 +517,11 @@ def federate(
         partial[benign] = stack[benign].mean(axis=0)
         out["fedavg_benign"][name] = partial
         out["svd_refine"][name] = svd_refine(stack, rank)
+        out["clair_paper"][name] = paper.refined[name]
         out["clair"][name] = verdict.refined[name]
-        out["oracle_clair"][name] = _oracle(stack, benign, rank)
+        oracle = top_subspace(stack, rank, clients=benign)
+        out["oracle_clair"][name] = refine(stack, oracle, benign)
+        out["oracle_pooled"][name] = refine_clients(stack, oracle, benign).refined
     return out, verdict
 
 

@@ -113,7 +113,10 @@ from clair_stats.experiments.study import (  # noqa: E402
 
 NAME = "copying"
 #: Bump when a change alters the results of :func:`run`.
-VERSION = "2"  # 2: CLAIR's verdict is clair_stats.lora.verdict (was a vote)
+#: 2: CLAIR's verdict is clair_stats.lora.verdict (was a vote); 3: A^ checked
+#: against the trimmed fit, step 4 refits A^ on S^ and pools in-subspace parts
+#: (clair_paper and oracle_pooled added)
+VERSION = "3"
 EXPERIMENTS = ("homogeneous", "heterogeneous")
 FULL = {"replicates": 100}
 #: The quick grid's settings (the full grid uses the defaults of ``Settings``).
@@ -126,8 +129,10 @@ STYLE = {
     "fedavg": ("FedAvg (all)", "tab:red"),
     "fedavg_benign": ("FedAvg (true benign set)", "tab:orange"),
     "svd_refine": ("SVD + refinement", "tab:purple"),
+    "clair_paper": ("CLAIR, the paper's refinement", "tab:cyan"),
     "clair": ("CLAIR", "tab:blue"),
     "oracle_clair": ("oracle CLAIR", "tab:green"),
+    "oracle_pooled": ("oracle CLAIR, step 4 pooled", "tab:olive"),
 }
 KIND_LABELS = {"other_swap": "other swap", "label_noise": "label noise"}
 
