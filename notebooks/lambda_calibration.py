@@ -16,7 +16,9 @@
 # federations
 # (random or orthogonal contamination), P0 is solved at every c = lam sqrt(K) of
 # a grid *on the same instances* (common random numbers) and at T1's theory
-# value c_T1 = 3 / (7 sqrt(gamma)). Exact recovery: converged, subspace error
+# value c_T1 = 3 / (7 sqrt(gamma)), and lam="auto" (`clair_stats.select_lam`,
+# docs/programs.md §3.1.7), which picks lam per instance from a path over lam
+# and reweights the flagged clients. Exact recovery: converged, subspace error
 # ||P_A^ - P_A||_F <= 1e-6, block support of S^ = the contaminated set and rank
 # of L^ = r. A regime's *working window* is the set of c with success on every
 # replicate. The report reads the stored full grid (288 regimes, 8 replicates)
@@ -44,10 +46,12 @@ study = script.build(args)
 table = script.windows_table(frame, study.configs)
 rec = script.recommendation(table)
 mode = "quick" if args.quick else "full"
+fixed = frame[frame["c_kind"] != "auto"]
 print(
     f"{mode} grid: {len(table)} regimes x ({len(script.C_GRID)} values of c + c_T1)"
-    f" x {table['replicates'].max()} replicates = {len(frame)} solves; solver time "
-    f"{frame['solve_seconds'].sum():.0f} s"
+    f" x {table['replicates'].max()} replicates = {len(fixed)} solves; solver time "
+    f"{fixed['solve_seconds'].sum():.0f} s; plus {len(frame) - len(fixed)} runs of "
+    "lam='auto'"
 )
 print(
     f"recommended c = {rec['best']:g}: in {rec['best_count']} of "
@@ -61,6 +65,19 @@ print(f"regimes with an empty window: {rec['uncovered']}")
 print(
     f"T1's c_T1 recovered on every replicate in {int(table['t1_ok'].sum())} of "
     f"{len(table)} regimes"
+)
+auto = script.auto_summary(frame, table)
+print(
+    f"lam='auto' recovered on every replicate in {auto['recovered']} of "
+    f"{auto['regimes']} regimes ("
+    + ", ".join(f"q={q}: {k}/{n}" for q, (k, n) in auto["per_q"].items())
+    + f"), {auto['empty_recovered']} of them with an empty window; it misses "
+    f"{len(auto['missed'])} regimes with a nonempty window"
+)
+print(
+    f"its cost: median {auto['solves'][0]:g} solves (max {auto['solves'][1]}); "
+    f"time over one solve at the chosen lam: median {auto['time_ratio'][0]:.1f}, "
+    f"90th percentile {auto['time_ratio'][1]:.1f}"
 )
 
 # %% [markdown]
@@ -85,7 +102,8 @@ for q in qs:
     default = counts.get(float(DEFAULT_C_LAM))
     print(
         f"q = {q}: {len(group)} regimes; the best c = {best:g} covers "
-        f"{counts[best]}, the default covers {default}; empty windows "
+        f"{counts[best]}, the default covers {default}, lam='auto' "
+        f"{int(group['auto_ok'].sum())}; empty windows "
         f"{sum(len(w) == 0 for w in group['window_values'])}"
     )
 sub = script.coverage_table(table, subspace_only=True).set_index("group")
@@ -98,7 +116,11 @@ print(
 # %% [markdown]
 # **Reading.** The per-q lines compare the best c of each q with the default:
 # the gap between them, and the number of regimes without any working c, is
-# what a single c_lam gives up. The last line separates the two requirements of
+# what a single c_lam gives up. The `auto` column of the table (and the
+# dash-dot lines of the figure, one per q) counts the regimes lam="auto"
+# recovers on every replicate: it chooses lam per instance, so it is not bound
+# to any one window, and its reweighting recovers regimes whose window is
+# empty. The last line separates the two requirements of
 # exact recovery: where the subspace count exceeds the exact count, the default
 # finds span(A) but not the contaminated set.
 
@@ -115,8 +137,8 @@ display(Image(filename=str(folder / "success_rate.png")))
 # ## Every regime's window
 #
 # Rows: regimes, grouped by q and K (within a group by p, r, gamma, type);
-# columns: c_T1 and the grid of c. Green cells are full success; a window is a
-# run of green cells.
+# columns: c_T1, lam="auto" and the grid of c. Green cells are full success; a
+# window is a run of green cells.
 
 # %%
 display(Image(filename=str(folder / "windows.png")))

@@ -97,7 +97,9 @@ so the pooled count's binomial interval is conservative for their mean rate).
 every c (columns), at c_T1 and at lam="auto"; the window of a regime is its run of
 full-rate cells. In ``coverage.png`` the dash-dot lines give, per q, the fraction
 of regimes lam="auto" recovers on every replicate. A ``--methods auto`` run writes
-``summary.md`` and ``windows.csv`` only (no grid to draw against).
+``summary.md`` and ``auto.csv`` only (no grid to draw against). ``auto.csv``
+holds lam="auto"'s rate per regime (``windows.csv`` and ``coverage.csv`` keep the
+grid's columns; the coverage table of ``summary.md`` has an ``auto`` column).
 
 A window is an empirical statement about the replicates run: "success rate 1" with
 n = 8 replicates is compatible with a true failure rate up to about 0.31 (one-sided
@@ -1059,7 +1061,9 @@ def _windows_figure(table: pd.DataFrame, folder: Path, note: str) -> None:
 
 
 def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
-    """Write ``summary.md``, ``windows.csv``, ``coverage.csv`` and the figures.
+    """Write ``summary.md``, ``windows.csv``, ``coverage.csv``, ``auto.csv`` (per
+    regime: lam="auto"'s success rate, and whether it recovered every replicate,
+    exactly and subspace-only) and the figures.
 
     Parameters
     ----------
@@ -1084,15 +1088,19 @@ def report(frame: pd.DataFrame, folder: Path, args: argparse.Namespace) -> None:
     table = windows_table(frame, study.configs)
     if table.empty:
         return
+    auto_columns = ["rate_auto", "auto_ok", "sub_auto_ok"]
+    table[[*REGIME, "label", "replicates", *auto_columns]].to_csv(
+        folder / "auto.csv", index=False
+    )
     if _auto_only(frame):  # --methods auto: no grid to draw against
-        table[[*REGIME, "label", "replicates", "rate_auto", "auto_ok"]].to_csv(
-            folder / "windows.csv", index=False
-        )
         return
-    table.drop(columns=["window_values", "sub_window_values"]).to_csv(
+    # windows.csv and coverage.csv keep the grid's columns; auto.csv has auto's
+    table.drop(columns=["window_values", "sub_window_values", *auto_columns]).to_csv(
         folder / "windows.csv", index=False
     )
-    coverage_table(table).to_csv(folder / "coverage.csv", index=False)
+    coverage_table(table).drop(columns=["auto"]).to_csv(
+        folder / "coverage.csv", index=False
+    )
     note = (
         f"{mode} grid, {len(table)} noiseless regimes, "
         f"{int(table['replicates'].max())} replicates each"

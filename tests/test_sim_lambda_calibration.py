@@ -271,4 +271,7 @@ def test_report_writes_summary_tables_and_figures(tmp_path) -> None:
         assert (tmp_path / name).stat().st_size > 0
     windows = pd.read_csv(tmp_path / "windows.csv")
     assert np.all(windows["rate_4"].between(0, 1))
-    assert windows["rate_auto"].tolist() == [1.0, 0.5, 1.0]
+    assert "rate_auto" not in windows
+    auto = pd.read_csv(tmp_path / "auto.csv")
+    assert auto["rate_auto"].tolist() == [1.0, 0.5, 1.0]
+    assert auto["auto_ok"].tolist() == [True, False, True]
