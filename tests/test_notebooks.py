@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 
 from clair_stats.experiments.reports import execute_notebook, notebook_paths
 from clair_stats.experiments.study import ResultStore
@@ -232,50 +233,229 @@ def check_lambda_calibration(grid, folder: Path, text: str, script) -> None:
         assert float(ceiling) == pytest.approx(math.sqrt(int(q) * int(k)), abs=5e-3)
 
 
+def _cell_keys(table: pd.DataFrame, keys: list[str]) -> list[tuple]:
+    """Each row's values of ``keys``, floats rounded (CSV floats may lose an ulp)."""
+    return [
+        tuple(round(v, 9) if isinstance(v, float) else v for v in row)
+        for row in table[keys].itertuples(index=False)
+    ]
+
+
 def check_oracle_gain(grid, folder: Path, text: str, script) -> None:
+    keys = script.CELL
     cells = read_table(
         folder,
         "summary.csv",
-        ["p", "r", "tau", "gamma", "q", "K", "eta_ratio", "method", "eta", "m"]
-        + ["G", "predicted", "mean", "lo", "hi", "n", "sign", "benign_flagged"],
+        [*keys, "method", "eta", "delta", "m", "G", "predicted", "mean", "lo", "hi"]
+        + ["n", "b", "sign", "benign_flagged"],
     )
-    n_cells = len(grid.study.configs)
+    configs = pd.DataFrame(grid.study.configs)
+    n_cells, reps = len(configs), grid.study.replicates
+    # one row per cell (the study's cell key) and method
     assert len(cells) == n_cells * len(script.METHODS)
-    assert (cells["n"] == grid.study.replicates).all()
-    assert ((cells["m"] >= 1) & (cells["m"] <= cells["K"])).all()
+    assert set(_cell_keys(cells, [*keys, "method"])) == {
+        (*cell, method)
+        for cell in _cell_keys(configs, keys)
+        for method in script.METHODS
+    }
+    assert (cells["n"] == reps).all()
     assert ordered(cells["lo"], cells["mean"], cells["hi"])
+    # the mean gain is the stored replicates' (the report reads the store)
+    stored = grid.frame.groupby([*keys, "method"], sort=True)["gain"].mean()
+    shown = cells.sort_values([*keys, "method"])["mean"].to_numpy()
+    np.testing.assert_allclose(shown, stored.to_numpy(), rtol=1e-9, atol=1e-12)
+    # m = |S|, one number per cell, in [1, K]
+    assert ((cells["m"] >= 1) & (cells["m"] <= cells["K"])).all()
+    assert (cells.groupby(keys)["m"].nunique() == 1).all()
+    # the two maps: heterogeneity (no common part) and homogeneous (a common
+    # part, eta = 0, q >= r)
+    assert set(cells["family"]) == {"heterogeneous", "homogeneous"}
+    hom = cells[cells["family"] == "homogeneous"]
+    assert (cells.loc[cells["family"] == "heterogeneous", "common"] == 0).all()
+    assert (hom["common"] > 0).all()
+    assert (hom["eta_ratio"] == 0).all()
+    assert (hom["q"] >= hom["r"]).all()
+    # eta = (eta / eta_0) tau sqrt((p - r) q), delta = (delta / tau) tau
+    eta0 = cells["tau"] * np.sqrt((cells["p"] - cells["r"]) * cells["q"])
+    np.testing.assert_allclose(cells["eta"], cells["eta_ratio"] * eta0, atol=1e-12)
+    np.testing.assert_allclose(
+        cells["delta"], cells["delta_ratio"] * cells["tau"], atol=1e-12
+    )
     # G / (p q tau^2) = (1 - r / p)(1 - 1 / m) lies in [0, 1 - r / p)
     rel = 1 - cells["r"] / cells["p"]
     assert ((cells["G"] >= 0) & (cells["G"] < rel)).all()
-    # the costs (heterogeneity; subspace when q (m - 1) >= r) only lower the gain
-    regular = cells["q"] * (cells["m"] - 1) >= cells["r"]
-    assert (cells.loc[regular, "predicted"] <= cells.loc[regular, "G"] + 1e-12).all()
-    # eta = (eta / eta_0) tau sqrt((p - r) q)
-    eta0 = cells["tau"] * np.sqrt((cells["p"] - cells["r"]) * cells["q"])
-    np.testing.assert_allclose(cells["eta"], cells["eta_ratio"] * eta0, atol=1e-12)
+
+    # the predictions, relative: (local - shrinkage_mse) / (p q tau^2)
+    pred = cells.pivot_table(index=keys, columns="method", values="predicted")
+    cols = ["p", "q", "r", "m", "tau", "eta", "delta", "G"]
+    cell = cells.groupby(keys)[cols].first().loc[pred.index]
+    unit = cell["p"] * cell["q"] * cell["tau"] ** 2
+    spread = 1 - 1 / cell["m"]
+    # the oracle (A and S known, b = 0): G - het, het = eta^2 (1 - 1/m)
+    het = cell["eta"] ** 2 * spread / unit
+    np.testing.assert_allclose(pred["oracle"], cell["G"] - het, atol=1e-12)
+    # FedAvg over S (b = 1): p q tau^2 / m + (r q delta^2 + eta^2)(1 - 1/m); at
+    # b = 1 nothing depends on A^, so CLAIR's b = 1 predicts the same
+    fedavg_mse = (
+        unit / cell["m"]
+        + (cell["r"] * cell["q"] * cell["delta"] ** 2 + cell["eta"] ** 2) * spread
+    )
+    np.testing.assert_allclose(pred["fedavg"], 1 - fedavg_mse / unit, atol=1e-12)
+    np.testing.assert_allclose(pred["clair_pool"], pred["fedavg"], atol=1e-12)
+    # with A known the first-order risk is smallest at b*: the pooled oracle
+    # predicts at least the better of keeping (b = 0) and pooling (b = 1)
+    keep_or_pool = np.maximum(pred["oracle"], pred["fedavg"])
+    assert (pred["oracle_pooled"] >= keep_or_pool - 1e-12).all()
+    # b = 0 with A^: the costs (heterogeneity; subspace when q (m - 1) >= r) only
+    # lower the gain; version 1's A^ and the refitted one predict alike
+    regular = cell["q"] * (cell["m"] - 1) >= cell["r"]
+    for method in ("clair_paper", "clair_keep"):
+        assert (pred.loc[regular, method] <= cell.loc[regular, "G"] + 1e-12).all()
+    np.testing.assert_allclose(pred["clair_keep"], pred["clair_paper"], atol=1e-12)
+
+    # the sign of the Monte Carlo gain against the prediction
     assert set(cells["sign"]) <= {"agrees", "disagrees", "inconclusive", "band"}
-    band = cells["predicted"].abs() < script.BAND * cells["G"]
+    predicted, lo, hi = cells["predicted"], cells["lo"], cells["hi"]
+    band = predicted.abs() < script.BAND * cells["G"]
+    agree = ((predicted > 0) & (lo > 0)) | ((predicted < 0) & (hi < 0))
+    disagree = ((predicted > 0) & (hi < 0)) | ((predicted < 0) & (lo > 0))
     assert ((cells["sign"] == "band") == band).all()
+    assert ((cells["sign"] == "agrees") == (agree & ~band)).all()
+    assert ((cells["sign"] == "disagrees") == (disagree & ~band)).all()
+    # the oracles' predictions are exact (A and S known; the pooled one up to
+    # the James-Stein excess <= 2 tau^2 / m, far inside the band of 0.25 G): an
+    # interval wholly on the other side of 0 would be an error of the formula
+    exact = cells[cells["method"].isin(("oracle", "oracle_pooled"))]
+    assert (exact["sign"] != "disagrees").all()
+    # summary.md counts the signs per method and predicted sign
+    side = np.where(predicted > 0, "gain", "loss").astype(object)
+    side[band.to_numpy()] = "~0 (band)"
+    counts = (
+        cells.assign(side=side)
+        .groupby(["method", "side"])["sign"]
+        .value_counts()
+        .unstack(fill_value=0)
+        .reindex(columns=["agrees", "disagrees", "inconclusive", "band"], fill_value=0)
+    )
+    rows = re.findall(
+        r"(?m)^\| (\w+) \| (gain|loss|~0 \(band\)) \| (\d+) \| (\d+) \| (\d+) \| "
+        r"(\d+) \|$",
+        (folder / "summary.md").read_text(),
+    )
+    assert len(rows) == len(counts)
+    for method, sign, *found in rows:
+        assert [int(f) for f in found] == counts.loc[(method, sign)].tolist()
+
+    # b: 0 for the paper's refinement and shrink="none", 1 for FedAvg, b^ in
+    # [0, 1] for the pooled ones (NaN: CLAIR kept no benign client)
+    b = cells.set_index("method")["b"]
+    assert (b.loc[["oracle", "clair_paper", "clair_keep"]] == 0).all()
+    assert (b.loc[["fedavg", "clair_pool"]] == 1).all()
+    assert in_unit_interval(b.loc[["oracle_pooled", "known_s"]])
+    assert in_unit_interval(b.loc["clair"].dropna())
     # the fraction of benign clients CLAIR's test flags, one value per cell
     assert in_unit_interval(cells["benign_flagged"])
-    per_cell = cells.groupby(["q", "K", "eta_ratio"])["benign_flagged"].nunique()
-    assert (per_cell == 1).all()
+    assert (cells.groupby(keys)["benign_flagged"].nunique() == 1).all()
 
-    qs, ks, etas = (grid_values(grid, k) for k in ("q", "K", "eta_ratio"))
-    assert (
-        f"quick grid: {n_cells} cells (q in {qs}, K in {ks}, eta / eta_0 in {etas}),"
-        f" {grid.study.replicates} replicates per cell" in text
+    # excess.csv: each pooled refinement against the better of its keep (b = 0)
+    # and pool (b = 1) on the same replicates, with the bound 4 tau^2 / m
+    excess = read_table(
+        folder,
+        "excess.csv",
+        [*keys, "m", "pooled", "better", "excess", "se", "bound", "t", "exceeds"],
     )
-    signs = numbers(
-        r"(\w+): sign as predicted in {x} of {x} scored cells, opposite in {x}", text
+    pairs = {pooled: (keep, pool) for pooled, keep, pool in script.EXCESS_PAIRS}
+    assert len(excess) == n_cells * len(pairs)
+    assert set(_cell_keys(excess, [*keys, "pooled"])) == {
+        (*cell, pooled) for cell in _cell_keys(configs, keys) for pooled in pairs
+    }
+    mse = grid.frame.pivot_table(
+        index=[*keys, "replicate"], columns="method", values="mse"
+    ).reset_index()
+    mse["cell"] = _cell_keys(mse, keys)
+    unit = excess["p"] * excess["q"] * excess["tau"] ** 2
+    for row, where, scale in zip(
+        excess.itertuples(index=False), _cell_keys(excess, keys), unit, strict=True
+    ):
+        keep, pool = pairs[row.pooled]
+        paired = mse[mse["cell"] == where]
+        assert len(paired) == reps
+        # the better of the two: the smaller mean MSE
+        better = keep if paired[keep].mean() <= paired[pool].mean() else pool
+        assert row.better == better, (where, row.pooled)
+        d = ((paired[row.pooled] - paired[better]) / scale).to_numpy()
+        assert row.excess == pytest.approx(d.mean(), rel=1e-9, abs=1e-12)
+        se = d.std(ddof=1) / np.sqrt(reps)
+        assert row.se == pytest.approx(se, rel=1e-9, abs=1e-12)
+    # 4 tau^2 / m relative to p q tau^2
+    bound = 4 / (excess["m"] * excess["p"] * excess["q"])
+    np.testing.assert_allclose(excess["bound"], bound, rtol=1e-9)
+    # exceeds: (excess - bound) / SE above the Bonferroni one-sided quantile
+    z = scipy.stats.norm.isf(script.EXCESS_LEVEL / n_cells)
+    spread_ok = excess["se"] > 0
+    t = (excess["excess"] - excess["bound"]) / excess["se"]
+    np.testing.assert_allclose(excess.loc[spread_ok, "t"], t[spread_ok], rtol=1e-9)
+    assert (excess["exceeds"] == (excess["t"] > z)).all()
+    # with A, S and tau known the Stein/Lindley bound holds for every theta
+    # (docs/claims.md §4.5): the oracle pair never exceeds it
+    assert not excess.loc[excess["pooled"] == "oracle_pooled", "exceeds"].any()
+
+    # what the report prints
+    per_family = configs["family"].value_counts()
+    header = re.search(
+        rf"quick grid: {n_cells} cells \(([\w ,]+)\), {reps} replicates per cell "
+        rf"\(({NUMBER}) s of computing\)\.",
+        text,
     )
-    assert {s[0] for s in signs} == set(script.METHODS)
-    for method, agree, scored, disagree in signs:
-        rows = cells[(cells["method"] == method) & (cells["sign"] != "band")]
-        assert int(scored) == len(rows)
-        assert int(agree) + int(disagree) <= int(scored)
-    for (inside,) in numbers(r"contains (?:the prediction|it) in {x} of ", text):
-        assert 0 <= int(inside) <= n_cells
+    assert header, "the report prints no grid line"
+    found = dict(part.rsplit(" ", 1) for part in header.group(1).split(", "))
+    assert {f: int(n) for f, n in found.items()} == per_family.to_dict()
+    once = grid.frame.drop_duplicates(["replicate", *keys])
+    assert float(header.group(2)) == pytest.approx(once["seconds"].sum(), abs=0.51)
+    # CLAIR's default against version 1, per (family, q, K), over the cells
+    # where the refinement is meant to be used
+    wide = cells.pivot_table(index=keys, columns="method", values="mean")
+    wide = wide.reset_index()
+    useful = wide[(wide["family"] == "homogeneous") | (wide["eta_ratio"] < 1)]
+    change = useful.groupby(["family", "q", "K"])[["clair", "clair_paper"]].mean()
+    change = change["clair"] - change["clair_paper"]
+    ((low, high),) = numbers(
+        r"CLAIR's default - version 1 \(relative gain\), over the cells shown: "
+        r"{x} to {x}",
+        text,
+    )
+    assert float(low) == pytest.approx(change.min(), abs=5e-4)
+    assert float(high) == pytest.approx(change.max(), abs=5e-4)
+    # Monte Carlo - prediction in units of G, and the cells whose 95% interval
+    # contains the prediction, per method
+    gaps = numbers(
+        r"(\w+): Monte Carlo - prediction from {x} G to {x} G; 95% interval "
+        r"contains the prediction in {x} of {x} cells",
+        text,
+    )
+    assert [g[0] for g in gaps] == list(script.METHODS)
+    for method, low, high, inside, total in gaps:
+        rows = cells[cells["method"] == method]
+        gap = (rows["mean"] - rows["predicted"]) / rows["G"]
+        covered = (rows["lo"] <= rows["predicted"]) & (rows["predicted"] <= rows["hi"])
+        assert float(low) == pytest.approx(gap.min(), abs=5e-4), method
+        assert float(high) == pytest.approx(gap.max(), abs=5e-4), method
+        assert int(total) == n_cells
+        assert int(inside) == int(covered.sum()), method
+    # the pooled refinements against the bound, as excess.csv has them
+    lines = numbers(
+        r"(\w+): excess / bound at most {x} \(over {x} cells\); cells exceeding "
+        r"the bound: {x}; better of the two is pooling in {x}",
+        text,
+    )
+    assert [line[0] for line in lines] == list(pairs)
+    for pooled, worst, over, exceeding, pooling in lines:
+        rows = excess[excess["pooled"] == pooled]
+        ratio = (rows["excess"] / rows["bound"]).max()
+        assert float(worst) == pytest.approx(ratio, abs=5e-3), pooled
+        assert int(over) == n_cells
+        assert int(exceeding) == int(rows["exceeds"].sum())
+        assert int(pooling) == int((rows["better"] == pairs[pooled][1]).sum())
 
 
 def check_phase_transition(grid, folder: Path, text: str, script) -> None:
@@ -558,8 +738,8 @@ FILES = {
     "fig1_subspace_error": ["subspace_error.png", "error_ratio.png", "summary.md"],
     "lambda_calibration": ["coverage.png", "success_rate.png", "windows.png"]
     + ["summary.md"],
-    "oracle_gain": ["gain_map.png", "gain_vs_eta.png", "benign_flagged.png"]
-    + ["summary.md"],
+    "oracle_gain": ["gain_map.png", "gain_map_homogeneous.png", "gain_vs_eta.png"]
+    + ["gain_vs_delta.png", "benign_flagged.png", "summary.md"],
     "phase_transition": ["success_gamma_r.png", "success_t1_lam.png"]
     + ["success_gamma_lam.png", "summary.md"],
     "robustness": ["error_by_type.png", "worst_case.png", "worst_case.md"],
