@@ -76,6 +76,19 @@ c > sqrt(mu r / (1 - gamma)) (the largest benign ||V_k||_F exceeds lam) and flag
 benign clients. Over the non-``scaled`` instances, where the condition held exact
 recovery succeeded in 88% with no benign client flagged at all; where it failed, in
 8%, with 10.2 benign clients flagged on average (``leverage_table``).
+
+**lam="auto"** (version 2, full grid, 10 replicates; 66 minutes of wall time on
+the shared machine next to another study). On the 954 instances (all types but
+``scaled``) whose largest benign ||V_k||_F exceeds 4 / sqrt(K), exact recovery
+at lam="auto" in 839, at the default in 78 (0.58 benign clients flagged per
+instance against 10.2): ``margin`` 242 of 242, ``orthogonal`` 224 of 234,
+``random`` 239 of 240, ``subspace`` 134 of 238. On the other 1,566 instances,
+1,442 against 1,386. ``random``, ``orthogonal`` and ``margin`` are recovered on
+every replicate up to gamma = 0.5 at every r (0.4 at r = 10 for the first two,
+where the rule falls back to c = 4 on 11 instances at gamma = 0.5);
+``subspace`` up to gamma = 0.1-0.2. ``scaled`` clients (in span(A)) are never
+flagged by the rule (0 exact against 137 at the default; the subspace is
+recovered on all). Median 9 solves per instance (at most 12).
 """
 
 from __future__ import annotations

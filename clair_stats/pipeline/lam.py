@@ -218,15 +218,15 @@ def select_lam(
 
     Notes
     -----
-    Cost: the path's solves plus one, at most ``max_path`` + 1 in practice
-    (12 + 1 by default). Measured on the full grid of the calibration study
+    Cost: the path's solves plus one, at most ``max_path`` + 1 (13 by
+    default). Measured on the full grid of the calibration study
     (noiseless P0, 2,304 instances, each timed against one plain solve at the
-    chosen lam right after it): a median of 9 solves (at most 12) and 9.8
-    times the time of one solve (90th percentile 31; the points near the
-    ceiling converge slowest); on 120 noisy P1 draws a median of 6 solves and
-    3.7 times one solve at c = 4; with ``center=True`` 11 solves and 18 times
-    one solve; on factored updates 10 solves and 6 times one core solve
-    (docs/programs.md §3.1.7).
+    chosen lam right after it): a median of 9 solves (at most 12; 7 at q = 1,
+    11 at q = 10) and 9.5 times the time of one solve (90th percentile 28.5;
+    the points near the ceiling converge slowest); on 120 noisy P1 draws a
+    median of 6 solves and 3.7 times one solve at c = 4; with ``center=True``
+    11 solves and 18 times one solve; on factored updates 10 solves and 6
+    times one core solve (docs/programs.md §3.1.7).
 
     The rule assumes a benign majority and contamination that stands out of
     the shared subspace (delta_k > 0, docs/model.md §2): clients inside
