@@ -212,12 +212,19 @@ def check_lambda_calibration(grid, folder: Path, text: str, script) -> None:
     assert coverage.loc[coverage["group"] == "all", "n"].item() == n_regimes
     assert "## Recommendation" in (folder / "summary.md").read_text()
 
-    solves = len(grid.frame)
-    assert solves == len(grid.study.tasks()) * (len(script.C_GRID) + 1)
+    # one row per (replicate, c of the grid), one for c_T1 and one for lam="auto"
+    rows = len(grid.frame)
+    assert rows == len(grid.study.tasks()) * (len(script.C_GRID) + 2)
+    fixed = rows - len(grid.study.tasks())
     assert (
         f"quick grid: {n_regimes} regimes x ({len(script.C_GRID)} values of c + c_T1)"
-        f" x {grid.study.replicates} replicates = {solves} solves" in text
+        f" x {grid.study.replicates} replicates = {fixed} solves" in text
     )
+    ((auto_ok, auto_regimes),) = numbers(
+        r"lam='auto' recovered on every replicate in {x} of {x} regimes", text
+    )
+    assert int(auto_regimes) == n_regimes
+    assert 0 <= int(auto_ok) <= n_regimes
     ((best, best_count),) = numbers(
         r"recommended c = {x}: in {x} of " + f"{n_regimes} windows", text
     )
