@@ -301,8 +301,14 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     seconds = time.perf_counter() - start
     if result.test is None or result.test.method != "empirical":
         raise RuntimeError(f"clair did not run the empirical null: {result!r}")
-    # the energies clair tested, at its A^: they must give its own z-scores
-    energy = off_subspace_energy(updates, result.subspace)
+    # the energies clair tested, at the A^ of its step 3 (step 4 refits A^ on
+    # S^ afterwards): they must give its own z-scores
+    tested = (
+        result.subspace
+        if result.detection_subspace is None
+        else result.detection_subspace
+    )
+    energy = off_subspace_energy(updates, tested)
     empirical = empirical_energy_test(energy, alpha=ALPHA)
     if not np.allclose(
         empirical.statistics, result.statistics, rtol=CHECK_RTOL, atol=CHECK_RTOL
@@ -311,7 +317,7 @@ def run(config: dict[str, Any], seed: int) -> list[dict[str, Any]]:
     chi2 = energy_test(energy, (P - R) * Q, alpha=ALPHA)
     shared = {
         "n_contaminated": int(bad.sum()),
-        "subspace_error": projection_distance(result.subspace, sample.subspace),
+        "subspace_error": projection_distance(tested, sample.subspace),
         "sigma_ratio": float(result.noise.sd[0] / np.median(true_sd[~bad])),
         "converged": not any(
             issubclass(w.category, ConvergenceWarning) for w in caught

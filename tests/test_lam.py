@@ -227,7 +227,7 @@ def test_invalid_inputs_get_clear_errors(high_leverage):
         select_lam(updates, reweight=0.0)
     with pytest.raises(ValueError, match="weights"):
         select_lam(updates, weights=np.ones(3))
-    with pytest.raises(ValueError, match="'auto'"):
+    with pytest.raises(TypeError, match="'auto'"):
         decompose(updates, lam="automatic")
     first = decompose(updates)
     with pytest.raises(ValueError, match="omit init"):

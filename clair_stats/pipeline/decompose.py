@@ -254,7 +254,10 @@ def _decompose_auto(
     from clair_stats.pipeline.lam import select_lam
 
     if lam != "auto":
-        raise ValueError(f"lam must be a positive number, None or 'auto', got {lam!r}.")
+        raise TypeError(
+            f"lam must be a positive real number, None or 'auto', not the str "
+            f"{lam!r}; pass float({lam!r}) for a number."
+        )
     if init is not None:
         raise ValueError(
             "lam='auto' runs its own warm-started path over lam; omit init, or "

@@ -581,8 +581,9 @@ class _Solver:
         options: dict,
     ) -> None:
         if isinstance(lam, str) and lam != "auto":
-            raise ValueError(
-                f"lam must be a positive number, 'auto' or None, got {lam!r}."
+            raise TypeError(
+                f"lam must be a positive real number, None or 'auto', not the str "
+                f"{lam!r}; pass float({lam!r}) for a number."
             )
         self.work, self.lam, self.center = work, lam, center
         self.weights, self.solver, self.options = weights, solver, options
