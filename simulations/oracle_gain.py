@@ -584,7 +584,12 @@ def excess_table(frame: pd.DataFrame) -> pd.DataFrame:
             n = d.size
             se = float(np.std(d, ddof=1) / np.sqrt(n)) if n > 1 else np.nan
             excess = float(d.mean())
-            t = (excess - bound) / se if se > 0 else -np.inf
+            if se > 0:
+                t = (excess - bound) / se
+            elif se == 0:  # every paired difference equal: the excess is exact
+                t = np.inf if excess > bound else -np.inf
+            else:  # one replicate: nothing to test against
+                t = np.nan
             row = dict(zip(CELL, cell, strict=True))
             row.update(
                 m=int(m.loc[cell]),
