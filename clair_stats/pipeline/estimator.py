@@ -68,7 +68,7 @@ from clair_stats.pipeline.refine import (
     copy_groups,
     distinct_weights,
     exact_copies,
-    shrinkage_factors,
+    in_subspace_shrinkage,
 )
 from clair_stats.pipeline.subspace import estimate_subspace
 from clair_stats.pipeline.trimmed import (
@@ -1402,16 +1402,8 @@ def _shrinkage(
     r q sigma_k^2 (``sigma``), else r q sigma^2 with sigma^ the median rule at A^.
     """
     n_clients, p, q = fit.work.shape
-    members = np.flatnonzero(collaborative)
     if pool is None or fit.rank == 0:
         return None, "none (" + ("S^ is empty)" if pool is None else "r = 0)")
-    if shrink == "none" or not isinstance(shrink, str):
-        b = 0.0 if shrink == "none" else float(shrink)
-        factors = np.where(collaborative, b, 0.0)
-        zeros = np.zeros(n_clients)
-        return Shrinkage(factors, np.nan, zeros, np.nan, np.nan), (
-            f"{'none' if shrink == 'none' else 'given'} (b = {b:.3g} for all of S^)"
-        )
     rank = fit.rank
     if given.cov is not None:
         inside = np.einsum("pr,kps,sr->k", fit.subspace, given.cov, fit.subspace)
@@ -1421,23 +1413,28 @@ def _shrinkage(
         sd = given.sd if given.sd is not None else fit.median_sd()
         noise = rank * q * (np.broadcast_to(sd, (n_clients,)) / fit.unit) ** 2
         source = given.source if given.sd is not None else "sigma^ by the median rule"
-    empty = np.zeros((p, 0))
-    total = fit.work.residual_gram(fit.decomposition, empty, None, fit.unit)
-    outside = fit.work.residual_gram(fit.decomposition, fit.subspace, None, fit.unit)
-    gram = (total - outside)[np.ix_(members, members)]
-    weights = pool[members] / pool[members].sum()
-    found = shrinkage_factors(gram, noise[members], weights, rank * q)
-    factors = np.zeros(n_clients)
-    factors[members] = found.factors
-    noise_full = np.zeros(n_clients)
-    noise_full[members] = found.noise
     # energies in units of u^2, as the refit's (a scale of 1e300 squares to inf)
-    result = Shrinkage(factors, found.between, noise_full, found.spread, found.dof)
+    result = in_subspace_shrinkage(
+        fit.work,
+        fit.subspace,
+        collaborative,
+        pool,
+        noise,
+        shrink,
+        decomposition=fit.decomposition,
+        scale=fit.unit,
+    )
+    if not (isinstance(shrink, str) and shrink == "auto"):
+        b = 0.0 if shrink == "none" else float(shrink)
+        return result, (
+            f"{'none' if shrink == 'none' else 'given'} (b = {b:.3g} for all of S^)"
+        )
+    kept = result.factors[collaborative]
     return result, (
         f"auto (empirical Bayes: b_k = v_k / (v_k + T^), T^ = "
         f"{result.between:.4g} the in-subspace spread beyond noise, v_k the "
         f"in-subspace noise energy from {source}; b_k in "
-        f"[{found.factors.min():.3g}, {found.factors.max():.3g}] over S^)"
+        f"[{kept.min():.3g}, {kept.max():.3g}] over S^)"
     )
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "copy_groups",
     "distinct_weights",
     "exact_copies",
+    "in_subspace_shrinkage",
     "refine",
     "refine_clients",
     "shrinkage_factors",
@@ -356,6 +357,68 @@ def distinct_weights(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return 1.0 / sizes[groups], groups
 
 
+def in_subspace_shrinkage(
+    work,
+    subspace: np.ndarray,
+    collaborative: np.ndarray,
+    pool: np.ndarray,
+    noise: np.ndarray,
+    shrink: str | float,
+    *,
+    decomposition=None,
+    scale: float = 1.0,
+) -> Shrinkage:
+    """b_k over S^ by the rule of ``shrink`` (0 outside S^).
+
+    ``"auto"``: :func:`shrinkage_factors` on the in-subspace Gram matrix of S^,
+    <P_A Theta^_j, P_A Theta^_k> = the full Gram minus the off-subspace one
+    (:meth:`clair_stats.pipeline.paths.Updates.residual_gram`, so factored
+    updates are never multiplied out), with the noise energies v_k =
+    ``noise``; ``"none"`` or a number: that b for every client of S^.
+
+    Parameters
+    ----------
+    work : Updates
+        The (oriented) updates.
+    subspace : numpy.ndarray, shape (p, r)
+        A^.
+    collaborative : numpy.ndarray of bool, shape (K,)
+        S^, not empty.
+    pool : numpy.ndarray, shape (K,)
+        pi_k, summing to one over S^.
+    noise : numpy.ndarray, shape (K,)
+        v_k, in the units of the Gram matrix (``scale`` squared).
+    shrink : {"auto", "none"} or float
+    decomposition, scale
+        Passed to ``residual_gram``.
+
+    Returns
+    -------
+    Shrinkage
+        With arrays of shape (K,).
+    """
+    n_clients, _, q = work.shape
+    if not (isinstance(shrink, str) and shrink == "auto"):
+        b = 0.0 if shrink == "none" else float(shrink)
+        factors = np.where(collaborative, b, 0.0)
+        return Shrinkage(factors, np.nan, np.zeros(n_clients), np.nan, np.nan)
+    members = np.flatnonzero(collaborative)
+    empty = np.zeros((subspace.shape[0], 0))
+    total = work.residual_gram(decomposition, empty, None, scale)
+    outside = work.residual_gram(decomposition, subspace, None, scale)
+    found = shrinkage_factors(
+        (total - outside)[np.ix_(members, members)],
+        noise[members],
+        pool[members] / pool[members].sum(),
+        subspace.shape[1] * q,
+    )
+    factors = np.zeros(n_clients)
+    factors[members] = found.factors
+    energies = np.zeros(n_clients)
+    energies[members] = found.noise
+    return Shrinkage(factors, found.between, energies, found.spread, found.dof)
+
+
 @dataclass(frozen=True)
 class Refinement:
     """What :func:`refine_clients` returns.
@@ -480,22 +543,8 @@ def refine_clients(
             from clair_stats.pipeline.trimmed import subset_fit
 
             subspace, _ = subset_fit(work.data, collaborative, rank, weights=pool)
-    if isinstance(shrink, str) and shrink == "auto":
-        empty = np.zeros((p, 0))
-        total = work.residual_gram(None, empty, None)
-        gram = (total - work.residual_gram(None, subspace, None))[
-            np.ix_(members, members)
-        ]
-        found = shrinkage_factors(
-            gram, rank * q * sd[members] ** 2, pool[members], rank * q
-        )
-        factors = np.zeros(n_clients)
-        factors[members] = found.factors
-        noise = np.zeros(n_clients)
-        noise[members] = found.noise
-        shrinkage = Shrinkage(factors, found.between, noise, found.spread, found.dof)
-    else:
-        b = 0.0 if shrink == "none" else float(shrink)
-        factors = np.where(collaborative, b, 0.0)
-        shrinkage = Shrinkage(factors, np.nan, np.zeros(n_clients), np.nan, np.nan)
+    noise = rank * q * sd**2
+    shrinkage = in_subspace_shrinkage(
+        work, subspace, collaborative, pool, noise, shrink
+    )
     return Refinement(finish(subspace, shrinkage.factors, pool), subspace, shrinkage)

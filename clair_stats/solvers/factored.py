@@ -409,6 +409,7 @@ def refine_factored(
     )
     keep = s_d > s_d.size * np.finfo(float).eps * (s_d[0] if s_d.size else 0.0)
     u_d, s_d, v_d = u_d[:, keep], s_d[keep], vt_d[keep].T
+    mean_inside = a_c.T @ mean  # A_c^T Q^T Thetabar W, for the pooled clients
     outer = np.hstack([a_c, u_d])  # orthonormal: U_D lies in the complement of A_c
     small_b, small_a = {}, {}
     for k in members:
@@ -418,7 +419,7 @@ def refine_factored(
         # part of row(w_k) outside span(V_D):  F = [[w V_D, T^T], [Sigma_D, 0]]
         w = (a_c.T @ left[:, sl]) @ right[sl]
         if pooled[k] > 0:  # pool a share b_k of the in-subspace deviation
-            w = (1.0 - pooled[k]) * w + pooled[k] * (a_c.T @ mean)
+            w = (1.0 - pooled[k]) * w + pooled[k] * mean_inside
         inside = w @ v_d
         o_k, t_k = np.linalg.qr(w.T - v_d @ inside.T)
         middle = np.zeros((outer.shape[1], v_d.shape[1] + o_k.shape[1]))
