@@ -79,3 +79,14 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``ClairStrategy`` on first use: it imports Flower (the ``flower`` extra),
+    which ``import clair_stats`` does not. It is not in ``__all__``, so that
+    ``from clair_stats import *`` works without the extra."""
+    if name == "ClairStrategy":
+        from clair_stats.flower.strategy import ClairStrategy
+
+        return ClairStrategy
+    raise AttributeError(f"module 'clair_stats' has no attribute {name!r}")

@@ -116,3 +116,21 @@ def test_clair_adapters_without_safetensors_names_the_extra(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "pip install 'clair_stats[lora]'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_clair_strategy_says_which_extra_to_install():
+    code = BLOCK + textwrap.dedent(
+        """
+        import clair_stats
+        from clair_stats import *  # the strategy is not in __all__
+        from clair_stats.flower import ClientHistory  # numpy only
+        try:
+            clair_stats.ClairStrategy
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "pip install 'clair_stats[flower]'" in out.stdout
