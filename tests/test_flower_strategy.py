@@ -440,3 +440,34 @@ def test_strategy_refuses_options_it_sets(flwr_app):
         ClairStrategy(clair_options={"alpha": 0.1})
     with pytest.raises(ValueError, match="side"):
         ClairStrategy(side="middle")
+
+
+def test_strategy_evaluation_leaves_faulty_replies_out(flwr_app, caplog):
+    from clair_stats.flower import ClairStrategy
+
+    def reply(node, metrics=None, error=None):
+        instruction = flwr_app.Message(
+            content=flwr_app.RecordDict({"config": flwr_app.ConfigRecord()}),
+            dst_node_id=node,
+            message_type=flwr_app.MessageType.EVALUATE,
+        )
+        if error is not None:
+            return flwr_app.Message(
+                error=flwr_app.Error(code=0, reason=error), reply_to=instruction
+            )
+        content = flwr_app.RecordDict({"metrics": flwr_app.MetricRecord(metrics)})
+        return flwr_app.Message(content=content, reply_to=instruction)
+
+    replies = [
+        reply(1, {"num-examples": 10, "accuracy": 0.5}),
+        reply(2, {"num-examples": 30, "accuracy": 0.9}),
+        reply(3, {"accuracy": 0.0}),
+        reply(4, error="crashed"),
+    ]
+    logging.getLogger("flwr").propagate = True
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        metrics = ClairStrategy().aggregate_evaluate(1, replies)
+    assert metrics["accuracy"] == pytest.approx((10 * 0.5 + 30 * 0.9) / 40)
+    assert "evaluation reply of node 3 left out" in caplog.text
+    assert "evaluation reply of node 4 left out" in caplog.text
+    assert ClairStrategy().aggregate_evaluate(1, replies[2:]) is None

@@ -439,6 +439,54 @@ class ClairStrategy(FedAvg):
         self._log(report)
         return aggregate, self._metrics(report, contents, collaborative)
 
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Average the evaluation metrics as FedAvg does, over the valid replies.
+
+        A reply that is an error or has no positive ``weighted_by_key`` is left
+        out with a log line (FedAvg would stop the aggregation of every reply).
+
+        Parameters
+        ----------
+        server_round : int
+        replies : iterable of Message
+
+        Returns
+        -------
+        MetricRecord or None
+        """
+        kept = []
+        for message in replies:
+            node = int(message.metadata.src_node_id)
+            reason = (
+                f"the reply is an error ({message.error.reason})"
+                if message.has_error()
+                else _weight(message.content, self.weighted_by_key)
+            )
+            if isinstance(reason, str):
+                log(
+                    WARNING,
+                    "ClairStrategy: round %d: evaluation reply of node %d left out: %s",
+                    server_round,
+                    node,
+                    reason,
+                )
+                continue
+            kept.append(message.content)
+        if not kept:
+            return None
+        try:
+            return self.evaluate_metrics_aggr_fn(kept, self.weighted_by_key)
+        except (TypeError, ValueError, KeyError) as exc:
+            log(
+                WARNING,
+                "ClairStrategy: round %d: evaluation metrics not aggregated (%s)",
+                server_round,
+                exc,
+            )
+            return None
+
     def _check(self, replies: Iterable[Message]):
         """Valid replies (sorted by node id) and the reasons for the others."""
         left_out: dict[int, str] = {}
