@@ -471,3 +471,24 @@ def test_strategy_evaluation_leaves_faulty_replies_out(flwr_app, caplog):
     assert "evaluation reply of node 3 left out" in caplog.text
     assert "evaluation reply of node 4 left out" in caplog.text
     assert ClairStrategy().aggregate_evaluate(1, replies[2:]) is None
+
+
+def test_strategy_outlives_a_failure_of_clair(flwr_app, caplog, monkeypatch):
+    from clair_stats.flower import ClairStrategy, strategy
+
+    def broken(*args, **kwargs):
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(strategy, "round_verdict", broken)
+    clients = _federation()
+    nodes = list(range(len(clients)))
+    logging.getLogger("flwr").propagate = True
+    with caplog.at_level(logging.ERROR, logger="flwr"):
+        arrays, metrics = ClairStrategy().aggregate_train(
+            1, [_reply(flwr_app, n, c) for n, c in zip(nodes, clients, strict=True)]
+        )
+    assert "CLAIR failed (LinAlgError: SVD did not converge)" in caplog.text
+    assert metrics["clair-tested"] == 0.0
+    expected = global_arrays(clients, ArrayLayout.of(clients[0]), np.ones(10, bool))
+    for key, value in expected.items():
+        np.testing.assert_allclose(arrays[key].numpy(), value)

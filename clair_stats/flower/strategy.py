@@ -37,7 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 
 import numpy as np
 
@@ -361,14 +361,30 @@ class ClairStrategy(FedAvg):
             self.rounds.append(_empty_report(server_round, left_out))
             return None, None
         layout = ArrayLayout.of(clients[0])
-        verdict = round_verdict(
-            clients,
-            layout,
-            alpha=self.alpha,
-            side=self.side,
-            clair_options=self.clair_options,
-        )
-        if verdict is None:
+        try:
+            verdict = round_verdict(
+                clients,
+                layout,
+                alpha=self.alpha,
+                side=self.side,
+                clair_options=self.clair_options,
+            )
+            failed = None
+        except Exception as exc:  # a server must outlive one bad round
+            verdict, failed = None, exc
+        if failed is not None:
+            log(
+                ERROR,
+                "ClairStrategy: round %d: CLAIR failed (%s: %s); no test this round: "
+                "the global arrays are the mean over the clients the history does "
+                "not exclude, and every client keeps its own arrays",
+                server_round,
+                type(failed).__name__,
+                failed,
+            )
+            flagged = np.zeros(n_clients, dtype=bool)
+            p_values = np.full(n_clients, np.nan)
+        elif verdict is None:
             log(
                 WARNING,
                 "ClairStrategy: round %d: %d valid repl%s, CLAIR needs %d; no test "
@@ -394,12 +410,21 @@ class ClairStrategy(FedAvg):
         )
         excluded = flagged | by_history
         collaborative = ~excluded
+        personal = [dict(c) for c in clients]
         if verdict is not None and collaborative.any():
-            personal = refine_round(
-                clients, layout, verdict, collaborative, side=self.side
-            )
-        else:
-            personal = [dict(c) for c in clients]
+            try:
+                personal = refine_round(
+                    clients, layout, verdict, collaborative, side=self.side
+                )
+            except Exception as exc:  # a server must outlive one bad round
+                log(
+                    ERROR,
+                    "ClairStrategy: round %d: the refinement failed (%s: %s); every "
+                    "client keeps its own arrays this round",
+                    server_round,
+                    type(exc).__name__,
+                    exc,
+                )
         for node, arrays in zip(nodes, personal, strict=True):
             self._personal[node] = arrays
         aggregate = None
