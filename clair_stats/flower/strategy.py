@@ -295,7 +295,7 @@ class ClairStrategy(FedAvg):
         self, messages: Iterable[Message], message_type: str
     ) -> list[Message]:
         messages = list(messages)
-        if not self.personalise or not self._personal:
+        if not self.personalise or not self._personal or not messages:
             return messages
         out, sent = [], 0
         for message in messages:
