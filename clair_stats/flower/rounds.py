@@ -43,7 +43,7 @@ from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.validation import check_alpha, check_choice
 from clair_stats.flower.layout import ArrayLayout
 from clair_stats.pipeline.estimator import ClairResult, clair
-from clair_stats.pipeline.multitest import reject
+from clair_stats.pipeline.multitest import reject_present
 
 __all__ = [
     "MIN_CLIENTS",
@@ -277,19 +277,14 @@ def _combine(tests: list[ModuleTest], n_clients: int, alpha: float) -> RoundVerd
         else:
             supported[m, test.clients] = True
             support[m, test.clients] = test.result.flagged
-    present = ~np.isnan(p)
-    rejected = np.zeros(p.shape, dtype=bool)
-    adjusted = np.full_like(p, np.nan)
-    if present.any():
-        # row-major over the pairs there are: with none missing, all K x M
-        rejected[present], adjusted[present] = reject(p[present], alpha, "holm")
+    # Holm over the pairs there are (with none missing, all K x M)
+    rejected, adjusted, from_tests = reject_present(p, alpha, "holm")
     rejected |= support
-    from_tests = np.where(present, adjusted, np.inf).min(axis=0)
-    from_support = np.where(supported, np.where(support, 0.0, 1.0), np.inf).min(axis=0)
-    combined = np.minimum(from_tests, from_support)
+    from_support = np.where(supported, np.where(support, 0.0, 1.0), np.nan)
+    combined = np.fmin(from_tests, np.fmin.reduce(from_support, axis=0))
     return RoundVerdict(
         flagged=rejected.any(axis=0),
-        p_values=np.where(np.isfinite(combined), combined, np.nan),
+        p_values=combined,
         module_p_values=p,
         adjusted_p_values=adjusted,
         rejected=rejected,

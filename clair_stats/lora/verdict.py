@@ -93,7 +93,7 @@ import numpy as np
 
 from clair_stats.core.validation import check_alpha
 from clair_stats.pipeline.empirical_null import DRAWS, energy_p_values
-from clair_stats.pipeline.multitest import reject
+from clair_stats.pipeline.multitest import reject_present
 
 __all__ = ["RULE", "ClientVerdict", "client_verdict"]
 
@@ -222,16 +222,11 @@ def client_verdict(
         except ValueError as exc:
             name = repr(modules[i]) if modules is not None else str(i)
             raise ValueError(f"module {name}: {exc}") from None
-    present = ~np.isnan(p)
-    rejected = np.zeros(p.shape, dtype=bool)
-    adjusted = np.full_like(p, np.nan)
-    if present.any():
-        # row-major over the pairs there are: with none missing, all K x M
-        rejected[present], adjusted[present] = reject(p[present], alpha, "holm")
-    combined = np.where(present, adjusted, np.inf).min(axis=0)
+    # Holm over the pairs there are (with none missing, all K x M)
+    rejected, adjusted, combined = reject_present(p, alpha, "holm")
     return ClientVerdict(
         flagged=rejected.any(axis=0),
-        p_values=np.where(np.isfinite(combined), combined, np.nan),
+        p_values=combined,
         z=z,
         module_p_values=p,
         adjusted_p_values=adjusted,

@@ -35,7 +35,7 @@ import numpy as np
 
 from clair_stats.core.validation import check_alpha, check_choice, is_real_dtype
 
-__all__ = ["METHODS", "adjusted_p_values", "reject"]
+__all__ = ["METHODS", "adjusted_p_values", "reject", "reject_present"]
 
 #: The corrections, by their statsmodels names.
 METHODS: tuple[str, ...] = ("holm", "fdr_bh", "bonferroni")
@@ -131,3 +131,44 @@ def reject(
         adjusted = np.flip(np.minimum.accumulate(np.flip(raw, -1), axis=-1), -1)
         adjusted = np.minimum(adjusted, 1.0)
     return _unsort(passed, order), _unsort(adjusted, order)
+
+
+def reject_present(
+    p_values: np.ndarray, alpha: float = 0.05, method: str = "holm"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`reject` over the p-values that exist, as one family, and per column.
+
+    For an (M, K) table of p-values with NaN where a (client, module) pair has
+    none: the correction runs over all non-NaN entries at once (row-major), a
+    missing pair is not rejected and has a NaN adjusted p-value, and each column
+    (client) gets the smallest adjusted p-value of its pairs.
+
+    Parameters
+    ----------
+    p_values : numpy.ndarray, shape (M, K)
+        p-values in [0, 1], NaN for a missing pair.
+    alpha : float
+    method : {"holm", "fdr_bh", "bonferroni"}
+
+    Returns
+    -------
+    rejected : numpy.ndarray of bool, shape (M, K)
+    adjusted : numpy.ndarray, shape (M, K)
+    combined : numpy.ndarray, shape (K,)
+        min over the column's adjusted p-values (NaN for a column with none).
+
+    Examples
+    --------
+    >>> p = np.array([[0.001, np.nan], [0.3, 0.02]])
+    >>> rejected, adjusted, combined = reject_present(p, alpha=0.05)
+    >>> rejected.tolist(), combined.round(3).tolist()
+    ([[True, False], [False, True]], [0.003, 0.04])
+    """
+    p = np.asarray(p_values, dtype=float)
+    present = ~np.isnan(p)
+    rejected = np.zeros(p.shape, dtype=bool)
+    adjusted = np.full(p.shape, np.nan)
+    if present.any():
+        rejected[present], adjusted[present] = reject(p[present], alpha, method)
+    combined = np.where(present, adjusted, np.inf).min(axis=0)
+    return rejected, adjusted, np.where(np.isfinite(combined), combined, np.nan)
