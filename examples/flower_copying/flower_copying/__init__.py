@@ -1,0 +1,1 @@
+"""The copying experiment of ``simulations/copying`` as a Flower app."""
