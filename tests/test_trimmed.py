@@ -650,6 +650,75 @@ def test_complete_linkage_does_not_chain():
     np.testing.assert_array_equal(weights, [0.5, 0.5, 1.0])
 
 
+def test_complete_linkage_with_strength_merges_the_closest_pair_first():
+    """With strengths, the chain 0 - 1 - 2 groups the closer pair, wherever it
+    stands in the order of the clients."""
+    close = np.eye(3, dtype=bool)
+    close[0, 1] = close[1, 0] = close[1, 2] = close[2, 1] = True
+    strength = np.array([[1.0, 0.2, 0.0], [0.2, 1.0, 0.9], [0.0, 0.9, 1.0]])
+    np.testing.assert_array_equal(copy_groups(close, strength), [0, 1, 1])
+    np.testing.assert_array_equal(copy_groups(close), [0, 0, 1])  # index order
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_groups_with_strength_do_not_depend_on_the_order_of_the_clients(seed):
+    """Property: permuting the clients permutes the partition (same groups of
+    clients), on random closeness graphs whose closeness is not transitive."""
+    rng = np.random.default_rng(seed)
+    n = 12
+    strength = rng.uniform(size=(n, n))
+    strength = (strength + strength.T) / 2
+    close = strength > 0.6
+    np.fill_diagonal(close, True)
+    groups = copy_groups(close, strength)
+    perm = rng.permutation(n)
+    permuted = copy_groups(close[np.ix_(perm, perm)], strength[np.ix_(perm, perm)])
+
+    def partition(labels, names):
+        return {frozenset(names[labels == g]) for g in np.unique(labels)}
+
+    assert partition(permuted, perm) == partition(groups, np.arange(n))
+    for g in np.unique(groups):  # complete linkage: every pair in a group is close
+        members = np.flatnonzero(groups == g)
+        assert close[np.ix_(members, members)].all()
+
+
+def test_clair_does_not_depend_on_the_order_of_the_clients():
+    """Three kept clients whose residuals are not transitively close: cos(0, 1) =
+    0.75 and cos(1, 2) = 0.70 are above the angle rule's cut, cos(0, 2) = 0.05 is
+    not. Grouping in index order put {0, 1} or {1, 2} together depending on the
+    order; complete linkage by strength groups {0, 1} in every order, so clair()
+    on permuted clients gives the permuted result."""
+    rng = np.random.default_rng(5)
+    n, p, q, r, tau = 16, 20, 3, 2, 0.1
+    a = _orthonormal(rng, p, r)
+    updates = np.einsum("pr,krq->kpq", a, rng.standard_normal((n, r, q)))
+    noise = tau * rng.standard_normal((n + 2, p, q))
+    noise -= np.einsum("pr,sr,ksq->kpq", a, a, noise)  # off span(A)
+    e1 = noise[n]
+    e2 = noise[n + 1] - np.sum(noise[n + 1] * e1) / np.sum(e1 * e1) * e1
+    e2 *= np.linalg.norm(e1) / np.linalg.norm(e2)  # orthogonal, same norm
+    noise[0] = 0.75 * e1 + np.sqrt(1 - 0.75**2) * e2
+    noise[1] = e1
+    noise[2] = 0.70 * e1 - np.sqrt(1 - 0.70**2) * e2
+    updates += noise[:n]
+    updates[12:] += rng.standard_normal((4, p, q))  # contaminated
+    result = clair(updates)
+    assert result.collaborative[:3].all()
+    groups = result.pool_weights[:3] / result.pool_weights[3]
+    np.testing.assert_allclose(groups, [0.5, 0.5, 1.0])  # {0, 1} count once
+    for perm in (
+        [2, 1, 0] + list(range(3, n)),
+        np.random.default_rng(0).permutation(n),
+    ):
+        other = clair(updates[perm])
+        np.testing.assert_array_equal(other.collaborative, result.collaborative[perm])
+        np.testing.assert_allclose(other.refined, result.refined[perm], atol=1e-9)
+        np.testing.assert_allclose(
+            other.pool_weights, result.pool_weights[perm], atol=1e-12
+        )
+
+
 # ----------------------------------------------------------------- refinement
 def test_refine_with_weights_is_the_weighted_mean_formula():
     """Theta~_k = P_A Theta^_k + P_A^perp Thetabar, Thetabar = sum_S pi_j Theta^_j /

@@ -69,6 +69,8 @@ from clair_stats.pipeline.refine import (
     distinct_weights,
     exact_copies,
     in_subspace_shrinkage,
+    pair_cosines,
+    pair_distances,
 )
 from clair_stats.pipeline.subspace import estimate_subspace
 from clair_stats.pipeline.trimmed import (
@@ -1156,13 +1158,19 @@ class _Fit:
         gram = self.work.residual_gram(
             self.decomposition, np.zeros((p, 0)), None, self.unit
         )
+        distance = pair_distances(gram)
         if np.all(mean > 0):
             close = close_by_distance(gram, mean, df, DUPLICATE_LEVEL)
+            distance = distance / (mean[:, None] + mean[None, :])
         else:  # noiseless: exact copies only (equal to 1e-12 relative)
             close = exact_copies(gram, COPY_RTOL)
-        groups = copy_groups(close)
-        _, first = np.unique(groups, return_index=True)
-        return np.sort(first)
+        groups = copy_groups(close, -distance)
+        # each group's medoid represents it: the member nearest the others
+        # (the lowest index among exact copies), whatever the clients' order
+        spread = np.where(groups[:, None] == groups[None, :], distance, 0.0).sum(1)
+        order = np.lexsort((np.arange(n_clients), spread, groups))
+        _, first = np.unique(groups[order], return_index=True)
+        return np.sort(order[first])
 
     def median_sd(self) -> float:
         """sigma^ by the median rule at A^, in the units of the updates."""
@@ -1341,7 +1349,9 @@ def _pool_weights(
     gram = fit.work.residual_gram(
         fit.decomposition, fit.subspace, fit.center, fit.unit
     )[np.ix_(members, members)]
-    weights, groups = distinct_weights(close_by_angle(gram, df, DUPLICATE_LEVEL))
+    weights, groups = distinct_weights(
+        close_by_angle(gram, df, DUPLICATE_LEVEL), pair_cosines(gram)
+    )
     pool[members] = weights / weights.sum()
     sizes = np.bincount(groups)
     merged = sizes[sizes > 1]

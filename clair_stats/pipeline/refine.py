@@ -17,6 +17,8 @@ __all__ = [
     "close_by_distance",
     "copy_groups",
     "distinct_weights",
+    "pair_cosines",
+    "pair_distances",
     "exact_copies",
     "in_subspace_shrinkage",
     "refine",
@@ -209,18 +211,30 @@ def shrinkage_factors(
     return Shrinkage(np.clip(factors, 0.0, 1.0), between, v, spread, dof)
 
 
-def copy_groups(close: np.ndarray) -> np.ndarray:
+def copy_groups(close: np.ndarray, strength: np.ndarray | None = None) -> np.ndarray:
     """Groups of clients that are pairwise close (complete linkage), as labels.
 
-    Client k (in index order) joins the first group all of whose members it is
-    close to, else starts a new one. Every pair inside a group is close, so one
-    client close to everybody (an update at the benign mean, say) cannot chain
-    clients that are not close to one another into one group.
+    Every pair inside a group is close, so one client close to everybody (an
+    update at the benign mean, say) cannot chain clients that are not close to
+    one another into one group.
+
+    With ``strength`` (how close each pair is; larger is closer), the groups are
+    complete-linkage clusters: starting from single clients, the two groups whose
+    weakest pair is strongest are merged, as long as every pair between them is
+    close. The result does not depend on the order of the clients (up to exact
+    ties of strength, as between exact copies, which are interchangeable).
+    Without it, client k (in index order) joins the first group all of whose
+    members it is close to, else starts a new one: when closeness is not
+    transitive (j close to k and k to l, but not j to l) the groups then depend
+    on the order.
 
     Parameters
     ----------
     close : numpy.ndarray of bool, shape (n, n)
         Symmetric: whether clients j and k are copies of one another.
+    strength : numpy.ndarray, shape (n, n), optional
+        Symmetric closeness of each pair (e.g. the cosine of
+        :func:`pair_cosines`, or minus a scaled distance).
 
     Returns
     -------
@@ -229,6 +243,8 @@ def copy_groups(close: np.ndarray) -> np.ndarray:
     """
     close = np.asarray(close, dtype=bool)
     n = close.shape[0]
+    if strength is not None:
+        return _complete_linkage(close, np.asarray(strength, dtype=float))
     labels = np.full(n, -1)
     groups: list[list[int]] = []
     for k in range(n):
@@ -241,6 +257,48 @@ def copy_groups(close: np.ndarray) -> np.ndarray:
             labels[k] = len(groups)
             groups.append([k])
     return labels
+
+
+def _complete_linkage(close: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """Complete-linkage groups of :func:`copy_groups` (labels in order of first
+    member)."""
+    n = close.shape[0]
+    link = np.where(close, strength, -np.inf)
+    np.fill_diagonal(link, -np.inf)
+    owner = np.arange(n)  # the group (its first client) each client belongs to
+    active = np.ones(n, dtype=bool)
+    while True:
+        masked = np.where(np.outer(active, active), link, -np.inf)
+        best = np.argmax(masked)
+        i, j = divmod(int(best), n)
+        if not np.isfinite(masked[i, j]):
+            break
+        i, j = min(i, j), max(i, j)
+        # the merged group's link to any other is its weakest pair's
+        link[i] = np.minimum(link[i], link[j])
+        link[:, i] = link[i]
+        link[i, i] = -np.inf
+        active[j] = False
+        owner[owner == j] = i
+    _, labels = np.unique(owner, return_inverse=True)
+    return labels.ravel()
+
+
+def pair_cosines(gram: np.ndarray) -> np.ndarray:
+    """cos_jk = <X_j, X_k> / (||X_j|| ||X_k||) from the Gram matrix (0 where a
+    norm is 0).
+
+    Parameters
+    ----------
+    gram : numpy.ndarray, shape (n, n)
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, n)
+    """
+    norm = np.sqrt(np.maximum(np.diag(gram), 0.0))
+    outer = np.outer(norm, norm)
+    return np.divide(gram, outer, out=np.zeros_like(gram), where=outer > 0)
 
 
 def close_by_distance(
@@ -271,7 +329,7 @@ def close_by_distance(
     import scipy.stats
 
     n = gram.shape[0]
-    scaled = _distances(gram) * df / (mean_energy[:, None] + mean_energy[None, :])
+    scaled = pair_distances(gram) * df / (mean_energy[:, None] + mean_energy[None, :])
     close = scaled < scipy.stats.chi2.ppf(level / max(n * (n - 1) / 2, 1), df)
     np.fill_diagonal(close, True)
     return close
@@ -292,11 +350,20 @@ def exact_copies(gram: np.ndarray, rtol: float) -> np.ndarray:
     -------
     numpy.ndarray of bool, shape (n, n)
     """
-    return _distances(gram) <= rtol**2 * np.max(np.diag(gram))
+    return pair_distances(gram) <= rtol**2 * np.max(np.diag(gram))
 
 
-def _distances(gram: np.ndarray) -> np.ndarray:
-    """||X_j - X_k||_F^2 from the Gram matrix (clipped at 0 against round-off)."""
+def pair_distances(gram: np.ndarray) -> np.ndarray:
+    """||X_j - X_k||_F^2 from the Gram matrix (clipped at 0 against round-off).
+
+    Parameters
+    ----------
+    gram : numpy.ndarray, shape (n, n)
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, n)
+    """
     diag = np.diag(gram)
     return np.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0)
 
@@ -328,9 +395,7 @@ def close_by_angle(gram: np.ndarray, df: float, level: float = 1e-3) -> np.ndarr
     import scipy.stats
 
     n = gram.shape[0]
-    norm = np.sqrt(np.maximum(np.diag(gram), 0.0))
-    outer = np.outer(norm, norm)
-    cosine = np.divide(gram, outer, out=np.zeros_like(gram), where=outer > 0)
+    cosine = pair_cosines(gram)
     half = (df - 1.0) / 2.0
     cut = 2.0 * scipy.stats.beta.isf(level / max(n * (n - 1) / 2, 1), half, half) - 1
     close = cosine > cut
@@ -338,13 +403,18 @@ def close_by_angle(gram: np.ndarray, df: float, level: float = 1e-3) -> np.ndarr
     return close
 
 
-def distinct_weights(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def distinct_weights(
+    close: np.ndarray, strength: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Pooling weights that count a group of copies once: 1 / |group of k|.
 
     Parameters
     ----------
     close : numpy.ndarray of bool, shape (n, n)
         Which pairs are copies (:func:`close_by_angle`, :func:`close_by_distance`).
+    strength : numpy.ndarray, shape (n, n), optional
+        How close each pair is, for groups that do not depend on the order of
+        the clients (:func:`copy_groups`).
 
     Returns
     -------
@@ -352,7 +422,7 @@ def distinct_weights(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     groups : numpy.ndarray of int, shape (n,)
         The labels of :func:`copy_groups`.
     """
-    groups = copy_groups(close)
+    groups = copy_groups(close, strength)
     sizes = np.bincount(groups)
     return 1.0 / sizes[groups], groups
 
