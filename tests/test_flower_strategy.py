@@ -492,3 +492,23 @@ def test_strategy_outlives_a_failure_of_clair(flwr_app, caplog, monkeypatch):
     expected = global_arrays(clients, ArrayLayout.of(clients[0]), np.ones(10, bool))
     for key, value in expected.items():
         np.testing.assert_allclose(arrays[key].numpy(), value)
+
+
+def test_strategy_takes_the_most_common_usable_layout(flwr_app):
+    from clair_stats.flower import ClairStrategy
+
+    bad = {"m.lora_A.weight": np.ones((3, 5)), "m.lora_B.weight": np.ones((4, 2))}
+    good = {"m.lora_A.weight": np.ones((2, 5)), "m.lora_B.weight": np.ones((4, 2))}
+    strategy = ClairStrategy()
+    replies = [_reply(flwr_app, n, bad) for n in (1, 2, 3)]
+    arrays, _ = strategy.aggregate_train(1, [*replies, _reply(flwr_app, 4, good)])
+    report = strategy.rounds[-1]
+    assert report.node_ids == (4,)
+    assert sorted(report.left_out) == [1, 2, 3]
+    assert "expected (2, 5)" in report.left_out[1]
+    np.testing.assert_allclose(
+        arrays["m.lora_B.weight"].numpy() @ arrays["m.lora_A.weight"].numpy(),
+        good["m.lora_B.weight"] @ good["m.lora_A.weight"],
+    )
+    assert strategy.aggregate_train(2, replies) == (None, None)
+    assert "no reply has a usable layout" in strategy.rounds[-1].left_out[1]

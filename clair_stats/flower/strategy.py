@@ -429,9 +429,19 @@ class ClairStrategy(FedAvg):
             self._personal[node] = arrays
         aggregate = None
         if collaborative.any():
-            aggregate = _record(
-                global_arrays(clients, layout, collaborative, np.asarray(weights))
-            )
+            try:
+                aggregate = _record(
+                    global_arrays(clients, layout, collaborative, np.asarray(weights))
+                )
+            except Exception as exc:  # a server must outlive one bad round
+                log(
+                    ERROR,
+                    "ClairStrategy: round %d: the global mean failed (%s: %s); the "
+                    "global arrays stay as they were",
+                    server_round,
+                    type(exc).__name__,
+                    exc,
+                )
         else:
             log(
                 WARNING,
@@ -548,12 +558,11 @@ class ClairStrategy(FedAvg):
         nodes, clients, weights, contents = [], [], [], []
         for node in sorted(found):
             arrays, weight, content = found[node]
-            problems = reference.problems(arrays) if reference is not None else []
-            if reference is None:
-                try:
-                    ArrayLayout.of(arrays)
-                except ValueError as exc:
-                    problems = [str(exc)]
+            problems = (
+                [reference]
+                if isinstance(reference, str)
+                else reference.problems(arrays)
+            )
             if problems:
                 left_out[node] = "; ".join(problems)
                 continue
@@ -563,25 +572,24 @@ class ClairStrategy(FedAvg):
             contents.append(content)
         return nodes, clients, weights, contents, left_out
 
-    def _reference(self, candidates: list[dict[str, np.ndarray]]) -> ArrayLayout | None:
+    def _reference(self, candidates: list[dict[str, np.ndarray]]) -> ArrayLayout | str:
         """The layout replies must have: the one sent if a reply has it, else the
-        most common one among the replies."""
+        most common usable one among the replies (or why there is none)."""
         signatures = [
-            tuple((k, tuple(np.shape(v))) for k, v in arrays.items())
+            frozenset((k, tuple(np.shape(v))) for k, v in arrays.items())
             for arrays in candidates
         ]
         if self._sent is not None:
-            sent = tuple(self._sent.shapes.items())
-            if any(set(s) == set(sent) for s in signatures):
+            sent = frozenset(self._sent.shapes.items())
+            if sent in signatures:
                 return self._sent
-        common, _ = Counter(frozenset(s) for s in signatures).most_common(1)[0]
-        for arrays, s in zip(candidates, signatures, strict=True):
-            if frozenset(s) == common:
-                try:
-                    return ArrayLayout.of(arrays)
-                except ValueError:
-                    return None
-        return None
+        reasons = []
+        for common, _ in Counter(signatures).most_common():
+            try:
+                return ArrayLayout.of(candidates[signatures.index(common)])
+            except ValueError as exc:
+                reasons.append(str(exc))
+        return "no reply has a usable layout (" + "; ".join(reasons) + ")"
 
     def _metrics(
         self,
