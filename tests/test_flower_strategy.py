@@ -346,6 +346,13 @@ def test_strategy_leaves_faulty_replies_out_with_a_log_line(flwr_app, caplog):
     expected = clair(_factors(clients), rank=R)
     assert report.flagged_nodes == [nodes[k] for k in expected.flagged]
     assert metrics["clair-flagged"] == report.flagged_nodes
+    assert metrics["clair-node-ids"] == nodes
+    np.testing.assert_array_equal(metrics["clair-p-values"], report.p_values)
+    np.testing.assert_array_equal(
+        metrics["clair-history-p-values"], report.history_p_values
+    )
+    restored = flwr_app.MetricRecord.inflate(metrics.deflate())  # travels as is
+    assert restored["clair-node-ids"] == nodes
     assert metrics["clair-n-left-out"] == 6
     assert metrics["clair-n-clients"] == len(clients)
     assert metrics["loss"] == pytest.approx(1.0)

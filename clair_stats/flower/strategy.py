@@ -618,6 +618,9 @@ class ClairStrategy(FedAvg):
         metrics["clair-flagged"] = [int(n) for n in report.flagged_nodes]
         metrics["clair-excluded"] = [int(n) for n in report.excluded_nodes]
         metrics["clair-left-out"] = [int(n) for n in report.left_out]
+        metrics["clair-node-ids"] = [int(n) for n in report.node_ids]
+        metrics["clair-p-values"] = [float(x) for x in report.p_values]
+        metrics["clair-history-p-values"] = [float(x) for x in report.history_p_values]
         metrics["clair-min-p-value"] = float(p.min()) if p.size else 1.0
         metrics["clair-tested"] = 1.0 if verdict is not None else 0.0
         metrics["clair-max-iterations"] = verdict.iterations if verdict else 0
