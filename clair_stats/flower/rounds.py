@@ -147,7 +147,7 @@ class RoundVerdict:
         )
 
 
-def module_updates(
+def _module_updates(
     clients: Sequence[Arrays], layout: ArrayLayout, module: str
 ) -> LowRankUpdates | np.ndarray:
     """The K clients' updates of one module: factors (B_k, A_k) or a (K, p, q) stack."""
@@ -230,7 +230,7 @@ def round_verdict(
         return None
     tests = []
     for name in layout.modules:
-        updates = module_updates(clients, layout, name)
+        updates = _module_updates(clients, layout, name)
         kept = np.flatnonzero(_nonzero(updates))
         start = time.perf_counter()
         if kept.size < MIN_CLIENTS:
@@ -340,7 +340,7 @@ def refine_round(
         if np.array_equal(members, result.collaborative):
             refined = result.refined
         else:
-            updates = module_updates([clients[k] for k in kept], layout, test.name)
+            updates = _module_updates([clients[k] for k in kept], layout, test.name)
             work = as_updates(updates).oriented(side)
             refined = work.restore(
                 refine_clients(
