@@ -42,6 +42,7 @@ import numpy as np
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.validation import check_alpha, check_choice
 from clair_stats.flower.layout import ArrayLayout
+from clair_stats.lora.adapters import MIN_CLIENTS, zero_updates
 from clair_stats.pipeline.estimator import ClairResult, clair
 from clair_stats.pipeline.multitest import reject_present
 
@@ -55,8 +56,6 @@ __all__ = [
     "round_verdict",
 ]
 
-#: Fewest clients (with a nonzero update of a module) for a module to be tested.
-MIN_CLIENTS = 3
 
 #: Arguments of :func:`clair_stats.clair` that the round sets itself.
 RESERVED_OPTIONS = ("alpha", "correction", "side", "refined_rank", "weights")
@@ -163,13 +162,7 @@ def _module_updates(
 def _nonzero(updates: LowRankUpdates | np.ndarray) -> np.ndarray:
     """Which clients' updates are nonzero (B_k = 0 or A_k = 0 counts as zero)."""
     if isinstance(updates, LowRankUpdates):
-        scale = np.array(
-            [
-                np.linalg.norm(b) * np.linalg.norm(a)
-                for b, a in zip(updates.B, updates.A, strict=True)
-            ]
-        )
-        return updates.norms() > 1e-12 * scale
+        return ~zero_updates(updates)  # the rule of clair adapters
     return np.abs(updates).reshape(len(updates), -1).max(axis=1) > 0
 
 
