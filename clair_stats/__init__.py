@@ -4,7 +4,7 @@ Collaborative Low-rank Alignment and Identifiable Recovery (He, Chen, Feng 2026)
 stack the clients' matrix-valued updates, split them into a low-rank part (the
 shared subspace) plus a block-sparse part (the contaminated clients), and refine
 the benign clients. The notation and the mathematics are in ``docs/`` (start at
-``docs/index.md``).
+``docs/theory.md``).
 """
 
 from clair_stats.core.certificates import Certificate, duality_gap
