@@ -34,7 +34,7 @@ __all__ = ["Certificate", "duality_gap", "operator_norm"]
 class Certificate:
     """A primal-dual pair's objectives and their gap.
 
-    Attributes
+    Parameters
     ----------
     primal : float
         Objective of the feasible primal point built from the candidate.
@@ -54,7 +54,18 @@ class Certificate:
 
 
 def operator_norm(x: np.ndarray) -> float:
-    """||X||_op, from the top eigenvalue of the smaller Gram matrix."""
+    """||X||_op, from the top eigenvalue of the smaller Gram matrix.
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (m, n)
+        The matrix (0 is returned when it is empty).
+
+    Returns
+    -------
+    float
+        Its largest singular value.
+    """
     if x.size == 0:
         return 0.0
     xt = x if x.shape[0] <= x.shape[1] else x.T
@@ -81,7 +92,11 @@ def duality_gap(
     Parameters
     ----------
     problem : Problem
+        The program (P0, P1 or P1c), with its lam, weights, mu or eps and
+        whether it has a centre: it sets the primal objective and the dual
+        constraints.
     data : numpy.ndarray, shape (p, Kq)
+
         The stacked matrix M.
     low_rank, sparse : numpy.ndarray, shape (p, Kq)
         Candidate L and S (stacked).

@@ -36,13 +36,37 @@ def stack(updates: np.ndarray) -> np.ndarray:
     """Stack client updates (K, p, q) into M = [Theta_1, ..., Theta_K] (p, Kq).
 
     Block k of M is columns kq .. (k+1)q - 1.
+
+    Parameters
+    ----------
+    updates : numpy.ndarray, shape (K, p, q)
+        The client updates Theta^_k, client k at index k.
+
+    Returns
+    -------
+    numpy.ndarray, shape (p, Kq)
+        The stacked matrix M, C-contiguous.
     """
     n_clients, p, q = updates.shape
     return np.ascontiguousarray(updates.transpose(1, 0, 2)).reshape(p, n_clients * q)
 
 
 def unstack(matrix: np.ndarray, n_clients: int) -> np.ndarray:
-    """Inverse of :func:`stack`: (p, Kq) -> (K, p, q)."""
+    """Inverse of :func:`stack`: (p, Kq) -> (K, p, q).
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray, shape (p, Kq)
+        A stacked matrix (M, L, S or a residual).
+    n_clients : int
+        K, the number of blocks; it must divide the number of columns (a
+        ``ValueError`` otherwise).
+
+    Returns
+    -------
+    numpy.ndarray, shape (K, p, q)
+        Block k of ``matrix`` at index k, C-contiguous.
+    """
     p, n_cols = matrix.shape
     if n_clients < 1 or n_cols % n_clients:
         raise ValueError(
@@ -73,6 +97,8 @@ def left_singular(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Parameters
     ----------
     matrix : numpy.ndarray, shape (m, n)
+        The matrix to decompose (the stacked updates or the low-rank part L).
+
 
     Returns
     -------

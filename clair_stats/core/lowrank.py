@@ -160,7 +160,20 @@ class LowRankUpdates:
         return self._scaling
 
     def client(self, k: int) -> np.ndarray:
-        """Theta^_k = s_k B_k A_k as a dense (p, q) float64 array."""
+        """Theta^_k = s_k B_k A_k as a dense (p, q) float64 array.
+
+        Parameters
+        ----------
+        k : int
+            The client index, 0-based; negative values count from the end as
+            in a list (-K <= k < K, an ``IndexError`` otherwise).
+
+        Returns
+        -------
+        numpy.ndarray, shape (p, q)
+            The dense update of client k.
+        """
+
         if isinstance(k, bool) or not isinstance(k, numbers.Integral):
             raise TypeError(f"k must be an int client index, got {k!r}.")
         if not -self.n_clients <= k < self.n_clients:

@@ -50,7 +50,20 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
 
 
 def require_safetensors(submodule: str | None = None) -> ModuleType:
-    """``safetensors`` (or ``safetensors.<submodule>``), from the ``lora`` extra."""
+    """``safetensors`` (or ``safetensors.<submodule>``), from the ``lora`` extra.
+
+    Parameters
+    ----------
+    submodule : str, optional
+        A submodule to import instead of the package, e.g. ``"numpy"`` for
+        ``safetensors.numpy``. Default: the package itself.
+
+    Returns
+    -------
+    module
+        The imported module; an ``ImportError`` naming the ``lora`` extra when
+        safetensors is not installed.
+    """
     name = "safetensors" if submodule is None else f"safetensors.{submodule}"
     return require(name, "lora", "reading and writing PEFT adapter files")
 
@@ -68,7 +81,27 @@ def progress(
     Without tqdm (it comes with the ``lora`` and ``studies`` extras) the fallback
     writes ``desc: i/total`` to stderr after each item, so that long work still
     shows where it is.
+
+    Parameters
+    ----------
+    iterable : iterable
+        The items to iterate over, yielded unchanged.
+    desc : str
+        The label of the bar (keyword only).
+    total : int, optional
+        The number of items, for the bar's length; default ``len(iterable)``
+        when it has one, else unknown.
+    disable : bool, default False
+        Iterate without any bar or line.
+    **options
+        Further keyword arguments of ``tqdm`` (ignored by the fallback).
+
+    Yields
+    ------
+    object
+        The items of ``iterable``, in order.
     """
+
     if disable:
         yield from iterable
         return

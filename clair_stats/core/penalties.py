@@ -61,7 +61,20 @@ _PARTIAL_TOL = 1e-11
 
 
 def block_norms(x: np.ndarray, n_clients: int) -> np.ndarray:
-    """Frobenius norms ||X_k||_F of the K column blocks of X (p, Kq)."""
+    """Frobenius norms ||X_k||_F of the K column blocks of X (p, Kq).
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (p, Kq)
+        The stacked matrix; block k is columns ``k*q:(k+1)*q``.
+    n_clients : int
+        K, the number of blocks (must divide the number of columns).
+
+    Returns
+    -------
+    numpy.ndarray, shape (K,)
+        ||X_k||_F for k = 0 .. K-1.
+    """
     blocks = x.reshape(x.shape[0], n_clients, -1)
     return np.sqrt(np.einsum("ikj,ikj->k", blocks, blocks))
 
@@ -70,6 +83,18 @@ def block_soft_threshold(x: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """X_k (1 - t_k / ||X_k||_F)_+ for the K column blocks of X (p, Kq).
 
     The prox of sum_k t_k ||.||_F, blocks with norm <= t_k set to zero.
+
+    Parameters
+    ----------
+    x : numpy.ndarray, shape (p, Kq)
+        The stacked matrix; block k is columns ``k*q:(k+1)*q``.
+    thresholds : numpy.ndarray, shape (K,)
+        The thresholds t_k >= 0, one per block; their number sets K.
+
+    Returns
+    -------
+    numpy.ndarray, shape (p, Kq)
+        The thresholded matrix, a new array.
     """
     n_clients = thresholds.size
     norms = block_norms(x, n_clients)
@@ -84,7 +109,7 @@ def block_soft_threshold(x: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 class SVT:
     """The result of singular value thresholding X -> U (Sigma - t)_+ V^T.
 
-    Attributes
+    Parameters
     ----------
     value : numpy.ndarray, shape (p, N)
         The thresholded matrix.
@@ -93,10 +118,11 @@ class SVT:
     method : str
         ``"gram"`` (truncated eigendecomposition of the Gram matrix), ``"svd"`` or
         ``"partial"`` (subspace iteration for the leading triplets).
-    subspace : numpy.ndarray or None
+    subspace : numpy.ndarray or None, default None
         The singular vectors of the kept values on the smaller side of X (left
         ones when p <= N, right ones otherwise), shape (min(p, N), k); a warm
         start for the next call (``start``). None for the ``"svd"`` route.
+
     """
 
     value: np.ndarray
@@ -129,6 +155,7 @@ def svt(
     Parameters
     ----------
     x : numpy.ndarray, shape (p, N)
+        The matrix to threshold (any shape; the stacked updates in the solvers).
     threshold : float
         t >= 0.
     method : {"auto", "gram", "svd", "partial"}
@@ -280,15 +307,52 @@ class NuclearNorm:
     """g(X) = ||X||_*, the sum of singular values."""
 
     def value(self, x: np.ndarray) -> float:
-        """||X||_*."""
+        """||X||_*, the sum of the singular values of ``x``.
+
+        Parameters
+        ----------
+        x : numpy.ndarray, shape (p, N)
+            The matrix.
+
+        Returns
+        -------
+        float
+            Its nuclear norm.
+        """
         return float(scipy.linalg.svdvals(x).sum())
 
     def prox(self, x: np.ndarray, step: float, method: str = "auto") -> SVT:
-        """argmin_Z 1/2 ||Z - X||_F^2 + step ||Z||_*  (singular value thresholding)."""
+        """argmin_Z 1/2 ||Z - X||_F^2 + step ||Z||_*  (singular value thresholding).
+
+        Parameters
+        ----------
+        x : numpy.ndarray, shape (p, N)
+            The point X at which the prox is taken.
+        step : float
+            The step (the threshold of :func:`svt`), >= 0.
+        method : {"auto", "gram", "svd", "partial"}, default "auto"
+            The route of :func:`svt`.
+
+        Returns
+        -------
+        SVT
+            The thresholded matrix and its singular values.
+        """
         return svt(x, step, method=method)
 
     def dual_norm(self, y: np.ndarray) -> float:
-        """||Y||_op, the largest singular value."""
+        """||Y||_op, the largest singular value (0 for an empty matrix).
+
+        Parameters
+        ----------
+        y : numpy.ndarray, shape (p, N)
+            The matrix.
+
+        Returns
+        -------
+        float
+            Its operator norm.
+        """
         return float(scipy.linalg.svdvals(y)[0]) if y.size else 0.0
 
 
@@ -310,16 +374,51 @@ class BlockFrobenius:
         return int(self.weights.size)
 
     def value(self, x: np.ndarray) -> float:
-        """sum_k w_k ||X_k||_F."""
+        """sum_k w_k ||X_k||_F.
+
+        Parameters
+        ----------
+        x : numpy.ndarray, shape (p, Kq)
+            The stacked matrix, K = ``n_clients`` blocks.
+
+        Returns
+        -------
+        float
+            The weighted sum of the block norms.
+        """
         return float(self.weights @ block_norms(x, self.n_clients))
 
     def prox(self, x: np.ndarray, step: float) -> np.ndarray:
         """Block soft-thresholding X_k (1 - step w_k / ||X_k||_F)_+.
 
         The prox of ``step * g``: argmin_Z 1/2 ||Z - X||_F^2 + step g(Z).
+
+        Parameters
+        ----------
+        x : numpy.ndarray, shape (p, Kq)
+            The point X at which the prox is taken.
+        step : float
+            The step, >= 0; block k is thresholded at ``step * w_k``.
+
+        Returns
+        -------
+        numpy.ndarray, shape (p, Kq)
+            The thresholded matrix.
         """
         return block_soft_threshold(x, step * self.weights)
 
     def dual_norm(self, y: np.ndarray) -> float:
-        """max_k ||Y_k||_F / w_k."""
+        """max_k ||Y_k||_F / w_k.
+
+        Parameters
+        ----------
+        y : numpy.ndarray, shape (p, Kq)
+            The stacked matrix, K = ``n_clients`` blocks.
+
+        Returns
+        -------
+        float
+            The dual norm of the weighted block norm at ``y``.
+        """
+
         return float(np.max(block_norms(y, self.n_clients) / self.weights))

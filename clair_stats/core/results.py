@@ -27,7 +27,7 @@ __all__ = [
 class SolverInfo:
     """Statistics of one solve.
 
-    Attributes
+    Parameters
     ----------
     solver : str
         ``"admm"`` (P0), ``"bcd"`` (P1) or ``"cvxpy/<SOLVER>"``.
@@ -84,7 +84,7 @@ class SolverInfo:
 class Decomposition:
     """The split M = L + S (+ c 1^T) returned by :func:`clair_stats.decompose`.
 
-    Attributes
+    Parameters
     ----------
     low_rank : numpy.ndarray, shape (K, p, q)
         Blocks L^_k of the low-rank part.
@@ -135,6 +135,16 @@ class Decomposition:
 
         The fast solvers return exact zeros; ``tol`` absorbs the residual
         entries of an interior-point or SCS solution.
+
+        Parameters
+        ----------
+        tol : float, default 1e-6
+            The cut, relative to ||M||_F (``data_norm``).
+
+        Returns
+        -------
+        numpy.ndarray of bool, shape (K,)
+            True for the clients in the support of S^.
         """
         return self.block_norms > tol * self.data_norm
 
@@ -143,7 +153,18 @@ class Decomposition:
         return np.linalg.svd(stack(self.low_rank), compute_uv=False)
 
     def rank(self, tol: float = 1e-6) -> int:
-        """Numerical rank of L^: singular values above tol * ||M||_F."""
+        """Numerical rank of L^: singular values above tol * ||M||_F.
+
+        Parameters
+        ----------
+        tol : float, default 1e-6
+            The cut, relative to ||M||_F (``data_norm``).
+
+        Returns
+        -------
+        int
+            The number of singular values of the stacked L^ above the cut.
+        """
         return int(np.sum(self.singular_values() > tol * self.data_norm))
 
     def __repr__(self) -> str:
@@ -195,7 +216,7 @@ class FactoredDecomposition:
     singular values are those of the core solve, and no p x Kq or K x p x q array is
     formed.
 
-    Attributes
+    Parameters
     ----------
     core : Decomposition
         The solve on the core, blocks of shape (R, m) with m = max_k m_k.
@@ -261,7 +282,18 @@ class FactoredDecomposition:
         return self.core.block_norms
 
     def support(self, tol: float = 1e-6) -> np.ndarray:
-        """Clients whose block of S^ is nonzero: ||S^_k||_F > tol ||M||_F."""
+        """Clients whose block of S^ is nonzero: ||S^_k||_F > tol ||M||_F.
+
+        Parameters
+        ----------
+        tol : float, default 1e-6
+            The cut, relative to ||M||_F (``data_norm``).
+
+        Returns
+        -------
+        numpy.ndarray of bool, shape (K,)
+            True for the clients in the support of S^ (from the core solve).
+        """
         return self.core.support(tol)
 
     def singular_values(self) -> np.ndarray:
@@ -269,11 +301,34 @@ class FactoredDecomposition:
         return self.core.singular_values()
 
     def rank(self, tol: float = 1e-6) -> int:
-        """Numerical rank of L^: singular values above tol * ||M||_F."""
+        """Numerical rank of L^: singular values above tol * ||M||_F.
+
+        Parameters
+        ----------
+        tol : float, default 1e-6
+            The cut, relative to ||M||_F (``data_norm``).
+
+        Returns
+        -------
+        int
+            The number of singular values of L^ (those of the core) above the
+            cut.
+        """
         return self.core.rank(tol)
 
     def row_basis(self, k: int) -> np.ndarray:
-        """W_k (q, m), the row basis of block k (shared with ``center=True``)."""
+        """W_k (q, m), the row basis of block k (shared with ``center=True``).
+
+        Parameters
+        ----------
+        k : int
+            The client index, 0-based (ignored when one basis is shared).
+
+        Returns
+        -------
+        numpy.ndarray, shape (q, m_k)
+            Orthonormal columns spanning the row space of A_k (or of all A_k).
+        """
         return self.row_bases[0] if len(self.row_bases) == 1 else self.row_bases[k]
 
     def _lift(self, blocks: np.ndarray, k: int) -> np.ndarray:
@@ -336,7 +391,7 @@ class RefinedFactors:
     Theta~_k (its truncated SVD, B~_k = U_t Sigma_t, A~_k = V_t^T); a flagged
     client keeps its own factors (s_k B_k, A_k), exactly.
 
-    Attributes
+    Parameters
     ----------
     B : tuple of numpy.ndarray
         B~_k, shape (p, t_k).
@@ -373,7 +428,19 @@ class RefinedFactors:
         return (self.n_clients, int(self.B[0].shape[0]), int(self.A[0].shape[1]))
 
     def client(self, k: int) -> np.ndarray:
-        """B~_k A~_k as a dense (p, q) array."""
+        """B~_k A~_k as a dense (p, q) array.
+
+        Parameters
+        ----------
+        k : int
+            The client index, 0-based.
+
+        Returns
+        -------
+        numpy.ndarray, shape (p, q)
+            The refined update of client k (its own update if flagged).
+        """
+
         return self.B[k] @ self.A[k]
 
     def dense(self) -> np.ndarray:

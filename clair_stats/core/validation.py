@@ -39,6 +39,16 @@ def is_real_dtype(dtype: np.dtype) -> bool:
 
     Booleans, complex numbers, strings and objects are not (``np.bool_`` is not an
     integer type for numpy); each caller says in its own error what to pass.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype
+        The dtype to classify (anything ``numpy.issubdtype`` accepts).
+
+    Returns
+    -------
+    bool
+        Whether it is a floating or an integer dtype.
     """
     return bool(np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer))
 
@@ -148,7 +158,23 @@ def _clients_with(flags: np.ndarray) -> list[int]:
 
 
 def check_positive(value: object, name: str, *, allow_none: bool = False) -> float:
-    """Return ``value`` as a float if it is a finite number > 0, or raise."""
+    """Return ``value`` as a float if it is a finite number > 0, or raise.
+
+    Parameters
+    ----------
+    value : object
+        The value to check: a real scalar, not a bool (a ``TypeError``
+        otherwise; a ``ValueError`` when it is not finite or not > 0).
+    name : str
+        The argument name used in error messages.
+    allow_none : bool, default False
+        Accept None and return it unchanged (keyword only).
+
+    Returns
+    -------
+    float or None
+        ``value`` as a float (None only with ``allow_none``).
+    """
     if value is None and allow_none:
         return None  # type: ignore[return-value]
     value = _real_scalar(value, name, "a positive real number")
@@ -158,7 +184,23 @@ def check_positive(value: object, name: str, *, allow_none: bool = False) -> flo
 
 
 def check_int(value: object, name: str, minimum: int = 0) -> int:
-    """Return ``value`` as an int if it is an integer >= ``minimum`` (not a bool)."""
+    """Return ``value`` as an int if it is an integer >= ``minimum`` (not a bool).
+
+    Parameters
+    ----------
+    value : object
+        The value to check: an integer (Python or numpy), not a bool (a
+        ``TypeError`` otherwise).
+    name : str
+        The argument name used in error messages.
+    minimum : int, default 0
+        The least accepted value (a ``ValueError`` below it).
+
+    Returns
+    -------
+    int
+        ``value`` as a Python int.
+    """
     if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
         raise TypeError(
             f"{name} must be an integer, got {value!r} of type "
@@ -170,7 +212,21 @@ def check_int(value: object, name: str, minimum: int = 0) -> int:
 
 
 def check_nonnegative(value: object, name: str) -> float:
-    """Return ``value`` as a float if it is a finite number >= 0, or raise."""
+    """Return ``value`` as a float if it is a finite number >= 0, or raise.
+
+    Parameters
+    ----------
+    value : object
+        The value to check: a real scalar, not a bool (a ``TypeError``
+        otherwise; a ``ValueError`` when it is not finite or negative).
+    name : str
+        The argument name used in error messages.
+
+    Returns
+    -------
+    float
+        ``value`` as a float.
+    """
     value = _real_scalar(value, name, "a real number >= 0")
     if not np.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be finite and >= 0, got {value}.")
@@ -196,6 +252,18 @@ def check_weights(weights: object, n_clients: int) -> np.ndarray:
     """Return the block weights w_k as a float64 array of shape (K,).
 
     ``None`` gives w_k = 1 for every client.
+
+    Parameters
+    ----------
+    weights : array_like, shape (K,), or None
+        One finite weight w_k > 0 per client, or None for equal weights.
+    n_clients : int
+        K, the number of clients (the required length).
+
+    Returns
+    -------
+    numpy.ndarray, shape (K,)
+        The weights as float64, a new array.
     """
     if weights is None:
         return np.ones(n_clients)
@@ -237,6 +305,23 @@ def check_orthonormal(
 
     The check is max |A^T A - I_r| <= :data:`ORTHONORMAL_TOL`; ``p`` (if given) is
     the required number of rows, ``min_rank`` the least number of columns.
+
+    Parameters
+    ----------
+    basis : array_like, shape (p, r)
+        The candidate basis A, its directions in the columns; real and finite.
+    name : str
+        The argument name used in error messages.
+    p : int, optional
+        The required number of rows (the dimension of the updates' column
+        space); default None, any number.
+    min_rank : int, default 0
+        The least number of columns r.
+
+    Returns
+    -------
+    numpy.ndarray, shape (p, r)
+        The basis as float64 (a copy only when the dtype had to change).
     """
     arr = np.asarray(basis)
     if not is_real_dtype(arr.dtype):
@@ -274,7 +359,22 @@ def check_orthonormal(
 
 
 def check_mask(mask: object, name: str, n_clients: int | None = None) -> np.ndarray:
-    """Return ``mask`` as a 1-D bool array (of length ``n_clients`` if given)."""
+    """Return ``mask`` as a 1-D bool array (of length ``n_clients`` if given).
+
+    Parameters
+    ----------
+    mask : array_like of bool, shape (K,)
+        One flag per client; its dtype must be bool (indices are refused).
+    name : str
+        The argument name used in error messages.
+    n_clients : int, optional
+        K, the required length; default None, any length.
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape (K,)
+        The mask as an array (not copied when it already is one).
+    """
     arr = np.asarray(mask)
     if arr.dtype != np.bool_:
         raise TypeError(
@@ -288,14 +388,44 @@ def check_mask(mask: object, name: str, n_clients: int | None = None) -> np.ndar
 
 
 def check_bool(value: object, name: str) -> bool:
-    """Return ``value`` as a bool if it is True or False (numpy's too), or raise."""
+    """Return ``value`` as a bool if it is True or False (numpy's too), or raise.
+
+    Parameters
+    ----------
+    value : object
+        The value to check: a Python or numpy bool (a ``TypeError`` for
+        anything else, 0 and 1 included).
+    name : str
+        The argument name used in error messages.
+
+    Returns
+    -------
+    bool
+        ``value`` as a Python bool.
+    """
     if not isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be True or False, got {value!r}.")
     return bool(value)
 
 
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``choices``, or raise naming them."""
+    """Return ``value`` if it is one of ``choices``, or raise naming them.
+
+    Parameters
+    ----------
+    value : object
+        The value to check: a str equal to one of ``choices`` (a
+        ``ValueError`` otherwise).
+    name : str
+        The argument name used in error messages.
+    choices : tuple of str
+        The accepted values, listed in the error.
+
+    Returns
+    -------
+    str
+        ``value`` unchanged.
+    """
     if not isinstance(value, str) or value not in choices:
         options = ", ".join(repr(c) for c in choices)
         raise ValueError(f"{name} must be one of {options}; got {value!r}.")
@@ -308,6 +438,22 @@ def check_fraction(
     """Return ``value`` as a float in (0, 1) (``zero_ok``: [0, 1)), or raise.
 
     ``why`` is appended to the error message (the reason for the range).
+
+    Parameters
+    ----------
+    value : object
+        The value to check: a real scalar, not a bool.
+    name : str
+        The argument name used in error messages.
+    zero_ok : bool, default False
+        Accept 0, the range becoming [0, 1) (keyword only).
+    why : str, default ""
+        Text appended to the error message (keyword only).
+
+    Returns
+    -------
+    float
+        ``value`` as a float.
     """
     value = _real_scalar(value, name, "a real number in (0, 1)")
     low_ok = value >= 0 if zero_ok else value > 0
@@ -318,14 +464,42 @@ def check_fraction(
 
 
 def check_alpha(alpha: object, name: str = "alpha") -> float:
-    """Return the level of a test as a float in (0, 1), or raise."""
+    """Return the level of a test as a float in (0, 1), or raise.
+
+    Parameters
+    ----------
+    alpha : object
+        The level to check: a real scalar in (0, 1), not a bool.
+    name : str, default "alpha"
+        The argument name used in error messages.
+
+    Returns
+    -------
+    float
+        ``alpha`` as a float.
+    """
     return check_fraction(
         alpha, name, why=" It is the level of the test, e.g. alpha=0.05."
     )
 
 
 def check_dims(p: object, q: object, r: object) -> tuple[int, int, int]:
-    """(p, q, r) as ints with q >= 1 and 1 <= r < p (span(A) has a complement)."""
+    """(p, q, r) as ints with q >= 1 and 1 <= r < p (span(A) has a complement).
+
+    Parameters
+    ----------
+    p : object
+        The number of rows of each update, an integer >= 1.
+    q : object
+        The number of columns of each update, an integer >= 1.
+    r : object
+        The rank of the shared subspace, an integer with 1 <= r < p.
+
+    Returns
+    -------
+    tuple of int
+        ``(p, q, r)`` as Python ints.
+    """
     p, q, r = check_int(p, "p", 1), check_int(q, "q", 1), check_int(r, "r", 1)
     if r >= p:
         raise ValueError(
@@ -335,7 +509,22 @@ def check_dims(p: object, q: object, r: object) -> tuple[int, int, int]:
 
 
 def check_rank(rank: object, largest: int, name: str = "rank") -> int:
-    """Return ``rank`` as an int in [1, largest], or raise saying why ``largest``."""
+    """Return ``rank`` as an int in [1, largest], or raise saying why ``largest``.
+
+    Parameters
+    ----------
+    rank : object
+        The rank to check: an integer (not a bool) between 1 and ``largest``.
+    largest : int
+        The largest accepted rank (e.g. min(p, Kq) for the stacked matrix).
+    name : str, default "rank"
+        The argument name used in error messages.
+
+    Returns
+    -------
+    int
+        ``rank`` as a Python int.
+    """
     rank = check_int(rank, name, 1)
     if rank > largest:
         raise ValueError(f"{name} must be between 1 and {largest}, got {rank}.")
@@ -354,6 +543,24 @@ def check_real_array(
 
     ``whole``: the values must also be whole numbers (counts of clients or
     observations).
+
+    Parameters
+    ----------
+    value : object
+        A real number or an array_like of them (bools refused).
+    name : str
+        The argument name used in error messages.
+    minimum : float, default 0.0
+        The lower bound of every entry (keyword only).
+    strict : bool, default False
+        Require entries > ``minimum`` instead of >= (keyword only).
+    whole : bool, default False
+        Require whole numbers (keyword only).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``value`` as a new float64 array of its own shape (0-d for a number).
     """
     if isinstance(value, bool | np.bool_):
         raise TypeError(f"{name} must be a number or an array of numbers, not a bool.")
@@ -387,6 +594,20 @@ def check_noise_levels(
 
     ``sigma`` is one number for every client or K numbers; each must be finite
     and > 0.
+
+    Parameters
+    ----------
+    sigma : float or array_like, shape (K,)
+        The noise standard deviation(s): one for all clients or one per client.
+    n_clients : int
+        K, the number of clients.
+    name : str, default "sigma"
+        The argument name used in error messages.
+
+    Returns
+    -------
+    numpy.ndarray, shape (K,)
+        sigma_k for every client, a new float64 array.
     """
     if isinstance(sigma, bool | np.bool_):
         raise TypeError(f"{name} must be a positive number or K numbers, not a bool.")
@@ -417,6 +638,21 @@ def check_noise_cov(noise_cov: object, n_clients: int, p: int) -> np.ndarray:
 
     ``noise_cov`` is one (p, p) covariance for every client or K of them, the
     covariance of each column of Theta^_k - Theta_k.
+
+    Parameters
+    ----------
+    noise_cov : array_like, shape (p, p) or (K, p, p)
+        The noise covariance C_k, shared or one per client; symmetric up to a
+        relative 1e-10, positive semidefinite up to round-off, not zero.
+    n_clients : int
+        K, the number of clients.
+    p : int
+        The number of rows of each update, the side of C_k.
+
+    Returns
+    -------
+    numpy.ndarray, shape (K, p, p)
+        C_k for every client, symmetrized ((C + C^T) / 2), a new float64 array.
     """
     arr = np.asarray(noise_cov)
     if not is_real_dtype(arr.dtype):
@@ -454,7 +690,21 @@ def check_noise_cov(noise_cov: object, n_clients: int, p: int) -> np.ndarray:
 
 
 def check_noise_df(noise_df: object, n_clients: int) -> np.ndarray:
-    """nu_k as a float64 array of shape (K,), each finite and >= 1."""
+    """nu_k as a float64 array of shape (K,), each finite and >= 1.
+
+    Parameters
+    ----------
+    noise_df : float or array_like, shape (K,)
+        The residual degrees of freedom nu_k of each client's noise variance
+        estimate: one number for every client or one per client.
+    n_clients : int
+        K, the number of clients.
+
+    Returns
+    -------
+    numpy.ndarray, shape (K,)
+        nu_k for every client, a new float64 array.
+    """
     arr = check_real_array(noise_df, "noise_df", minimum=1.0)
     if arr.shape not in ((), (n_clients,)):
         raise ValueError(
@@ -505,7 +755,22 @@ def check_interval(
 
 
 def check_shrinkage(shrinkage: float | np.ndarray | None, n_clients: int) -> np.ndarray:
-    """b_k as an array of shape (K,), checked to lie in [0, 1] (None: zeros)."""
+    """b_k as an array of shape (K,), checked to lie in [0, 1] (None: zeros).
+
+    Parameters
+    ----------
+    shrinkage : float or numpy.ndarray of shape (K,) or None
+        The shrinkage factors b_k of step 4: one for every client or one per
+        client; None for b_k = 0 (no shrinkage).
+    n_clients : int
+        K, the number of clients.
+
+    Returns
+    -------
+    numpy.ndarray, shape (K,)
+        b_k for every client, a new float64 array.
+    """
+
     if shrinkage is None:
         return np.zeros(n_clients)
     if isinstance(shrinkage, bool):
