@@ -96,7 +96,6 @@ def duality_gap(
         whether it has a centre: it sets the primal objective and the dual
         constraints.
     data : numpy.ndarray, shape (p, Kq)
-
         The stacked matrix M.
     low_rank, sparse : numpy.ndarray, shape (p, Kq)
         Candidate L and S (stacked).

@@ -99,7 +99,6 @@ def left_singular(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     matrix : numpy.ndarray, shape (m, n)
         The matrix to decompose (the stacked updates or the low-rank part L).
 
-
     Returns
     -------
     u : numpy.ndarray, shape (m, k)

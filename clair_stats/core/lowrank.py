@@ -173,7 +173,6 @@ class LowRankUpdates:
         numpy.ndarray, shape (p, q)
             The dense update of client k.
         """
-
         if isinstance(k, bool) or not isinstance(k, numbers.Integral):
             raise TypeError(f"k must be an int client index, got {k!r}.")
         if not -self.n_clients <= k < self.n_clients:

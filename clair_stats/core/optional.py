@@ -101,7 +101,6 @@ def progress(
     object
         The items of ``iterable``, in order.
     """
-
     if disable:
         yield from iterable
         return

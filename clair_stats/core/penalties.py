@@ -122,7 +122,6 @@ class SVT:
         The singular vectors of the kept values on the smaller side of X (left
         ones when p <= N, right ones otherwise), shape (min(p, N), k); a warm
         start for the next call (``start``). None for the ``"svd"`` route.
-
     """
 
     value: np.ndarray
@@ -420,5 +419,4 @@ class BlockFrobenius:
         float
             The dual norm of the weighted block norm at ``y``.
         """
-
         return float(np.max(block_norms(y, self.n_clients) / self.weights))

@@ -200,7 +200,6 @@ class Problem:
         float
             The objective value.
         """
-
         reg = self.regularizer(low_rank, sparse)
         if self.mode != "penalized":
             return reg

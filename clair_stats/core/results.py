@@ -440,7 +440,6 @@ class RefinedFactors:
         numpy.ndarray, shape (p, q)
             The refined update of client k (its own update if flagged).
         """
-
         return self.B[k] @ self.A[k]
 
     def dense(self) -> np.ndarray:

@@ -770,7 +770,6 @@ def check_shrinkage(shrinkage: float | np.ndarray | None, n_clients: int) -> np.
     numpy.ndarray, shape (K,)
         b_k for every client, a new float64 array.
     """
-
     if shrinkage is None:
         return np.zeros(n_clients)
     if isinstance(shrinkage, bool):
