@@ -62,7 +62,18 @@ DEFAULT_TOL = {"proximal": 1e-7, "cvxpy": 1e-8}
 
 
 def default_lam(n_clients: int) -> float:
-    """lam = c_lam / sqrt(K) with c_lam = :data:`DEFAULT_C_LAM`."""
+    """lam = c_lam / sqrt(K) with c_lam = :data:`DEFAULT_C_LAM`.
+
+    Parameters
+    ----------
+    n_clients : int
+        K, the number of clients.
+
+    Returns
+    -------
+    float
+        The default weight lam of the block penalty.
+    """
     return DEFAULT_C_LAM / np.sqrt(n_clients)
 
 

@@ -57,7 +57,7 @@ TESTS: tuple[str, ...] = ("chi2", "weighted_chi2", "empirical")
 class ClientTest:
     """The per-client test of step 3 (docs/pipeline.md §3.3.2).
 
-    Attributes
+    Parameters
     ----------
     method : {"chi2", "weighted_chi2", "empirical"}
         The law of E_k under the null (module docstring).
@@ -73,7 +73,11 @@ class ClientTest:
     rejected : numpy.ndarray of bool, shape (K,)
         Clients flagged as contaminated at level ``alpha``.
     alpha : float
+        The level of the test, in (0, 1): family-wise error for ``"holm"`` and
+        ``"bonferroni"``, false discovery rate for ``"fdr_bh"``.
     correction : str
+        The multiple-testing correction over the K clients: ``"holm"``,
+        ``"fdr_bh"`` or ``"bonferroni"`` (:mod:`clair_stats.pipeline.multitest`).
     df : int or None
         (p - r) q for the chi-square laws; None for ``"empirical"``.
     noise_sd : numpy.ndarray of shape (K,), or None

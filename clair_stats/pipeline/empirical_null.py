@@ -73,7 +73,7 @@ _GRID_SIZE, _GRID_MAX = 241, 1e4
 class NullLaw:
     """The law of the leave-one-out robust z-score of one of K iid normals.
 
-    Attributes
+    Parameters
     ----------
     n_clients : int
         K (the score uses the K - 1 others).
@@ -129,7 +129,19 @@ class NullLaw:
         return cls(n_clients, location.size, seed, grid, log_sf)
 
     def sf(self, z: np.ndarray) -> np.ndarray:
-        """P(Z >= z), interpolated linearly in (asinh z, log P); any shape."""
+        """P(Z >= z), interpolated linearly in (asinh z, log P); any shape.
+
+        Parameters
+        ----------
+        z : array_like
+            Robust z-scores, any shape; beyond the grid (|z| > 1e4) the end
+            values are used.
+
+        Returns
+        -------
+        numpy.ndarray
+            The upper-tail probabilities, in (0, 1], of the shape of ``z``.
+        """
         z = np.asarray(z, dtype=float)
         log_p = np.interp(np.arcsinh(z), np.arcsinh(self.grid), self.log_sf)
         return np.minimum(np.exp(log_p), 1.0)

@@ -124,7 +124,7 @@ RANK_TOL = 1e-6
 class ClairResult:
     """What :func:`clair` returns.
 
-    Attributes
+    Parameters
     ----------
     subspace : numpy.ndarray, shape (p, r) (``side="right"``: (q, r))
         A^, orthonormal columns (r = 0 when no shared direction was found).
@@ -142,6 +142,8 @@ class ClairResult:
     detect : str
         The rule used: ``"support"`` or ``"test"`` (``"auto"`` resolved).
     side : str
+        ``"left"`` (the shared subspace is in the column space, R^p) or
+        ``"right"`` (in the row space, R^q: every step ran on the transposes).
     mode : str
         The program solved: ``"exact"`` (P0) or ``"penalized"`` (P1).
     mu : float or None
@@ -401,6 +403,9 @@ def clair(
     weights : array_like, shape (K,), optional
         Block weights w_k.
     solver : {"proximal", "cvxpy"}
+        The solver of step 1 (:func:`clair_stats.decompose`): ``"proximal"``
+        (default, ADMM for P0, block-coordinate descent for P1) or ``"cvxpy"``
+        (the exact reference, small instances only).
     support_tol : float
         Relative tolerance of ``detect="support"``.
     refined_rank : int, optional

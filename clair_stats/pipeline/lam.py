@@ -48,7 +48,7 @@ RANK_TOL = 1e-6
 class LamSelection:
     """The lam chosen by :func:`select_lam` and how it was found.
 
-    Attributes
+    Parameters
     ----------
     lam : float
         The chosen lam (the final solve's; its weights are ``weights``).

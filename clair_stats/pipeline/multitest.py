@@ -76,7 +76,10 @@ def adjusted_p_values(p_values: object, method: str = "holm") -> np.ndarray:
     ----------
     p_values : array_like, shape (..., m)
         Uncorrected p-values in [0, 1]; the last axis is one family of tests.
-    method : {"holm", "fdr_bh", "bonferroni"}
+    method : {"holm", "fdr_bh", "bonferroni"}, default "holm"
+        The correction: Holm's step-down and Bonferroni's control the
+        family-wise error, Benjamini-Hochberg (``"fdr_bh"``) the false discovery
+        rate.
 
     Returns
     -------
@@ -97,8 +100,11 @@ def reject(
         Uncorrected p-values in [0, 1]; the last axis is one family of tests.
     alpha : float
         Family-wise error (``"holm"``, ``"bonferroni"``) or false discovery rate
-        (``"fdr_bh"``), in (0, 1).
-    method : {"holm", "fdr_bh", "bonferroni"}
+        (``"fdr_bh"``), in (0, 1); default 0.05.
+    method : {"holm", "fdr_bh", "bonferroni"}, default "holm"
+        The correction: Holm's step-down and Bonferroni's control the
+        family-wise error, Benjamini-Hochberg (``"fdr_bh"``) the false discovery
+        rate.
 
     Returns
     -------
@@ -147,8 +153,10 @@ def reject_present(
     ----------
     p_values : numpy.ndarray, shape (M, K)
         p-values in [0, 1], NaN for a missing pair.
-    alpha : float
-    method : {"holm", "fdr_bh", "bonferroni"}
+    alpha : float, default 0.05
+        The level of the correction, in (0, 1), as in :func:`reject`.
+    method : {"holm", "fdr_bh", "bonferroni"}, default "holm"
+        The correction, as in :func:`reject`.
 
     Returns
     -------

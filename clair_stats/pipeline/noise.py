@@ -56,7 +56,18 @@ MIN_NOISELESS_RHO = 1e-12
 
 
 def noiseless_threshold(tol: float) -> float:
-    """rho_0 = max(1e-12, (10 tol)^2): below it the data count as noiseless."""
+    """rho_0 = max(1e-12, (10 tol)^2): below it the data count as noiseless.
+
+    Parameters
+    ----------
+    tol : float
+        The relative accuracy of the solver of step 1 (1e-7 by default).
+
+    Returns
+    -------
+    float
+        rho_0, the largest share of energy outside span(A^) of noiseless data.
+    """
     return max(MIN_NOISELESS_RHO, (10.0 * tol) ** 2)
 
 
@@ -66,6 +77,23 @@ def noise_norm(sd: np.ndarray, p: int, n_clients: int, q: int) -> float:
     The operator norm of the p x Kq noise matrix with independent entries of
     standard deviation sigma_k in block k is at most about this (for one sigma,
     sigma (sqrt(p) + sqrt(Kq)), the edge of the Marchenko-Pastur law).
+
+    Parameters
+    ----------
+    sd : array_like, shape (K,)
+        The per-entry noise standard deviations sigma_k >= 0, in the units of
+        the updates.
+    p : int
+        The number of rows of each update.
+    n_clients : int
+        K, the number of clients.
+    q : int
+        The number of columns of each update.
+
+    Returns
+    -------
+    float
+        mu, in the units of the updates (0 when every sigma_k is 0).
     """
     sd = np.asarray(sd, dtype=float)
     peak = float(np.max(sd))
@@ -88,6 +116,19 @@ def optimal_threshold(shape: tuple[int, int], sd: float) -> float:
     estimate; 1.15-1.4 times the noise edge sd (sqrt(m) + sqrt(n)), so noise
     directions fall below it with high probability.
 
+    Parameters
+    ----------
+    shape : tuple of int
+        (m, n), the shape of the matrix (in either order).
+    sd : float
+        The standard deviation of the iid noise entries, in the units of the
+        matrix.
+
+    Returns
+    -------
+    float
+        The threshold lambda*(beta) sqrt(n) sd on the singular values.
+
     References
     ----------
     Gavish, Donoho (2014). The optimal hard threshold for singular values is
@@ -105,7 +146,7 @@ def optimal_threshold(shape: tuple[int, int], sd: float) -> float:
 class GivenNoise:
     """The noise level the caller gave: ``sigma``, or ``noise_cov`` (+ ``noise_df``).
 
-    Attributes
+    Parameters
     ----------
     sd : numpy.ndarray of shape (K,), or None
         sigma_k: ``sigma``, or sqrt(tr(C_k) / p) for ``noise_cov``; None when
@@ -129,7 +170,33 @@ class GivenNoise:
         n_clients: int,
         p: int,
     ) -> GivenNoise:
-        """Validate the three arguments of :func:`clair_stats.clair`."""
+        """Validate the three arguments of :func:`clair_stats.clair`.
+
+        At most one of ``sigma`` and ``noise_cov`` may be given, and
+        ``noise_df`` only with ``noise_cov`` (a ``ValueError`` otherwise).
+
+        Parameters
+        ----------
+        sigma : float or array_like of shape (K,), or None
+            The noise standard deviation of every entry, one for all clients or
+            one per client (see
+            :func:`~clair_stats.core.validation.check_noise_levels`).
+        noise_cov : array_like of shape (p, p) or (K, p, p), or None
+            The covariance C_k of each column of Theta^_k - Theta_k (see
+            :func:`~clair_stats.core.validation.check_noise_cov`).
+        noise_df : float or array_like of shape (K,), or None
+            nu_k, the residual degrees of freedom of an estimated ``noise_cov``.
+        n_clients : int
+            K, the number of clients.
+        p : int
+            The number of rows of each update (the side of C_k).
+
+        Returns
+        -------
+        GivenNoise
+            The checked noise level; all fields None when neither ``sigma`` nor
+            ``noise_cov`` was given.
+        """
         if sigma is not None and noise_cov is not None:
             raise ValueError(
                 "pass sigma (iid noise of sd sigma_k) or noise_cov (the covariance "
@@ -161,13 +228,15 @@ class GivenNoise:
 class NoiseLevel:
     """The noise level :func:`clair_stats.clair` used, and the noiseless rule.
 
-    Attributes
+    Parameters
     ----------
     sd : numpy.ndarray, shape (K,)
         Per-entry standard deviation sigma_k in the units of the updates: given
         (``sigma``), sqrt(tr(C_k) / p) (``noise_cov``), or the median rule at
         A^ (``estimated``; all equal).
     source : {"sigma", "noise_cov", "estimated"}
+        Where ``sd`` came from: the caller's ``sigma`` or ``noise_cov``, or the
+        median rule.
     relative_energy : float
         rho, the share of the typical client's energy outside span(A^)
         (module docstring).

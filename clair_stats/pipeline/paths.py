@@ -41,21 +41,50 @@ class Coordinates:
     ones are the core of :mod:`clair_stats.solvers.factored`. Energies and
     subspace fits are the same in either, since Q and W_k are isometries and
     A^ lies in span(Q).
+
+    Parameters
+    ----------
+    blocks : numpy.ndarray, shape (K, d, m)
+        X_k: the updates themselves (d = p, m = q) or the core blocks C_k.
+    basis : numpy.ndarray of shape (p, d), or None
+        Q, orthonormal columns; None for the identity (dense updates).
+    center : numpy.ndarray of shape (d, m), or None
+        c^ in these coordinates; None without a centre.
     """
 
-    #: X_k, shape (K, d, m).
     blocks: np.ndarray
-    #: Q, shape (p, d), orthonormal columns; None for the identity.
     basis: np.ndarray | None
-    #: c^ in these coordinates, shape (d, m), or None.
     center: np.ndarray | None
 
     def inward(self, subspace: np.ndarray) -> np.ndarray:
-        """A (p x r) in these coordinates: Q^T A."""
+        """A (p x r) in these coordinates: Q^T A.
+
+        Parameters
+        ----------
+        subspace : numpy.ndarray, shape (p, r)
+            A basis A in R^p (for factored updates it must lie in span(Q) for
+            the map to be exact).
+
+        Returns
+        -------
+        numpy.ndarray, shape (d, r)
+            Q^T A, or ``subspace`` itself when ``basis`` is None.
+        """
         return subspace if self.basis is None else self.basis.T @ subspace
 
     def outward(self, subspace: np.ndarray) -> np.ndarray:
-        """A in these coordinates back to p x r: Q A."""
+        """A in these coordinates back to p x r: Q A.
+
+        Parameters
+        ----------
+        subspace : numpy.ndarray, shape (d, r)
+            A basis in these coordinates.
+
+        Returns
+        -------
+        numpy.ndarray, shape (p, r)
+            Q A, or ``subspace`` itself when ``basis`` is None.
+        """
         return subspace if self.basis is None else self.basis @ subspace
 
     def energies(
@@ -69,6 +98,21 @@ class Coordinates:
         ``subspace`` p x r; ``center`` in these coordinates (default the
         decomposition's c^). ``scale`` (a power of two) keeps the squares clear
         of over- and underflow: the energies of updates of order 1e300 or 1e-300.
+
+        Parameters
+        ----------
+        subspace : numpy.ndarray, shape (p, r)
+            A, orthonormal columns (r = 0 gives the whole energy).
+        center : numpy.ndarray of shape (d, m), optional
+            c in these coordinates; default None, the ``center`` of these
+            coordinates (itself None without a centre).
+        scale : float, default 1.0
+            The unit the updates are divided by before squaring.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K,)
+            E_k / scale^2 for every client.
         """
         c = self.center if center is None else center
         return off_subspace_energy(
@@ -83,7 +127,23 @@ class Coordinates:
         center: np.ndarray | None = None,
         scale: float = 1.0,
     ) -> np.ndarray:
-        """||u_i^T (Theta^_k - c) / scale||^2 per client k and column u_i, (K, r)."""
+        """||u_i^T (Theta^_k - c) / scale||^2 per client k and column u_i, (K, r).
+
+        Parameters
+        ----------
+        basis : numpy.ndarray, shape (p, r)
+            The directions u_i in its columns.
+        center : numpy.ndarray of shape (d, m), optional
+            c in these coordinates; default None, the ``center`` of these
+            coordinates (itself None without a centre).
+        scale : float, default 1.0
+            The unit the updates are divided by before squaring.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K, r)
+            The energy of each client along each direction, over scale^2.
+        """
         c = self.center if center is None else center
         x = self.blocks / scale if c is None else (self.blocks - c) / scale
         return np.sum((self.inward(basis).T @ x) ** 2, axis=2)
@@ -100,15 +160,50 @@ class Updates(Protocol):
         """(K, p, q) of the full updates."""
 
     def oriented(self, side: str) -> Updates:
-        """The updates of ``side``: themselves, or their transposes for "right"."""
+        """The updates of ``side``: themselves, or their transposes for "right".
+
+        Parameters
+        ----------
+        side : {"left", "right"}
+            ``"left"`` keeps the updates, ``"right"`` transposes every one.
+
+        Returns
+        -------
+        Updates
+            Updates of the same kind.
+        """
 
     def decompose(self, **options) -> Decomposition | FactoredDecomposition:
-        """Step 1 (:func:`clair_stats.decompose` with ``options``)."""
+        """Step 1 (:func:`clair_stats.decompose` with ``options``).
+
+        Parameters
+        ----------
+        **options
+            Keyword arguments of :func:`clair_stats.decompose` (``lam``,
+            ``mode``, ``center``, ``weights``, the solver's settings).
+
+        Returns
+        -------
+        Decomposition or FactoredDecomposition
+            The decomposition of the updates.
+        """
 
     def coordinates(
         self, decomposition: Decomposition | FactoredDecomposition
     ) -> Coordinates:
-        """The blocks X_k, with Theta^_k's columns = basis X_k, and the centre."""
+        """The blocks X_k, with Theta^_k's columns = basis X_k, and the centre.
+
+        Parameters
+        ----------
+        decomposition : Decomposition or FactoredDecomposition
+            Step 1 on these updates (:meth:`decompose`): its centre, and for
+            factored updates its core and basis Q.
+
+        Returns
+        -------
+        Coordinates
+            The updates in the basis of the decomposition.
+        """
 
     def residual_gram(
         self,
@@ -120,6 +215,22 @@ class Updates(Protocol):
         """<P_A^perp (Theta^_j - c), P_A^perp (Theta^_k - c)> / scale^2, (K, K).
 
         ``center`` in the coordinates of :meth:`coordinates` (None: c = 0).
+
+        Parameters
+        ----------
+        decomposition : Decomposition or FactoredDecomposition
+            Step 1 on these updates (its basis Q for factored updates).
+        subspace : numpy.ndarray, shape (p, r)
+            A, orthonormal columns.
+        center : numpy.ndarray or None
+            c in the coordinates of :meth:`coordinates`; None for c = 0.
+        scale : float, default 1.0
+            The unit the updates are divided by before the inner products.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K, K)
+            The Gram matrix of the off-subspace residuals.
         """
 
     def refine(
@@ -131,35 +242,116 @@ class Updates(Protocol):
         weights: np.ndarray | None = None,
         shrinkage: np.ndarray | None = None,
     ) -> np.ndarray | RefinedFactors:
-        """Step 4: Theta~_k for k in S^, Theta^_k otherwise (mean weighted by w,
-        in-subspace deviations shrunk by b_k)."""
+        """Step 4: Theta~_k for k in S^, Theta^_k otherwise.
+
+        The mean is weighted by the pooling weights, the in-subspace deviations
+        from it shrunk by b_k (:func:`clair_stats.refine`).
+
+        Parameters
+        ----------
+        decomposition : Decomposition or FactoredDecomposition
+            Step 1 on these updates (its basis Q for factored updates).
+        subspace : numpy.ndarray, shape (p, r)
+            A^, orthonormal columns.
+        collaborative : numpy.ndarray of bool, shape (K,)
+            S^, the clients to refine.
+        refined_rank : int or None
+            Factored updates only: the rank t of the refined factors (None:
+            each client's own rank); ignored for dense updates.
+        weights : numpy.ndarray of shape (K,), optional
+            The pooling weights pi_k of Thetabar; default None, equal over S^.
+        shrinkage : numpy.ndarray of shape (K,), optional
+            b_k in [0, 1]; default None, b_k = 0.
+
+        Returns
+        -------
+        numpy.ndarray of shape (K, p, q), or RefinedFactors
+            The refined updates, dense or as factors like the input.
+        """
 
     def restore(
         self, refined: np.ndarray | RefinedFactors, side: str
     ) -> np.ndarray | RefinedFactors:
-        """Refined updates of ``side`` back in the orientation of the input."""
+        """Refined updates of ``side`` back in the orientation of the input.
+
+        Parameters
+        ----------
+        refined : numpy.ndarray of shape (K, p, q), or RefinedFactors
+            The output of :meth:`refine` on the oriented updates.
+        side : {"left", "right"}
+            The ``side`` the updates were oriented to; ``"right"`` transposes
+            back.
+
+        Returns
+        -------
+        numpy.ndarray of shape (K, p, q), or RefinedFactors
+            The refined updates in the input's orientation.
+        """
 
 
 @dataclass(frozen=True)
 class DenseUpdates:
-    """Updates held as a (K, p, q) float64 array."""
+    """Updates held as a (K, p, q) float64 array.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (K, p, q)
+        The client updates Theta^_k, float64 (as :func:`as_updates` checks them).
+    """
 
     data: np.ndarray
     factored = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """(K, p, q) of the updates."""
         return self.data.shape
 
     def oriented(self, side: str) -> DenseUpdates:
+        """The updates themselves, or their transposes (a view) for "right".
+
+        Parameters
+        ----------
+        side : {"left", "right"}
+            ``"left"`` keeps the updates, ``"right"`` transposes every one.
+
+        Returns
+        -------
+        DenseUpdates
+            Updates of shape (K, p, q) or (K, q, p).
+        """
         if side == "right":
             return DenseUpdates(self.data.transpose(0, 2, 1))
         return self
 
     def decompose(self, **options) -> Decomposition:
+        """Step 1: :func:`clair_stats.decompose` on the array.
+
+        Parameters
+        ----------
+        **options
+            Keyword arguments of :func:`clair_stats.decompose`.
+
+        Returns
+        -------
+        Decomposition
+            The dense decomposition.
+        """
         return decompose(self.data, **options)
 
     def coordinates(self, decomposition: Decomposition) -> Coordinates:
+        """The updates as their own coordinates (no basis), with the centre c^.
+
+        Parameters
+        ----------
+        decomposition : Decomposition
+            Step 1 on these updates; only its centre is used.
+
+        Returns
+        -------
+        Coordinates
+            ``blocks`` the updates, ``basis`` None.
+        """
         return Coordinates(self.data, None, decomposition.center)
 
     def residual_gram(
@@ -169,6 +361,25 @@ class DenseUpdates:
         center: np.ndarray | None,
         scale: float = 1.0,
     ) -> np.ndarray:
+        """<P_A^perp (Theta^_j - c), P_A^perp (Theta^_k - c)> / scale^2, (K, K).
+
+        Parameters
+        ----------
+        decomposition : Decomposition
+            Step 1 on these updates (not used: the updates are their own
+            coordinates).
+        subspace : numpy.ndarray, shape (p, r)
+            A, orthonormal columns.
+        center : numpy.ndarray of shape (p, q), or None
+            c; None for c = 0.
+        scale : float, default 1.0
+            The unit the updates are divided by before the inner products.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K, K)
+            The Gram matrix of the off-subspace residuals.
+        """
         return _gram(
             self.data / scale, subspace, None if center is None else center / scale
         )
@@ -182,9 +393,45 @@ class DenseUpdates:
         weights: np.ndarray | None = None,
         shrinkage: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Step 4 on the array (:func:`clair_stats.refine`).
+
+        Parameters
+        ----------
+        decomposition : Decomposition
+            Step 1 on these updates (not used).
+        subspace : numpy.ndarray, shape (p, r)
+            A^, orthonormal columns.
+        collaborative : numpy.ndarray of bool, shape (K,)
+            S^, the clients to refine.
+        refined_rank : int or None
+            Not used (dense updates are refined in full).
+        weights : numpy.ndarray of shape (K,), optional
+            The pooling weights pi_k of Thetabar; default None, equal over S^.
+        shrinkage : numpy.ndarray of shape (K,), optional
+            b_k in [0, 1]; default None, b_k = 0.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K, p, q)
+            Theta~_k for k in S^, Theta^_k otherwise (a new array).
+        """
         return refine(self.data, subspace, collaborative, weights, shrinkage)
 
     def restore(self, refined: np.ndarray, side: str) -> np.ndarray:
+        """The refined array, transposed back for ``side="right"``.
+
+        Parameters
+        ----------
+        refined : numpy.ndarray, shape (K, p, q)
+            The output of :meth:`refine` on the oriented updates.
+        side : {"left", "right"}
+            The ``side`` the updates were oriented to.
+
+        Returns
+        -------
+        numpy.ndarray
+            The refined updates in the input's orientation, C-contiguous.
+        """
         return np.ascontiguousarray(
             refined.transpose(0, 2, 1) if side == "right" else refined
         )
@@ -192,22 +439,66 @@ class DenseUpdates:
 
 @dataclass(frozen=True)
 class FactoredUpdates:
-    """Updates held as LoRA factors (:class:`~clair_stats.LowRankUpdates`)."""
+    """Updates held as LoRA factors (:class:`~clair_stats.LowRankUpdates`).
+
+    Parameters
+    ----------
+    data : LowRankUpdates
+        The factors s_k, B_k, A_k of the client updates Theta^_k = s_k B_k A_k.
+    """
 
     data: LowRankUpdates
     factored = True
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """(K, p, q) of the full updates (never formed)."""
         return self.data.shape
 
     def oriented(self, side: str) -> FactoredUpdates:
+        """The factors themselves, or those of the transposes for "right".
+
+        Parameters
+        ----------
+        side : {"left", "right"}
+            ``"left"`` keeps the updates, ``"right"`` transposes every one
+            (B_k and A_k swap roles).
+
+        Returns
+        -------
+        FactoredUpdates
+            Factored updates of shape (K, p, q) or (K, q, p).
+        """
         return FactoredUpdates(self.data.transpose()) if side == "right" else self
 
     def decompose(self, **options) -> FactoredDecomposition:
+        """Step 1 on the core of the factors (:func:`clair_stats.decompose`).
+
+        Parameters
+        ----------
+        **options
+            Keyword arguments of :func:`clair_stats.decompose`.
+
+        Returns
+        -------
+        FactoredDecomposition
+            The decomposition, held on the core.
+        """
         return decompose(self.data, **options)
 
     def coordinates(self, decomposition: FactoredDecomposition) -> Coordinates:
+        """The core blocks C_k in the basis Q, with the core's centre.
+
+        Parameters
+        ----------
+        decomposition : FactoredDecomposition
+            Step 1 on these updates: its core data, basis Q and core centre.
+
+        Returns
+        -------
+        Coordinates
+            ``blocks`` the core blocks (K, R, m), ``basis`` Q.
+        """
         # Theta^_k = Q C_k W_k^T with Q, W_k isometries: the core C_k (with a
         # centre, W is shared and c = Q c_c W^T)
         return Coordinates(
@@ -221,6 +512,28 @@ class FactoredUpdates:
         center: np.ndarray | None,
         scale: float = 1.0,
     ) -> np.ndarray:
+        """<P_A^perp (Theta^_j - c), P_A^perp (Theta^_k - c)> / scale^2, (K, K).
+
+        From the factors, never forming a p x q product: with a centre, the
+        inner products of the core blocks (one shared row basis); without, from
+        the Gram matrices of P_A^perp s_k B_k and of the A_k.
+
+        Parameters
+        ----------
+        decomposition : FactoredDecomposition
+            Step 1 on these updates: its core data and basis Q (with a centre).
+        subspace : numpy.ndarray, shape (p, r)
+            A, orthonormal columns (in span(Q) with a centre).
+        center : numpy.ndarray of shape (R, m), or None
+            c in the core coordinates of :meth:`coordinates`; None for c = 0.
+        scale : float, default 1.0
+            The unit the updates are divided by before the inner products.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K, K)
+            The Gram matrix of the off-subspace residuals.
+        """
         if center is not None:  # a shared row basis: the core's inner products
             return _gram(
                 decomposition.core_data / scale,
@@ -245,6 +558,29 @@ class FactoredUpdates:
         weights: np.ndarray | None = None,
         shrinkage: np.ndarray | None = None,
     ) -> RefinedFactors:
+        """Step 4 on the factors (:func:`clair_stats.solvers.factored.refine_factored`).
+
+        Parameters
+        ----------
+        decomposition : FactoredDecomposition
+            Step 1 on these updates; its basis Q is reused.
+        subspace : numpy.ndarray, shape (p, r)
+            A^, orthonormal columns.
+        collaborative : numpy.ndarray of bool, shape (K,)
+            S^, the clients to refine.
+        refined_rank : int or None
+            The rank t of every refined factorisation; None for each client's
+            own LoRA rank r_k.
+        weights : numpy.ndarray of shape (K,), optional
+            The pooling weights pi_k of Thetabar; default None, equal over S^.
+        shrinkage : numpy.ndarray of shape (K,), optional
+            b_k in [0, 1]; default None, b_k = 0.
+
+        Returns
+        -------
+        RefinedFactors
+            B~_k A~_k for k in S^, the client's own factors otherwise.
+        """
         return refine_factored(
             self.data,
             subspace,
@@ -256,6 +592,20 @@ class FactoredUpdates:
         )
 
     def restore(self, refined: RefinedFactors, side: str) -> RefinedFactors:
+        """The refined factors, those of the transposes for ``side="right"``.
+
+        Parameters
+        ----------
+        refined : RefinedFactors
+            The output of :meth:`refine` on the oriented updates.
+        side : {"left", "right"}
+            The ``side`` the updates were oriented to.
+
+        Returns
+        -------
+        RefinedFactors
+            The refined factors in the input's orientation.
+        """
         return refined.transpose() if side == "right" else refined
 
 
@@ -270,7 +620,20 @@ def _gram(
 
 
 def as_updates(updates: object) -> DenseUpdates | FactoredUpdates:
-    """Wrap LowRankUpdates or a (K, p, q) array (validated) in the interface."""
+    """Wrap LowRankUpdates or a (K, p, q) array (validated) in the interface.
+
+    Parameters
+    ----------
+    updates : LowRankUpdates or array_like of shape (K, p, q)
+        The client updates; an array is checked by
+        :func:`~clair_stats.core.validation.check_updates` and made float64.
+
+    Returns
+    -------
+    DenseUpdates or FactoredUpdates
+        :class:`FactoredUpdates` for LowRankUpdates, :class:`DenseUpdates`
+        otherwise.
+    """
     if isinstance(updates, LowRankUpdates):
         return FactoredUpdates(updates)
     return DenseUpdates(check_updates(updates))

@@ -122,7 +122,7 @@ def refine(
 class Shrinkage:
     """The in-subspace pooling of step 4 (docs/pipeline.md §3.4).
 
-    Attributes
+    Parameters
     ----------
     factors : numpy.ndarray, shape (K,)
         b_k (0 outside the pooled set).
@@ -291,10 +291,12 @@ def pair_cosines(gram: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     gram : numpy.ndarray, shape (n, n)
+        <X_j, X_k>, the Gram matrix of n updates (or of their residuals).
 
     Returns
     -------
     numpy.ndarray, shape (n, n)
+        The cosines cos_jk, in [-1, 1] up to round-off.
     """
     norm = np.sqrt(np.maximum(np.diag(gram), 0.0))
     outer = np.outer(norm, norm)
@@ -359,10 +361,12 @@ def pair_distances(gram: np.ndarray) -> np.ndarray:
     Parameters
     ----------
     gram : numpy.ndarray, shape (n, n)
+        <X_j, X_k>, the Gram matrix of n updates (or of their residuals).
 
     Returns
     -------
     numpy.ndarray, shape (n, n)
+        The squared distances ||X_j - X_k||_F^2, >= 0.
     """
     diag = np.diag(gram)
     return np.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0)
@@ -459,6 +463,8 @@ def in_subspace_shrinkage(
     noise : numpy.ndarray, shape (K,)
         v_k, in the units of the Gram matrix (``scale`` squared).
     shrink : {"auto", "none"} or float
+        The rule: ``"auto"`` estimates b_k (empirical Bayes), ``"none"`` gives
+        b = 0, a number in [0, 1] is that b for every client of S^.
     decomposition, scale
         Passed to ``residual_gram``.
 
@@ -493,7 +499,7 @@ def in_subspace_shrinkage(
 class Refinement:
     """What :func:`refine_clients` returns.
 
-    Attributes
+    Parameters
     ----------
     refined : numpy.ndarray of shape (K, p, q), or RefinedFactors
         Theta~_k (as factors truncated by SVD for LowRankUpdates).

@@ -86,7 +86,7 @@ MAX_STARTS = 60
 class TrimmedFit:
     """The trimmed (least trimmed squares) fit of the shared subspace and centre.
 
-    Attributes
+    Parameters
     ----------
     subspace : numpy.ndarray, shape (d, r)
         A, orthonormal columns, in the coordinates of the blocks.
@@ -150,6 +150,18 @@ def majority_size(n_clients: int, elemental: int) -> int:
 
     The size of the trimmed set that maximises the number of contaminated
     clients the fit tolerates, floor((K - d) / 2) (module docstring).
+
+    Parameters
+    ----------
+    n_clients : int
+        K, the number of clients.
+    elemental : int
+        d, the size of an elemental subset (:func:`elemental_size`).
+
+    Returns
+    -------
+    int
+        h, the number of clients the trimmed fit keeps.
     """
     return min(n_clients, max((n_clients + elemental) // 2, n_clients // 2 + 1))
 
@@ -157,7 +169,22 @@ def majority_size(n_clients: int, elemental: int) -> int:
 def elemental_size(rank: int, width: int, center: bool) -> int:
     """d = ceil(r / q) (+ 1 with a centre), at least 1: the fewest clients that
     fix (A, c) (the deviations of d clients from their mean span (d - 1) q
-    directions)."""
+    directions).
+
+    Parameters
+    ----------
+    rank : int
+        r, the rank of the subspace (0 for a centre alone).
+    width : int
+        q, the number of columns of each block (its directions per client).
+    center : bool
+        Whether a centre c is fitted too.
+
+    Returns
+    -------
+    int
+        d, the size of an elemental subset.
+    """
     # a centre alone (r = 0) is one client's update
     return max(1, math.ceil(rank / width) + int(center))
 
@@ -318,7 +345,26 @@ def trimmed_objective(
     h: int,
     weights: np.ndarray | None = None,
 ) -> float:
-    """F(A, c): the sum of the h smallest weighted energies at (A, c)."""
+    """F(A, c): the sum of the h smallest weighted energies at (A, c).
+
+    Parameters
+    ----------
+    blocks : numpy.ndarray, shape (K, d, m)
+        X_k: the updates Theta^_k (p x q), or the core of factored ones.
+    subspace : numpy.ndarray, shape (d, r)
+        A, orthonormal columns.
+    center : numpy.ndarray of shape (d, m), or None
+        c; None for c = 0 (no centre).
+    h : int
+        The number of clients in the trimmed sum, 1 <= h <= K.
+    weights : numpy.ndarray of shape (K,), optional
+        w_k = 1 / s_k^2, the per-client noise weights; default None, all 1.
+
+    Returns
+    -------
+    float
+        The trimmed objective, in the units of the weighted energies.
+    """
     blocks = np.asarray(blocks, dtype=float)
     w = np.ones(blocks.shape[0]) if weights is None else np.asarray(weights, float)
     problem = _Problem(blocks, w, subspace.shape[1], center is not None, h)
@@ -353,6 +399,7 @@ def reweighted(
     Parameters
     ----------
     blocks : numpy.ndarray, shape (K, d, m)
+        X_k: the updates Theta^_k (p x q), or the core of factored ones.
     fit : TrimmedFit
         The trimmed fit on the same blocks.
     members : numpy.ndarray of bool, shape (K,)
