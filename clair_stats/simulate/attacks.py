@@ -105,7 +105,7 @@ __all__ = [
 class AttackContext:
     r"""What an omniscient attacker sees.
 
-    Attributes
+    Parameters
     ----------
     benign : ndarray, shape (m_b, p, q)
         The benign clients' updates :math:`\hat\Theta_j` as sent (noisy
@@ -296,6 +296,8 @@ def random(ctx: AttackContext, *, scale: float = 1.0) -> FloatArray:
     Parameters
     ----------
     ctx : AttackContext
+        What the attackers see (:class:`AttackContext`); random draws come from
+        ``ctx.rng``.
     scale : float
         c > 0, the norm relative to rho.
 
@@ -339,6 +341,8 @@ def sign_flip(
     Parameters
     ----------
     ctx : AttackContext
+        What the attackers see (:class:`AttackContext`); random draws come from
+        ``ctx.rng``.
     s : float
         s > 0, the scale of the flip.
     flip_backbone : bool
@@ -433,6 +437,8 @@ def alie(ctx: AttackContext, *, z: float | str = "baruch", ddof: int = 1) -> Flo
     Parameters
     ----------
     ctx : AttackContext
+        What the attackers see (:class:`AttackContext`); random draws come from
+        ``ctx.rng``.
     z : float or "baruch"
         The number of standard deviations (any finite number), or "baruch".
     ddof : {1, 0}
@@ -493,6 +499,8 @@ def ipm(ctx: AttackContext, *, eps: float = 0.5) -> FloatArray:
     Parameters
     ----------
     ctx : AttackContext
+        What the attackers see (:class:`AttackContext`); random draws come from
+        ``ctx.rng``.
     eps : float
         epsilon > 0.
 
@@ -531,6 +539,8 @@ def in_subspace(ctx: AttackContext, *, s: float = 3.0) -> FloatArray:
     Parameters
     ----------
     ctx : AttackContext
+        What the attackers see (:class:`AttackContext`); random draws come from
+        ``ctx.rng``.
     s : float
         s > 0, the factor of the flipped in-subspace part.
 
@@ -567,6 +577,8 @@ def margin(ctx: AttackContext, *, m: float = 1.0) -> FloatArray:
     Parameters
     ----------
     ctx : AttackContext
+        What the attackers see (:class:`AttackContext`); random draws come from
+        ``ctx.rng``.
     m : float
         m >= 0 (0: the honest update).
 
@@ -600,6 +612,8 @@ def orthogonal(ctx: AttackContext, *, scale: float = 1.0) -> FloatArray:
     Parameters
     ----------
     ctx : AttackContext
+        What the attackers see (:class:`AttackContext`); random draws come from
+        ``ctx.rng``.
     scale : float
         c > 0, the norm of the structured part relative to rho.
 
@@ -639,6 +653,8 @@ def mimic(ctx: AttackContext, *, target: int | None = None) -> FloatArray:
     Parameters
     ----------
     ctx : AttackContext
+        What the attackers see (:class:`AttackContext`); random draws come from
+        ``ctx.rng``.
     target : int or None
         Index 0 <= target < m_b into ``ctx.benign``; None: the rule above.
 
@@ -671,6 +687,22 @@ def adaptive_noncentrality(df: int, cut: float, exceed: float) -> float:
     The largest noncentrality an attacker can carry while its statistic stays
     below ``cut`` with probability 1 - ``exceed``; found by Brent's method on
     the noncentral chi-square survival function, increasing in lambda.
+
+    Parameters
+    ----------
+    df : int
+        The degrees of freedom of the chi-square law, (p - r) q.
+    cut : float
+        The cut c_K on the statistic (a chi-square quantile), > 0.
+    exceed : float
+        The probability, in (0, 1), that the attacker's statistic may exceed
+        the cut.
+
+    Returns
+    -------
+    float
+        The noncentrality lambda (0.0 when the central law already exceeds the
+        cut with probability ``exceed`` or more).
     """
     if stats.chi2.sf(cut, df) >= exceed:
         return 0.0
@@ -779,7 +811,7 @@ def adaptive(
 class Attack:
     """One registered attack.
 
-    Attributes
+    Parameters
     ----------
     function : callable
         ``function(ctx, **params) -> ndarray (f, p, q)``.
@@ -864,6 +896,8 @@ def attack(name: str, ctx: AttackContext, **params: object) -> FloatArray:
     name : str
         A key of :data:`ATTACKS` or of :data:`VARIANTS`.
     ctx : AttackContext
+        What the attackers see (:class:`AttackContext`); random draws come from
+        ``ctx.rng``.
     **params
         Parameters of the attack (not those a variant fixes).
 

@@ -89,7 +89,7 @@ __all__ = [
 class ContaminationContext:
     r"""What a contamination generator needs: the instance's draws and parameters.
 
-    Attributes
+    Parameters
     ----------
     rng : numpy.random.Generator
         The instance's generator; every random draw comes from it.
@@ -126,12 +126,36 @@ class ContaminationContext:
         return self.rng.standard_normal((self.p, self.q))
 
     def in_subspace(self, scale: float | None = None) -> FloatArray:
-        r""":math:`A B^T`, B (q x r) iid :math:`N(0, c^2)`, c = ``scale`` (None: s)."""
+        r""":math:`A B^T`, B (q x r) iid :math:`N(0, c^2)`, c = ``scale`` (None: s).
+
+        Parameters
+        ----------
+        scale : float, optional
+            c, the standard deviation of the entries of B; default None, the
+            benign ``signal_scale`` s.
+
+        Returns
+        -------
+        ndarray, shape (p, q)
+            A block in span(A), drawn from ``rng``.
+        """
         scale = self.signal_scale if scale is None else scale
         return self.A @ (scale * self.rng.standard_normal((self.q, self.r))).T
 
     def off_subspace(self, norm: float | None = None) -> FloatArray:
-        r""":math:`P_A^\perp G`, rescaled to Frobenius norm ``norm`` if given."""
+        r""":math:`P_A^\perp G`, rescaled to Frobenius norm ``norm`` if given.
+
+        Parameters
+        ----------
+        norm : float, optional
+            The Frobenius norm of the block; default None, the norm of the
+            projected Gaussian matrix as drawn.
+
+        Returns
+        -------
+        ndarray, shape (p, q)
+            A block with :math:`P_A X = 0`, drawn from ``rng``.
+        """
         off = project_out(self.A, self.gaussian())
         return off if norm is None else rescale(off, norm)
 
@@ -153,7 +177,7 @@ SharedDraw = Callable[[ContaminationContext], object]
 class ContaminationType:
     """One registered contamination type.
 
-    Attributes
+    Parameters
     ----------
     name : str
         The name passed as ``contamination_type``.
@@ -232,6 +256,23 @@ def contamination(
 ) -> Callable[[Generator], Generator]:
     """Decorator form of :func:`register_contamination`; returns the function as is.
 
+    Parameters
+    ----------
+    name : str
+        A name not registered yet.
+    matched : bool
+        True: the block is rescaled to the benign norm rho. False: it is kept
+        (keyword only).
+    shared : callable, optional
+        ``shared(ctx)`` makes a draw shared by all clients of this type in one
+        instance, read as ``ctx.shared``; default None, no shared draw.
+
+    Returns
+    -------
+    callable
+        The decorator: it registers the decorated ``generate(ctx)`` and returns
+        it unchanged.
+
     Examples
     --------
     >>> @contamination("doc_example", matched=True)
@@ -254,6 +295,17 @@ def unregister_contamination(name: str) -> ContaminationType:
     """Remove an added type from the registry and return it.
 
     The built-in types (:data:`CONTAMINATION_TYPES`) cannot be removed.
+
+    Parameters
+    ----------
+    name : str
+        The name of a type added by :func:`register_contamination` (a
+        ``ValueError`` for a built-in or an unknown name).
+
+    Returns
+    -------
+    ContaminationType
+        The removed type.
     """
     if name in CONTAMINATION_TYPES:
         raise ValueError(
@@ -269,7 +321,18 @@ def registered_types() -> tuple[str, ...]:
 
 
 def get_contamination(name: object) -> ContaminationType:
-    """The registered type ``name``, or a ValueError listing the registered ones."""
+    """The registered type ``name``, or a ValueError listing the registered ones.
+
+    Parameters
+    ----------
+    name : str
+        The name of a registered type (built-in or added).
+
+    Returns
+    -------
+    ContaminationType
+        The type: its generator, whether it is matched, its shared draw.
+    """
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(
             f"unknown contamination_type {name!r}; valid types are "

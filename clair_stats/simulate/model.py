@@ -316,8 +316,28 @@ class FederatedModel:
 
         :math:`X_k` rows iid :math:`N(0, \Sigma)`, :math:`\varepsilon_k` rows iid
         :math:`N(0, \sigma^2 I_q)`, :math:`\alpha = 0` (OLS) unless ``ridge``. The
-        truth equals ``self.sample(seed=seed).truth`` for the same int seed. See
-        :func:`clair_stats.simulate.regression.sample_regression` for the parameters.
+        truth equals ``self.sample(seed=seed).truth`` for the same int seed. The
+        draw is :func:`clair_stats.simulate.regression.sample_regression` with
+        this model.
+
+        Parameters
+        ----------
+        n : int or sequence of int
+            :math:`n_k`, the number of observations: one int for every client
+            or K ints. OLS needs :math:`n_k > p`; ridge needs :math:`n_k \ge 1`.
+        sigma : float, default 1.0
+            sigma >= 0, the standard deviation of the regression noise.
+        design_cov : array_like, shape (p, p), optional
+            :math:`\Sigma`, the covariance of the design rows, symmetric positive
+            definite; default None, :math:`I_p`.
+        ridge : float, optional
+            alpha > 0 for ridge; default None, OLS.
+        seed : int or numpy.random.Generator, optional
+            Passed to :func:`numpy.random.default_rng`; default None, fresh
+            entropy.
+        keep_data : bool, default False
+            Store the :math:`X_k` and :math:`Y_k` in ``designs`` and
+            ``responses`` (else they are discarded).
 
         Returns
         -------

@@ -48,7 +48,7 @@ __all__ = ["LocalFit", "RegressionSample", "fit_local", "sample_regression"]
 class LocalFit:
     r"""OLS or ridge fit of one client's multi-response regression.
 
-    Attributes
+    Parameters
     ----------
     estimate : ndarray, shape (p, q)
         :math:`\hat\Theta = (X^T X + \alpha I)^{-1} X^T Y` (:math:`\alpha = 0`: OLS).
@@ -173,10 +173,28 @@ class RegressionSample(FederatedSample):
     Every attribute of :class:`~clair_stats.FederatedSample` keeps its meaning
     (``updates`` holds :math:`\hat\Theta_k` from the local fits), except ``noise``,
     which is NaN: the errors :math:`E_k` have no single per-entry standard deviation
-    tau (their covariance is :math:`\sigma^2 I_q \otimes (X_k^T X_k)^{-1}`).
+    tau (their covariance is :math:`\sigma^2 I_q \otimes (X_k^T X_k)^{-1}`). All
+    arrays are read-only.
 
-    Attributes
+    Parameters
     ----------
+    updates : ndarray, shape (K, p, q)
+        The local fits :math:`\hat\Theta_k`.
+    truth : ndarray, shape (K, p, q)
+        :math:`\Theta_k`.
+    subspace : ndarray, shape (p, r)
+        A, with :math:`A^T A = I_r`.
+    benign : ndarray of bool, shape (K,)
+        True on the collaborative set S.
+    backbone : ndarray, shape (p, q)
+        :math:`\Theta_0` (zeros when ``center=False``).
+    margin : ndarray, shape (K,)
+        :math:`\delta_k = \|P_A^\perp (\Theta_k - \Theta_0)\|_F` for every
+        client.
+    noise : float
+        NaN (see above).
+    model : FederatedModel
+        The generator of the truth.
     n : ndarray of int, shape (K,)
         Sample sizes :math:`n_k`.
     sigma : float
@@ -200,9 +218,7 @@ class RegressionSample(FederatedSample):
         alpha of ridge; None for OLS.
     designs, responses : tuple of ndarray or None
         :math:`X_k` (n_k, p) and :math:`Y_k` (n_k, q) when drawn with
-        ``keep_data=True``; None otherwise.
-
-    All arrays are read-only.
+        ``keep_data=True``; None (the default) otherwise.
     """
 
     n: NDArray[np.int64]

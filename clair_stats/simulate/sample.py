@@ -42,7 +42,20 @@ class SampleGenerator(Protocol):
     def sample(
         self, noise: float = 0.0, seed: int | np.random.Generator | None = None
     ) -> FederatedSample:
-        """Draw one instance."""
+        """Draw one instance.
+
+        Parameters
+        ----------
+        noise : float, default 0.0
+            The noise level tau of the preliminary estimates (0: noiseless).
+        seed : int or numpy.random.Generator, optional
+            The seed or generator of the draw; default None, fresh entropy.
+
+        Returns
+        -------
+        FederatedSample
+            The instance.
+        """
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,8 +63,9 @@ class FederatedSample:
     r"""One draw of a :class:`~clair_stats.simulate.model.FederatedModel`.
 
     The truth, the preliminary estimates and the hidden structure of the instance.
+    All arrays are read-only.
 
-    Attributes
+    Parameters
     ----------
     updates : ndarray, shape (K, p, q)
         Preliminary estimates :math:`\hat\Theta_k = \Theta_k + E_k`.
@@ -70,8 +84,6 @@ class FederatedSample:
         tau.
     model : FederatedModel
         The generator.
-
-    All arrays are read-only.
     """
 
     updates: FloatArray
@@ -90,10 +102,12 @@ class FederatedSample:
 
     @property
     def p(self) -> int:
+        """p, the number of rows of each update."""
         return self.model.p
 
     @property
     def q(self) -> int:
+        """q, the number of columns of each update."""
         return self.model.q
 
     @property
