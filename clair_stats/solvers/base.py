@@ -14,7 +14,47 @@ __all__ = ["SafeguardedAnderson", "SolverOutput", "sparse_center_step"]
 
 @dataclass(frozen=True)
 class SolverOutput:
-    """What a stacked-matrix solver returns to :func:`clair_stats.decompose`."""
+    """What a stacked-matrix solver returns to :func:`clair_stats.decompose`.
+
+    :func:`clair_stats.decompose` turns it into a
+    :class:`~clair_stats.core.results.Decomposition` (blocks of shape (K, p, q))
+    with a :class:`~clair_stats.core.results.SolverInfo`, whose fields of the same
+    names say what the statistics mean for each program.
+
+    Parameters
+    ----------
+    low_rank : numpy.ndarray, shape (p, Kq)
+        L^, stacked.
+    sparse : numpy.ndarray, shape (p, Kq)
+        S^, stacked.
+    center : numpy.ndarray of shape (p, q), or None
+        c^; None without a centre.
+    dual : numpy.ndarray of shape (p, Kq), or None
+        The dual matrix Y (a warm start and the certificate's candidate).
+    converged : bool
+        Whether the stopping rule was met.
+    iterations : int
+        Iterations taken.
+    primal_residual : float
+        The relative primal residual (P0, P1c) or the relative change of L (P1).
+    dual_residual : float
+        The dual residual of the last iteration.
+    duality_gap : float
+        The absolute gap of the certificate.
+    relative_gap : float
+        The scale-free gap the solvers stop on.
+    objective : float
+        The program's objective at (L^, S^, c^).
+    message : str
+        The stopping note.
+    penalty : float, optional
+        ADMM's final penalty beta, reused by a warm start; default None (the
+        other solvers).
+    accepted : int, default 0
+        Anderson extrapolations that passed the safeguard.
+    rejected : int, default 0
+        Anderson extrapolations that failed it (each cost one iteration).
+    """
 
     low_rank: np.ndarray  # (p, Kq)
     sparse: np.ndarray  # (p, Kq)
@@ -60,7 +100,12 @@ def sparse_center_step(
     center : bool
         Whether c is a variable (else c = 0 and None is returned).
     center_init : numpy.ndarray, shape (p, q), optional
-        Warm start for c.
+        Warm start for c; default None, the mean block of R.
+    tol : float, default 1e-13
+        The MM iteration stops when c moves by at most ``tol`` ||R||_F
+        (keyword only).
+    max_iter : int, default 500
+        The most MM steps (keyword only).
 
     Returns
     -------

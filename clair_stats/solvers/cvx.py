@@ -50,6 +50,8 @@ def cvxpy_solve(
     Parameters
     ----------
     problem : Problem
+        The program (P0, P1 or P1c) with its lam, weights, mu or eps and
+        centre, written as a cvxpy problem here.
     data : numpy.ndarray, shape (p, Kq)
         M.
     tol : float
@@ -60,6 +62,7 @@ def cvxpy_solve(
     verbose : bool
         Backend output.
     cvxpy_solver : {"SCS", "CLARABEL"}
+        The cvxpy backend (case-insensitive).
 
     Returns
     -------

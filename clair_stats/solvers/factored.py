@@ -136,7 +136,7 @@ def span_basis(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Reduction:
     """Theta^_k = Q C_k W_k^T: the core of factored updates.
 
-    Attributes
+    Parameters
     ----------
     basis : numpy.ndarray, shape (p, R)
         Q.
@@ -163,7 +163,18 @@ class Reduction:
     seconds: float
 
     def row_basis(self, k: int) -> np.ndarray:
-        """W_k (or the shared W)."""
+        """W_k (or the shared W).
+
+        Parameters
+        ----------
+        k : int
+            The client index, 0-based (ignored when the basis is shared).
+
+        Returns
+        -------
+        numpy.ndarray, shape (q, m_k)
+            Orthonormal columns spanning the row space of A_k (or of all A_k).
+        """
         return self.row_bases[0] if self.shared else self.row_bases[k]
 
 
@@ -316,6 +327,7 @@ def refine_factored(
     Parameters
     ----------
     updates : LowRankUpdates
+        The client updates Theta^_k = s_k B_k A_k, as factors.
     subspace : numpy.ndarray, shape (p, r)
         A^ (orthonormal columns).
     collaborative : numpy.ndarray of bool, shape (K,)
