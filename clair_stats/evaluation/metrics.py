@@ -132,7 +132,7 @@ def principal_angles(A_hat: object, A: object) -> FloatArray:
 class DetectionScores:
     """How well the flagged set matches the contaminated set S^c.
 
-    Attributes
+    Parameters
     ----------
     precision : float
         |flagged and contaminated| / |flagged|; 1 when nothing is flagged (no

@@ -83,7 +83,7 @@ class Instance(Protocol):
 class T1Condition(NamedTuple):
     """T1's condition gamma / (1 - gamma) <= 9 / (121 mu r) on one instance.
 
-    Attributes
+    Parameters
     ----------
     holds : bool
         ``lhs <= rhs``.
