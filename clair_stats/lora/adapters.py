@@ -88,7 +88,7 @@ MIN_CLIENTS = 3
 class ModuleFit:
     """Steps 1-2 of CLAIR on one module and the energies of step 3.
 
-    Attributes
+    Parameters
     ----------
     subspace : numpy.ndarray, shape (p, r)
         A^, orthonormal columns (p = out for ``side="left"``, in for right).
@@ -351,10 +351,12 @@ def zero_updates(updates: LowRankUpdates) -> np.ndarray:
     Parameters
     ----------
     updates : LowRankUpdates
+        The K clients' factors of one module.
 
     Returns
     -------
     numpy.ndarray of bool, shape (K,)
+        True for the clients whose update is zero.
     """
     scale = np.array(
         [

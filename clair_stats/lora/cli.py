@@ -108,10 +108,13 @@ def run_adapters(
     overwrite : bool
         Replace an existing non-empty ``out`` (and ``report``), if it is the
         output of an earlier run (an empty ``out`` needs no ``overwrite``).
-    rank, side, alpha, lam, progress, solver_options
+    rank, side, alpha, lam, progress
         As in :func:`analyse_adapters`.
     out_rank, dtype
         As in :func:`write_refined`.
+    **solver_options
+        ``tol``, ``max_iter`` for :func:`clair_stats.decompose`, as in
+        :func:`analyse_adapters`.
 
     Returns
     -------

@@ -91,9 +91,10 @@ _WRITE_DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.flo
 class LoraModule:
     """One module's factors, read in float64: Delta W = s B A.
 
-    Attributes
+    Parameters
     ----------
     spec : ModuleSpec
+        The module's path, shapes, rank, scaling and stored dtype.
     lora_B : numpy.ndarray, shape (out, r)
         B (PEFT's ``lora_B.weight``).
     lora_A : numpy.ndarray, shape (r, in)
@@ -123,7 +124,7 @@ class LoraModule:
 class Adapter:
     """One client's PEFT LoRA adapter, validated; tensors stay on disk.
 
-    Attributes
+    Parameters
     ----------
     path : pathlib.Path
         The adapter folder.
@@ -169,6 +170,16 @@ class Adapter:
     def module(self, name: str) -> LoraModule:
         """Read one module's factors (float64) from disk.
 
+        Parameters
+        ----------
+        name : str
+            The module path, one of :attr:`module_names`.
+
+        Returns
+        -------
+        LoraModule
+            The module's spec and its factors B and A, as float64.
+
         Raises
         ------
         KeyError
@@ -199,6 +210,16 @@ class Adapter:
 
         (out, in) for ``nn.Linear``; (in, out), the transpose of s B A, with
         ``fan_in_fan_out`` (GPT-2's Conv1D).
+
+        Parameters
+        ----------
+        name : str
+            The module path, one of :attr:`module_names`.
+
+        Returns
+        -------
+        numpy.ndarray
+            The dense update s B A (or its transpose), float64.
         """
         delta = self.module(name).delta()
         return delta.T if self.fan_in_fan_out else delta
@@ -215,7 +236,7 @@ class Adapter:
 class AdapterSet:
     """K clients' adapters of the same base model with the same modules and shapes.
 
-    Attributes
+    Parameters
     ----------
     adapters : tuple of Adapter
         Client k is ``adapters[k]``.
@@ -248,12 +269,35 @@ class AdapterSet:
         return tuple(f"{k:0{width}d}_{n}" for k, n in enumerate(names))
 
     def specs(self, module: str) -> tuple[ModuleSpec, ...]:
-        """The K clients' :class:`ModuleSpec` of one module."""
+        """The K clients' :class:`ModuleSpec` of one module.
+
+        Parameters
+        ----------
+        module : str
+            The module path, one of :attr:`module_names` (a ``KeyError``
+            otherwise).
+
+        Returns
+        -------
+        tuple of ModuleSpec
+            Client k's spec at index k.
+        """
         self._check_module(module)
         return tuple(a.modules[module] for a in self.adapters)
 
     def shape(self, module: str) -> tuple[int, int]:
-        """(out, in) of the module."""
+        """(out, in) of the module.
+
+        Parameters
+        ----------
+        module : str
+            The module path, one of :attr:`module_names`.
+
+        Returns
+        -------
+        tuple of int
+            The shape of the module's update Delta W (that of every client).
+        """
         return self.specs(module)[0].shape
 
     def updates(self, module: str):
@@ -261,6 +305,16 @@ class AdapterSet:
 
         B_k = ``lora_B`` (out, r_k), A_k = ``lora_A`` (r_k, in), s_k the module's
         scaling: Theta^_k = s_k B_k A_k, p = out, q = in.
+
+        Parameters
+        ----------
+        module : str
+            The module path, one of :attr:`module_names`.
+
+        Returns
+        -------
+        LowRankUpdates
+            The factors of the K clients, read from disk as float64.
         """
         from clair_stats.core.lowrank import LowRankUpdates
 
@@ -273,7 +327,18 @@ class AdapterSet:
         )
 
     def dense(self, module: str) -> np.ndarray:
-        """The K updates s_k B_k A_k of one module, shape (K, out, in) (small only)."""
+        """The K updates s_k B_k A_k of one module, shape (K, out, in) (small only).
+
+        Parameters
+        ----------
+        module : str
+            The module path, one of :attr:`module_names`.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K, out, in)
+            The dense updates, float64.
+        """
         self._check_module(module)
         return np.stack([a.module(module).delta() for a in self.adapters])
 

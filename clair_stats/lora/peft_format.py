@@ -49,7 +49,7 @@ FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
 class ModuleSpec:
     """What an adapter declares for one module (read from the file header).
 
-    Attributes
+    Parameters
     ----------
     name : str
         The module's path in the base model (``model.layers.0.self_attn.q_proj``).

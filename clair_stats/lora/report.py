@@ -65,7 +65,7 @@ def _wording(command_line: str, python: str) -> str:
 class ModuleReport:
     """CLAIR on one module (steps 1-3 and the truncation of docs/pipeline.md §3).
 
-    Attributes
+    Parameters
     ----------
     name : str
         The module path.
@@ -125,21 +125,26 @@ class ModuleReport:
 class AdaptersResult:
     """One verdict per client from all modules, and the per-module reports.
 
-    Attributes
+    Parameters
     ----------
     names : tuple of str
         Client names (the adapter folder names, made unique).
     paths : tuple of str
         The adapter folders.
     modules : tuple of ModuleReport
+        The per-module reports, in the order of the adapters' module paths.
     flagged : numpy.ndarray of bool, shape (K,)
         Clients outside S^: they keep their local update in every module.
     p_values : numpy.ndarray, shape (K,)
         Combined p-value: min over modules of the Holm-adjusted p_km; NaN for an
         uninformative client.
     alpha : float
+        The level of Holm's procedure over the (client, module) p-values.
     side : str
+        ``"left"`` (the shared subspace is in the output space of Delta W) or
+        ``"right"`` (in the input space).
     base_model : str or None
+        The adapters' common ``base_model_name_or_path`` (None if unset).
     settings : dict
         The options of the run (for the report).
     outputs : tuple of str or None
@@ -176,12 +181,37 @@ class AdaptersResult:
         return ~tested.any(axis=0)
 
     def zero_update_modules(self, k: int) -> list[str]:
-        """The modules in which client k's update is zero."""
+        """The modules in which client k's update is zero.
+
+        Parameters
+        ----------
+        k : int
+            The client index, 0-based (the order of ``names``).
+
+        Returns
+        -------
+        list of str
+            The module paths, in the order of ``modules``.
+        """
         return [m.name for m in self.modules if m.zero_update[k]]
 
     def worst_modules(self, k: int, n: int = 3) -> list[tuple[str, float]]:
-        """Client k's ``n`` modules with the smallest p_km, as (name, p_km);
-        modules without a p-value for client k are left out."""
+        """Client k's ``n`` modules with the smallest p_km, as (name, p_km).
+
+        Modules without a p-value for client k are left out.
+
+        Parameters
+        ----------
+        k : int
+            The client index, 0-based (the order of ``names``).
+        n : int, default 3
+            The most modules to return.
+
+        Returns
+        -------
+        list of tuple of (str, float)
+            (module path, p_km), by increasing p_km.
+        """
         pairs = [
             (m.name, float(m.p_values[k]))
             for m in self.modules

@@ -44,7 +44,7 @@ MODULES: dict[str, tuple[int, int]] = {
 class SyntheticFederation:
     """K clients' LoRA factors on M modules and which (client, module) is contaminated.
 
-    Attributes
+    Parameters
     ----------
     factors : dict of str to (numpy.ndarray, numpy.ndarray)
         Per module path, B of shape (K, out, R) and A of shape (K, R, in).
@@ -78,7 +78,18 @@ class SyntheticFederation:
         return ~self.contaminated.any(axis=1)
 
     def updates(self, module: str) -> LowRankUpdates:
-        """Theta_km = s B_km A_km of every client, factored."""
+        """Theta_km = s B_km A_km of every client, factored.
+
+        Parameters
+        ----------
+        module : str
+            The module path, a key of ``factors``.
+
+        Returns
+        -------
+        LowRankUpdates
+            The K clients' factors of the module, with scaling s = lora_alpha / R.
+        """
         b, a = self.factors[module]
         return LowRankUpdates(b, a, scaling=self.lora_alpha / self.rank)
 

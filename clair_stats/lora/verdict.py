@@ -109,7 +109,7 @@ RULE = (
 class ClientVerdict:
     """One verdict per client from M modules, with the per-module evidence.
 
-    Attributes
+    Parameters
     ----------
     flagged : numpy.ndarray of bool, shape (K,)
         Clients outside S^.

@@ -80,6 +80,7 @@ def write_refined(
     Parameters
     ----------
     adapters : AdapterSet
+        The K clients' adapters that ``result`` analysed.
     result : AdaptersResult
         From :func:`clair_stats.lora.adapters.analyse_adapters` on the same
         adapters.
@@ -88,6 +89,7 @@ def write_refined(
     out_rank : int, optional
         t, the LoRA rank of every refined module; default each client's own rank.
     dtype : {"float32", "float16", "float64"}
+        The dtype of the written factors (default ``"float32"``).
     overwrite : bool
         Replace adapters already in ``out``.
     progress : bool
