@@ -61,6 +61,10 @@ class ClientHistory:
         Level of Holm's procedure over each client's rounds.
     window : int, optional
         Count only each client's last ``window`` p-values (default: all).
+    _p : dict of int to list of (int, float), optional
+        Internal state: client id -> the (round, p_kt) pairs recorded so far.
+        Leave it to its default, an empty history, and add rounds with
+        :meth:`record`.
 
     Examples
     --------
@@ -89,7 +93,10 @@ class ClientHistory:
         Parameters
         ----------
         server_round : int
+            The Flower round the p-values belong to.
         p_values : dict of int to float
+            Client (node) id -> p_kt in [0, 1] (a ``ValueError`` outside it);
+            NaN for a client that had no p-value this round.
         """
         for node, p in p_values.items():
             p = float(p)
@@ -100,12 +107,34 @@ class ClientHistory:
             self._p.setdefault(int(node), []).append((int(server_round), p))
 
     def rounds(self, node: int) -> list[tuple[int, float]]:
-        """(round, p_kt) of the client's rounds that count (the last ``window``)."""
+        """(round, p_kt) of the client's rounds that count (the last ``window``).
+
+        Parameters
+        ----------
+        node : int
+            The client (node) id.
+
+        Returns
+        -------
+        list of tuple of (int, float)
+            In the order recorded; empty for a client with no p-value yet.
+        """
         entries = self._p.get(int(node), [])
         return entries if self.window is None else entries[-self.window :]
 
     def p_value(self, node: int) -> float:
-        """P_kT = min(1, n_kT min_t p_kt), NaN for a client with no p-value yet."""
+        """P_kT = min(1, n_kT min_t p_kt), NaN for a client with no p-value yet.
+
+        Parameters
+        ----------
+        node : int
+            The client (node) id.
+
+        Returns
+        -------
+        float
+            The Holm-adjusted p-value of the client's first step over its rounds.
+        """
         entries = self.rounds(node)
         if not entries:
             return float("nan")
@@ -117,10 +146,12 @@ class ClientHistory:
         Parameters
         ----------
         nodes : iterable of int
+            Client (node) ids.
 
         Returns
         -------
         numpy.ndarray of bool
+            One flag per id, in order; False for a client with no p-value yet.
         """
         p = np.array([self.p_value(n) for n in nodes], dtype=float)
         return np.where(np.isnan(p), False, p <= self.alpha)

@@ -53,7 +53,7 @@ def _preview(items, n: int = 4) -> str:
 class ArrayLayout:
     """Names, shapes and dtypes of a client's arrays, and their CLAIR modules.
 
-    Attributes
+    Parameters
     ----------
     shapes : dict of str to tuple of int
         Every array's shape, in the order received.
@@ -80,10 +80,13 @@ class ArrayLayout:
         Parameters
         ----------
         arrays : mapping of str to numpy.ndarray
+            The client's named arrays (an ArrayRecord as numpy arrays), the
+            PEFT state-dict names for LoRA factors.
 
         Returns
         -------
         ArrayLayout
+            The shapes, dtypes and modules of these arrays.
 
         Raises
         ------
@@ -129,7 +132,18 @@ class ArrayLayout:
         return tuple(self.lora) + self.matrices
 
     def rank(self, module: str) -> int:
-        """The LoRA rank r of a LoRA module."""
+        """The LoRA rank r of a LoRA module.
+
+        Parameters
+        ----------
+        module : str
+            A LoRA module name, a key of ``lora``.
+
+        Returns
+        -------
+        int
+            r, the number of rows of the module's A.
+        """
         return self.shapes[self.lora[module][1]][0]
 
     def problems(self, arrays: Mapping[str, np.ndarray]) -> list[str]:
@@ -138,10 +152,13 @@ class ArrayLayout:
         Parameters
         ----------
         arrays : mapping of str to numpy.ndarray
+            One client's named arrays.
 
         Returns
         -------
         list of str
+            One sentence per kind of problem: missing or unexpected names, wrong
+            shapes, non-numeric or non-finite arrays.
         """
         found: list[str] = []
         missing = [k for k in self.shapes if k not in arrays]

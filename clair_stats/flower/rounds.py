@@ -67,9 +67,10 @@ Arrays = Mapping[str, np.ndarray]
 class ModuleTest:
     """CLAIR on one module of one round.
 
-    Attributes
+    Parameters
     ----------
     name : str
+        The module's name in the layout (a LoRA module or a matrix key).
     clients : numpy.ndarray of int
         The positions (among the round's K clients) that entered the module:
         those with a nonzero update.
@@ -78,6 +79,7 @@ class ModuleTest:
     note : str
         Why the module was not tested, or the warnings CLAIR raised ("" if none).
     seconds : float
+        Wall-clock time of the module's run.
     """
 
     name: str
@@ -96,19 +98,24 @@ class ModuleTest:
 class RoundVerdict:
     """One verdict per client from M modules (the rule of the module docstring).
 
-    Attributes
+    Parameters
     ----------
     flagged : numpy.ndarray of bool, shape (K,)
+        The clients flagged this round: rejected in at least one module.
     p_values : numpy.ndarray, shape (K,)
         Smallest Holm-adjusted p-value over the client's modules (0 for a client
         flagged by a support-tested module, NaN with no p-value).
     module_p_values : numpy.ndarray, shape (M, K)
         Uncorrected p_km (NaN: no p-value).
     adjusted_p_values : numpy.ndarray, shape (M, K)
+        The p_km after Holm's correction over all the round's (client, module)
+        pairs (NaN: no p-value).
     rejected : numpy.ndarray of bool, shape (M, K)
         Holm's rejections and the support flags.
     modules : tuple of ModuleTest
+        The per-module runs, in the order of the layout's modules.
     alpha : float
+        The family-wise level over the K x M (client, module) pairs.
     """
 
     flagged: np.ndarray = field(repr=False)
@@ -189,6 +196,7 @@ def round_verdict(
     clients : sequence of mapping of str to numpy.ndarray
         The K clients' arrays, all with ``layout`` (checked by the caller).
     layout : ArrayLayout
+        The layout of every client's arrays: which keys form which module.
     alpha : float
         Family-wise level over the K x M (client, module) pairs.
     side : {"left", "right"}
@@ -305,12 +313,16 @@ def refine_round(
     Parameters
     ----------
     clients : sequence of mapping of str to numpy.ndarray
+        The K clients' arrays, all with ``layout``.
     layout : ArrayLayout
+        The layout of every client's arrays.
     verdict : RoundVerdict
         From :func:`round_verdict` on the same clients.
     collaborative : numpy.ndarray of bool, shape (K,)
         S^ (not flagged and not excluded by the history).
     side : {"left", "right"}
+        The ``side`` of :func:`round_verdict`: refine in the output space of
+        every module (``"left"``) or the input space.
 
     Returns
     -------
@@ -380,7 +392,9 @@ def global_arrays(
     Parameters
     ----------
     clients : sequence of mapping of str to numpy.ndarray
+        The K clients' arrays, all with ``layout``.
     layout : ArrayLayout
+        The layout of every client's arrays (its dtypes are those returned).
     members : numpy.ndarray of bool, shape (K,)
         The clients averaged (at least one).
     weights : numpy.ndarray, shape (K,), optional

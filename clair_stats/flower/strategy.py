@@ -76,9 +76,10 @@ __all__ = ["ClairStrategy", "RoundReport"]
 class RoundReport:
     """What :class:`ClairStrategy` did in one round.
 
-    Attributes
+    Parameters
     ----------
     server_round : int
+        The Flower round number.
     node_ids : tuple of int
         The clients analysed (valid replies), in increasing node id.
     flagged : numpy.ndarray of bool, shape (K,)
@@ -266,10 +267,13 @@ class ClairStrategy(FedAvg):
         Parameters
         ----------
         node_id : int
+            The Flower node id of the client.
 
         Returns
         -------
         ArrayRecord or None
+            The client's refined arrays (its own, if it was excluded), or None
+            for a node that has not replied in a trained round yet.
         """
         arrays = self._personal.get(int(node_id))
         return None if arrays is None else _record(arrays)
@@ -279,7 +283,28 @@ class ClairStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes as FedAvg does; send each its own arrays (module docstring)."""
+        """Sample nodes as FedAvg does; send each its own arrays (module docstring).
+
+        A node without personalised arrays yet, or whose arrays no longer fit
+        the layout of ``arrays``, gets the global arrays.
+
+        Parameters
+        ----------
+        server_round : int
+            The Flower round number.
+        arrays : ArrayRecord
+            The global arrays (the latest weighted mean over the collaborative
+            clients).
+        config : ConfigRecord
+            The training configuration sent to every node.
+        grid : Grid
+            Flower's grid, from which the nodes are sampled.
+
+        Returns
+        -------
+        iterable of Message
+            One train message per sampled node.
+        """
         self._sent = _layout_or_none(arrays)
         messages = super().configure_train(server_round, arrays, config, grid)
         return self._personalised(messages, MessageType.TRAIN)
@@ -287,7 +312,24 @@ class ClairStrategy(FedAvg):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes as FedAvg does; each evaluates its own arrays."""
+        """Sample nodes as FedAvg does; each evaluates its own arrays.
+
+        Parameters
+        ----------
+        server_round : int
+            The Flower round number.
+        arrays : ArrayRecord
+            The global arrays, sent to the nodes without personalised arrays.
+        config : ConfigRecord
+            The evaluation configuration sent to every node.
+        grid : Grid
+            Flower's grid, from which the nodes are sampled.
+
+        Returns
+        -------
+        iterable of Message
+            One evaluate message per sampled node.
+        """
         messages = super().configure_evaluate(server_round, arrays, config, grid)
         return self._personalised(messages, MessageType.EVALUATE)
 
@@ -335,7 +377,10 @@ class ClairStrategy(FedAvg):
         Parameters
         ----------
         server_round : int
+            The Flower round number.
         replies : iterable of Message
+            The nodes' train replies: arrays under ``arrayrecord_key`` and
+            metrics with ``weighted_by_key`` (``num-examples``).
 
         Returns
         -------
@@ -485,11 +530,16 @@ class ClairStrategy(FedAvg):
         Parameters
         ----------
         server_round : int
+            The Flower round number.
         replies : iterable of Message
+            The nodes' evaluate replies, with metrics and ``weighted_by_key``.
 
         Returns
         -------
         MetricRecord or None
+            The valid replies' metrics aggregated by ``evaluate_metrics_aggr_fn``
+            (FedAvg's weighted mean by default); None when no reply is valid or
+            the aggregation fails.
         """
         kept = []
         for message in replies:
