@@ -34,7 +34,27 @@ __all__ = ["MethodReport", "add_arguments", "run_demo"]
 
 @dataclass(frozen=True)
 class MethodReport:
-    """One row of the demo table."""
+    """One row of the demo table.
+
+    Parameters
+    ----------
+    name : str
+        The method's label in the table and the figure.
+    estimates : numpy.ndarray, shape (K, p, q)
+        The method's estimate of every client's Theta_k.
+    seconds : float
+        Wall-clock time of the method.
+    subspace_error : float, optional
+        The projection distance between the method's subspace and the true A
+        (:func:`~clair_stats.evaluation.metrics.projection_distance`); default
+        None, for methods without a subspace.
+    precision : float, optional
+        Precision of the method's contaminated set; default None, for methods
+        that flag no client.
+    recall : float, optional
+        Recall of the method's contaminated set; default None, for methods that
+        flag no client.
+    """
 
     name: str
     estimates: np.ndarray
@@ -45,7 +65,15 @@ class MethodReport:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The demo's options."""
+    """The demo's options.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        The parser (of ``clair demo``) the options are added to: the scenario
+        (``--clients``, ``--p``, ``--q``, ``--rank``, ``--contamination``,
+        ``--types``, ``--n``, ``--sigma``), ``--seed`` and ``--out``.
+    """
     parser.add_argument("--clients", type=int, default=40, help="K (default 40)")
     parser.add_argument("--p", type=int, default=30, help="rows p (default 30)")
     parser.add_argument("--q", type=int, default=5, help="columns q (default 5)")
@@ -73,7 +101,18 @@ def _timed(name: str, fn: Callable[[], np.ndarray], **extra) -> MethodReport:
 
 
 def run_demo(args: argparse.Namespace) -> list[MethodReport]:
-    """Run every method on the scenario, print the table, save the figure."""
+    """Run every method on the scenario, print the table, save the figure.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed options of :func:`add_arguments`.
+
+    Returns
+    -------
+    list of MethodReport
+        One row per method, in the order of the table.
+    """
     model = FederatedModel(
         p=args.p,
         q=args.q,

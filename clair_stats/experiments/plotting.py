@@ -132,6 +132,7 @@ def log_axis(ax: object) -> None:
     Parameters
     ----------
     ax : matplotlib.axes.Axes
+        The axes whose y-axis is set, in place.
     """
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
