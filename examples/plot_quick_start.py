@@ -47,8 +47,9 @@ print("contaminated clients:", np.flatnonzero(sample.contaminated).tolist())
 # -----------------------
 # No rank, no noise level, no penalty weight is given: each is chosen from the
 # data by a documented rule, and ``result.summary()`` says which rule gave what
-# (``result.rules`` holds the same text). The noise level comes from the median
-# client, so the test is the empirical null of docs/pipeline.md §3.3.5.
+# (``result.rules`` holds the same text). No noise level is given: the penalty
+# of the program uses one estimated from the median client, and the test is the
+# empirical null of docs/pipeline.md §3.3.5, which needs none.
 result = clair(sample.updates)
 print(result.summary())
 
