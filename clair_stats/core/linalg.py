@@ -146,7 +146,7 @@ def top_subspace(
         (thin QR), M M^T = G G^T for G = [s_k B_k R_k^T] (p x sum_k r_k), so the
         SVD of G gives A^ without forming any p x q product.
     rank : int
-        r, 0 <= r <= the number of singular vectors (min(p, |C| q)).
+        r, 0 <= r <= the number of singular vectors (``min(p, |C| q)``).
     clients : numpy.ndarray of bool, shape (K,), optional
         C, the clients stacked (default all).
 

@@ -102,7 +102,7 @@ class Decomposition:
     data_norm : float
         ||M||_F, the scale that relative tolerances refer to.
     penalty : float or None
-        ADMM's final penalty beta (for M scaled to max |M_ij| ~ 1), reused by a
+        ADMM's final penalty beta (for M scaled to ``max |M_ij| ~ 1``), reused by a
         warm start; None for other solvers.
     """
 

@@ -294,7 +294,7 @@ def check_weights(weights: object, n_clients: int) -> np.ndarray:
     return w
 
 
-#: Largest max |A^T A - I_r| accepted for an orthonormal basis.
+#: Largest ``max |A^T A - I_r|`` accepted for an orthonormal basis.
 ORTHONORMAL_TOL = 1e-8
 
 
@@ -303,7 +303,7 @@ def check_orthonormal(
 ) -> np.ndarray:
     """Return ``basis`` as a float64 (p, r) array with orthonormal columns, or raise.
 
-    The check is max |A^T A - I_r| <= :data:`ORTHONORMAL_TOL`; ``p`` (if given) is
+    The check is ``max |A^T A - I_r|`` <= :data:`ORTHONORMAL_TOL`; ``p`` (if given) is
     the required number of rows, ``min_rank`` the least number of columns.
 
     Parameters

@@ -8,11 +8,13 @@ client-specific.
 
 - :func:`local`: :math:`\hat\Theta_k` itself (local fine-tuning).
 - :func:`fedavg`: the mean of all clients (non-robust federated averaging).
-- :func:`coordinate_median`, :func:`trimmed_mean`: coordinate-wise robust means.
-- :func:`geometric_median`: Weiszfeld with the Vardi-Zhang fix.
-- :func:`krum`, :func:`multi_krum`: Byzantine-tolerant selection.
-- :func:`svd_refine`: plain SVD subspace + the CLAIR refinement, no robustness.
-- :func:`oracle_clair`: the CLAIR refinement with the true A and S.
+- :func:`coordinate_median`, :func:`trimmed_mean`: coordinate-wise robust means
+  [2]_.
+- :func:`geometric_median`: Weiszfeld [3]_ with the Vardi-Zhang fix [4]_.
+- :func:`krum`, :func:`multi_krum`: Byzantine-tolerant selection [1]_.
+- :func:`svd_refine`: plain SVD subspace + the CLAIR refinement, no robustness
+  (no outlier-pursuit decomposition [5]_).
+- :func:`oracle_clair`: the CLAIR refinement [6]_ with the true A and S.
 
 References
 ----------

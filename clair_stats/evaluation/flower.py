@@ -11,8 +11,9 @@ Flower deployment runs, so that our baselines can be checked against them
 Flower takes a list of ``(parameters, num_examples)`` pairs, one per client, where
 ``parameters`` is a list of layers. Each client here is one layer, the p x q
 matrix :math:`\hat\Theta_k`, with ``num_examples = 1``: every client weighs the
-same, as in our baselines. Flower's mean and multi-Krum weight clients by
-``num_examples``; its median, trimmed mean, Krum selection and Bulyan ignore it.
+same, as in our baselines. Flower's mean (FedAvg [1]_) and multi-Krum [3]_ weight
+clients by ``num_examples``; its median and trimmed mean [2]_, Krum selection [3]_
+and Bulyan [4]_ ignore it.
 
 Where the definitions agree and differ (measured in tests/test_flower.py):
 

@@ -6,6 +6,10 @@ r"""Metrics of docs/pipeline.md §7: subspace error, detection, per-client error
 - Refinement: the per-client Frobenius error
   :math:`\|\tilde\Theta_k - \Theta_k\|_F` and its relative change against local.
 
+Exact recovery of span(A) and of S^c is what outlier pursuit guarantees [1]_ and
+what claim T1 of CLAIR's decomposition step [2]_ carries over to blocks
+(docs/claims.md §4.2).
+
 References
 ----------
 .. [1] H. Xu, C. Caramanis, S. Sanghavi, "Robust PCA via outlier pursuit",
@@ -41,7 +45,7 @@ __all__ = [
 
 FloatArray = NDArray[np.float64]
 
-#: Tolerance of the orthonormality check max |A^T A - I| of a subspace basis.
+#: Tolerance of the orthonormality check ``max |A^T A - I|`` of a subspace basis.
 _NORMS = ("fro", "op")
 
 
@@ -135,17 +139,17 @@ class DetectionScores:
     Parameters
     ----------
     precision : float
-        |flagged and contaminated| / |flagged|; 1 when nothing is flagged (no
+        #(flagged and contaminated) / #flagged; 1 when nothing is flagged (no
         false alarm was raised).
     recall : float
-        |flagged and contaminated| / |contaminated|; 1 when no client is
+        #(flagged and contaminated) / #contaminated; 1 when no client is
         contaminated (nothing was missed).
     exact : bool
         The flagged set equals S^c (exact recovery of the collaborative set).
     n_flagged : int
-        |flagged| = |S^^c|.
+        #flagged = ``|S^^c|``.
     n_contaminated : int
-        |S^c|.
+        ``|S^c|``.
     false_positives : int
         Benign clients that were flagged.
     false_negatives : int

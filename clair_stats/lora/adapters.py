@@ -344,9 +344,11 @@ def analyse_adapters(
 
 
 def zero_updates(updates: LowRankUpdates) -> np.ndarray:
-    """Which clients' updates are zero: ||s_k B_k A_k||_F <= 1e-12 |s_k| ||B_k||_F
-    ||A_k||_F, i.e. B_k = 0 or A_k = 0 (an untrained LoRA module: PEFT starts
-    from B = 0) or B_k A_k = 0 up to rounding.
+    """Which clients' updates are zero, up to rounding.
+
+    Zero means ``||s_k B_k A_k||_F <= 1e-12 |s_k| ||B_k||_F ||A_k||_F``: B_k = 0
+    or A_k = 0 (an untrained LoRA module: PEFT starts from B = 0) or B_k A_k = 0
+    up to rounding.
 
     Parameters
     ----------

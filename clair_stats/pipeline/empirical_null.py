@@ -27,7 +27,7 @@ and cached.
 
 Accuracy (measured against 10^6 draws): the default 50000 draws give p_k within
 20% down to p = 1e-4 at K = 8, 1e-5 at K = 20 and 1e-6 at K = 50-100; further
-out they understate p (by up to 3x at p = 2e-5, K = 8). Beyond the grid (|z| >
+out they understate p (by up to 3x at p = 2e-5, K = 8). Beyond the grid (``|z|`` >
 1e4) the last tabulated value is kept, which can only overstate p. With K = 8 the
 normal or t_{K-1} reference would be far too liberal: measured family-wise error
 0.34 and 0.12 at a nominal 0.05 (K = 8, 3 modules, Holm over the 24 p-values),
@@ -134,7 +134,7 @@ class NullLaw:
         Parameters
         ----------
         z : array_like
-            Robust z-scores, any shape; beyond the grid (|z| > 1e4) the end
+            Robust z-scores, any shape; beyond the grid (``|z| > 1e4``) the end
             values are used.
 
         Returns

@@ -47,7 +47,7 @@ def refine(
     this is the paper's P_A^ Theta^_k + P_A^^perp Thetabar: each client keeps its
     in-subspace part; with b_k = 1 every collaborative client gets Thetabar
     (FedAvg over S^); :func:`shrinkage_factors` estimates b_k from the data
-    (docs/pipeline.md §3.4). The pooling weights pi_j are 1 / |S^| by default
+    (docs/pipeline.md §3.4). The pooling weights pi_j are 1 / ``|S^|`` by default
     (the paper's mean); :func:`clair_stats.clair` passes weights that count a
     group of near-identical updates once.
 
@@ -410,7 +410,7 @@ def close_by_angle(gram: np.ndarray, df: float, level: float = 1e-3) -> np.ndarr
 def distinct_weights(
     close: np.ndarray, strength: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pooling weights that count a group of copies once: 1 / |group of k|.
+    """Pooling weights that count a group of copies once: 1 / (size of k's group).
 
     Parameters
     ----------

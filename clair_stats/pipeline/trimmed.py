@@ -141,7 +141,7 @@ class TrimmedFit:
 
     @property
     def h(self) -> int:
-        """|H|."""
+        """``|H|``, the number of clients the fit keeps."""
         return int(self.kept.sum())
 
 
@@ -221,7 +221,7 @@ def trimmed_subspace(
     init : tuple (A0, c0), optional
         A start: L^'s subspace (d x r) and c^ (d x m or None).
     h : int, optional
-        |H|; default :func:`majority_size` (the highest breakdown point).
+        ``|H|``; default :func:`majority_size` (the highest breakdown point).
         At least floor(K / 2) + 1.
     seed : int
         Seed of the random elemental subsets (used when d > 1).

@@ -24,8 +24,8 @@ Imhof's formula (1961), P(Q > x) = 1/2 + (1/pi) int_0^inf sin(theta(u)) /
 prod_j (1 + w_j^2 u^2)^(h_j / 4), is this integral on the imaginary axis, c ->
 0 (s = i u / 2), the pole at 0 giving the 1/2. On the real u line its
 integrand decays only like u^(-1 - D/2) (D = sum_j h_j) while it oscillates at
-frequency x / 2: with max |w_j| = 1 the bound |tail beyond U| <= 2 U^(-D/2) /
-(pi D prod_j |w_j|^(h_j/2)) asks for U ~ 4e23 at D = 1 for an absolute error of
+frequency x / 2: with ``max |w_j| = 1`` the bound ``|tail beyond U| <= 2 U^(-D/2) /
+(pi D prod_j |w_j|^(h_j/2))`` asks for U ~ 4e23 at D = 1 for an absolute error of
 1e-12; and the result is accurate in absolute terms only, so p-values below
 ~1e-10 lose their relative accuracy. By Cauchy's theorem the path may be moved
 anywhere between the singularities (the pole at 0, the branch cuts [s_hi, inf)
@@ -62,20 +62,20 @@ step 0.15 and 1.3e-14 at 0.12. Error estimate: the same rule on the even nodes
 (step 0.24); where the two differ by more than 1e-6 relative the step is
 halved, up to 4 times, and a RuntimeWarning reports a value that still misses
 (none in the tests). Truncation, Imhof's rho bound carried to the path:
-|1 - 2 s w_j| >= max(2 |w_j| Im s, a_j) (a_j = 1 - 2 c w_j, divided by sqrt(2)
-where the path bends toward w_j's cut), so the integrand is at most B(tau) =
-e^(K(c) - (Re s - c) x) prod_j max(2 |w_j| y, a_j)^(-h_j/2) sqrt(2) coth(tau),
+``|1 - 2 s w_j| >= max(2 |w_j| Im s, a_j)`` (a_j = 1 - 2 c w_j, divided by sqrt(2)
+where the path bends toward w_j's cut), so the integrand is at most ``B(tau) =
+e^(K(c) - (Re s - c) x) prod_j max(2 |w_j| y, a_j)^(-h_j/2) sqrt(2) coth(tau)``,
 whose logarithm decreases at a rate r >= D_T / 2 + x dRe(s)/dtau (D_T the dofs
-with 2 |w_j| y >= a_j); the sum stops at the first T (checked every other node
+with ``2 |w_j| y >= a_j``); the sum stops at the first T (checked every other node
 from the 8th) where the bound on the rest, B(T) / r(T), is below 1e-16 of it.
 
-Weights and x are divided by max_j |w_j| first (scale-free: 1e-300 and 1e300
+Weights and x are divided by ``max_j |w_j|`` first (scale-free: 1e-300 and 1e300
 give the same p-values), and 1 - 2 s w_j is computed from s_hi - s, exact near
 the cut. Decided without the integral: P = 0 when no weight is positive and x
 >= 0, or where the bound P(chi^2_{H+} > x / max_j w_j) (H+ the dofs of the
-positive weights) underflows; with no positive weight and 0 < -x < 1e-100 max
-|w_j|, the small-ball limit (-x/2)^(D/2) / (Gamma(D/2 + 1) prod_j
-|w_j|^(h_j/2)).
+positive weights) underflows; with no positive weight and ``0 < -x < 1e-100 max
+|w_j|``, the small-ball limit ``(-x/2)^(D/2) / (Gamma(D/2 + 1) prod_j
+|w_j|^(h_j/2))``.
 
 Accuracy, measured against
 
@@ -675,9 +675,9 @@ def energy_sf(
     return weighted_chi2_sf(0.0, weights, dofs)
 
 
-#: Largest max |C - C^T| / max |C| accepted as round-off.
+#: Largest ``max |C - C^T| / max |C|`` accepted as round-off.
 SYMMETRY_TOL = 1e-10
-#: Eigenvalues of N^T C N above -PSD_TOL max |C| are round-off, set to 0.
+#: Eigenvalues of N^T C N above ``-PSD_TOL max |C|`` are round-off, set to 0.
 PSD_TOL = 1e-10
 
 
@@ -704,10 +704,10 @@ def projected_eigenvalues(cov: ArrayLike, subspace: ArrayLike) -> np.ndarray:
     ------
     ValueError
         On a wrong shape, NaN or infinite entries, an asymmetric ``cov``
-        (max |C - C^T| > 1e-10 max |C|), a ``cov`` not PSD on the complement
-        (an eigenvalue of N^T C N below -1e-10 max |C|), or a ``subspace``
+        (``max |C - C^T| > 1e-10 max |C|``), a ``cov`` not PSD on the complement
+        (an eigenvalue of N^T C N below ``-1e-10 max |C|``), or a ``subspace``
         without orthonormal columns. Eigenvalues of N^T C N in
-        [-1e-10 max |C|, 0) are round-off and returned as 0.
+        ``[-1e-10 max |C|, 0)`` are round-off and returned as 0.
     """
     c = np.asarray(cov)
     if not is_real_dtype(c.dtype):

@@ -18,17 +18,17 @@ benign updates as sent, :math:`\bar Y` their mean, :math:`X_k =
 ================  ====================================================================
 name              :math:`\Theta_k`
 ================  ====================================================================
-``random``        :math:`\Theta_0 + c\,\rho\,G_k / \|G_k\|_F`, G_k Gaussian
-``sign_flip``     :math:`\Theta_0 - s X_k` (Li et al.)
-``alie``          the same :math:`\mu - z\sigma`, benign mean and sd (Baruch et al.)
-``ipm``           the same :math:`\Theta_0 - \varepsilon \bar Y` (Xie et al.)
+``random``        :math:`\Theta_0 + c\,\rho\,G_k / \|G_k\|_F`, G_k Gaussian [1]_
+``sign_flip``     :math:`\Theta_0 - s X_k` (Li et al. [2]_)
+``alie``          the same :math:`\mu - z\sigma`, benign mean, sd (Baruch et al. [3]_)
+``ipm``           the same :math:`\Theta_0 - \varepsilon \bar Y` (Xie et al. [4]_)
 ``in_subspace``   :math:`\Theta_0 - s P_A X_k + P_A^\perp X_k` (:math:`\delta_k` benign)
 ``margin``        :math:`\Theta_0 + X_k + D`, one D with :math:`P_A D = 0` for all
 ``orthogonal``    :math:`\Theta_0 + U C_k^T` (norm :math:`c\rho`) + fresh noise, one
                   U with :math:`A^T U = 0`
-``mimic``         a copy of one benign :math:`\hat\Theta_j` (Karimireddy et al.)
+``mimic``         a copy of one benign :math:`\hat\Theta_j` (Karimireddy et al. [5]_)
 ``adaptive``      :math:`\Theta_0 + P_A X_k + P_A^\perp E'_k + t v w_k^T`, v
-                  :math:`\perp` A, t set by CLAIR's cut
+                  :math:`\perp` A, t set by the cut of CLAIR's test [6]_
 ================  ====================================================================
 
 :data:`ATTACKS` is the registry (name -> :class:`Attack`), :data:`VARIANTS` names

@@ -1,7 +1,8 @@
 r"""The contamination types of :class:`~clair_stats.simulate.model.FederatedModel`.
 
-A contaminated client :math:`k \in S^c` gets :math:`\Theta_k - \Theta_0` from the
-generator of its type. Every type is one function of a
+A contaminated client :math:`k \in S^c` (a nonzero block of the block-sparse part
+of the model of [2]_) gets :math:`\Theta_k - \Theta_0` from the generator of its
+type. Every type is one function of a
 :class:`ContaminationContext` (the draws and parameters of the instance),
 registered under a name; :class:`~clair_stats.simulate.model.FederatedModel`
 accepts every registered name as ``contamination_type``. Writing
@@ -9,7 +10,8 @@ accepts every registered name as ``contamination_type``. Writing
 benign norm of the instance), the built-in types are
 
 - ``random``: a Gaussian p x q matrix rescaled to norm rho;
-- ``orthogonal``: :math:`P_A^\perp G` rescaled to norm rho (Xu et al.'s setting);
+- ``orthogonal``: :math:`P_A^\perp G` rescaled to norm rho (Xu et al.'s setting
+  [1]_);
 - ``subspace``: :math:`A' B'^T` rescaled to norm rho, A' one random r-dim
   orthonormal basis shared by all ``subspace`` clients of the instance;
 - ``scaled``: :math:`-c (A B'^T + H')`, a fresh benign-like draw, c =
@@ -359,7 +361,7 @@ def draw_contaminated(
     kinds : tuple of str
         Registered type names, taken in turn.
     n : int
-        |S^c|.
+        ``|S^c|``, the number of contaminated clients.
     rho : float
         The benign norm, the target of the matched types.
 

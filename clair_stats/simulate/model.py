@@ -13,6 +13,10 @@ are :math:`\hat\Theta_k = \Theta_k + E_k` with :math:`E_k` entries iid
 :math:`N(0, \tau^2)` (docs/model.md §2.3 (a), direct noise). Local estimates from
 regressions (docs/model.md §2.3 (b)) are in :mod:`~clair_stats.simulate.regression`.
 
+This is the model of CLAIR [2]_. With q = 1, no backbone, no heterogeneity and no
+noise, the benign columns lie in span(A) and the contaminated ones are outliers:
+the model of outlier pursuit [1]_, of which this is the block form.
+
 References
 ----------
 .. [1] H. Xu, C. Caramanis, S. Sanghavi, "Robust PCA via outlier pursuit",
@@ -215,7 +219,7 @@ class FederatedModel:
 
     @property
     def n_contaminated(self) -> int:
-        """|S^c|: the count, or gamma K rounded to the nearest int (halves up)."""
+        """``|S^c|``: the count, or gamma K rounded to the nearest int (halves up)."""
         if isinstance(self.contamination, int):
             return self.contamination
         return _round_half_up(self.contamination * self.n_clients)
@@ -278,7 +282,7 @@ class FederatedModel:
         return theta0 if self.center else np.zeros((self.p, self.q))
 
     def _draw_benign_set(self, rng: np.random.Generator) -> NDArray[np.bool_]:
-        """S as a mask: |S^c| clients drawn uniformly without replacement."""
+        """S as a mask: ``|S^c|`` clients drawn uniformly without replacement."""
         bad = rng.choice(self.n_clients, size=self.n_contaminated, replace=False)
         benign = np.ones(self.n_clients, dtype=bool)
         benign[bad] = False

@@ -19,6 +19,8 @@ and fits :math:`\hat\Theta_k` by OLS or ridge. For OLS, given :math:`X_k`,
 so :math:`E\|E_k\|_F^2 = \sigma^2 q\, \mathrm{tr}((X_k^T X_k)^{-1})`, which is
 about :math:`\sigma^2 p q / (n_k - p - 1)` when :math:`\Sigma = I`
 (:math:`E (X^T X)^{-1} = \Sigma^{-1} / (n - p - 1)` for a Wishart matrix).
+These are the local estimates of the rates of [1]_ (its Figure 1,
+docs/claims.md §4.6).
 
 References
 ----------

@@ -117,7 +117,7 @@ class FederatedSample:
 
     @property
     def gamma(self) -> float:
-        """Contamination fraction |S^c| / K of this instance."""
+        """Contamination fraction ``|S^c|`` / K of this instance."""
         return float(np.count_nonzero(~self.benign)) / self.n_clients
 
     @property

@@ -8,8 +8,8 @@ q x r block of V of client k. The incoherence is
 
     \mu = \max_{k \in S} \frac{(1 - \gamma) K}{r} \|V_k\|_F^2 \;\ge 1,
 
-and Theorem T1 (the block analogue of Xu, Caramanis, Sanghavi 2012, Theorem 1)
-states: if
+and Theorem T1 of [2]_ (the block analogue of Xu, Caramanis, Sanghavi 2012 [1]_,
+Theorem 1) states: if
 
 .. math::
 

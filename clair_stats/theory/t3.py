@@ -8,7 +8,7 @@ level sigma, and a contaminated client at separation margin :math:`\delta_k =
 
     \rho = \frac{\delta_{\min}}{\sigma \sqrt{(p - r) q / n}},
 
-the margin in units of the typical off-subspace noise of one local fit. T3 states
+the margin in units of the typical off-subspace noise of one local fit. T3 [1]_ states
 that with :math:`\delta_{\min}` fixed and :math:`n \to \infty`,
 :math:`P(\hat S = S) \to 1`. :func:`predicted_power` gives the power of the
 chi-square test of step 3 (docs/pipeline.md §3.3.2) at known A as a function of rho, and

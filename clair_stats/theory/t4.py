@@ -4,7 +4,7 @@ Direct-noise model (docs/model.md §2.3 (a)): :math:`\hat\Theta_k = \Theta_k + E
 :math:`E_k` iid :math:`N(0, \tau^2)` entries; benign
 :math:`\Theta_k = A B_k^T + H_k`, :math:`\|H_k\|_F = \eta` and
 :math:`H_k = \eta P_A^\perp G / \|P_A^\perp G\|_F` (isotropic in the complement of
-span(A), zero mean). The MSE of a method is the mean over the m = |S| benign
+span(A), zero mean). The MSE of a method is the mean over the m = ``|S|`` benign
 clients of :math:`\|\tilde\Theta_k - \Theta_k\|_F^2`.
 
 Derivations (expectations over E and H):
@@ -59,10 +59,10 @@ n, m, K; they broadcast) and returns a float when all arguments are scalars.
 
 References
 ----------
-.. [1] He, Chen, Feng, "Federated LoRA fine-tuning for LLMs via collaborative
-   alignment", arXiv:2605.21217, 2026.
-.. [2] H. Xu, C. Caramanis, S. Sanghavi, "Robust PCA via outlier pursuit",
-   IEEE Transactions on Information Theory 58(5), 2012.
+- He, Chen, Feng, "Federated LoRA fine-tuning for LLMs via collaborative
+  alignment", arXiv:2605.21217, 2026.
+- H. Xu, C. Caramanis, S. Sanghavi, "Robust PCA via outlier pursuit",
+  IEEE Transactions on Information Theory 58(5), 2012.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def heterogeneity_cost(m: ArrayLike, eta: ArrayLike) -> FloatOrArray:
     Parameters
     ----------
     m : int or array_like
-        |S|, the number of benign clients, >= 1.
+        ``|S|``, the number of benign clients, >= 1.
     eta : float or array_like
         :math:`\|H_k\|_F`, >= 0.
 
@@ -148,7 +148,7 @@ def oracle_gain(p: int, q: int, r: int, m: ArrayLike, tau: ArrayLike) -> FloatOr
     p, q, r : int
         Shape of Theta_k and dimension of span(A), 1 <= r < p.
     m : int or array_like
-        |S| >= 1.
+        ``|S|`` >= 1.
     tau : float or array_like
         Per-entry noise standard deviation, >= 0.
 
@@ -176,7 +176,7 @@ def oracle_mse(
     p, q, r : int
         Shape of Theta_k and dimension of span(A), 1 <= r < p.
     m : int or array_like
-        |S| >= 1.
+        ``|S|`` >= 1.
     tau : float or array_like
         Per-entry noise standard deviation, >= 0.
     eta : float or array_like
@@ -210,7 +210,7 @@ def subspace_cost(
     p, q, r : int
         Shape of Theta_k and dimension of span(A), 1 <= r < p.
     m : int or array_like
-        |S| >= 1.
+        ``|S|`` >= 1.
     tau : float or array_like
         Per-entry noise standard deviation, >= 0.
     eta : float or array_like
@@ -245,7 +245,7 @@ def predicted_gain(
     p, q, r : int
         Shape of Theta_k and dimension of span(A), 1 <= r < p.
     m : int or array_like
-        |S| >= 1.
+        ``|S|`` >= 1.
     tau : float or array_like
         Per-entry noise standard deviation, >= 0.
     eta : float or array_like
@@ -332,7 +332,7 @@ def shrinkage_mse(
     p, q, r : int
         Shape of Theta_k and dimension of span(A), 1 <= r < p.
     m : int or array_like
-        |S| >= 1.
+        ``|S|`` >= 1.
     tau : float or array_like
         Per-entry noise standard deviation, >= 0.
     delta : float or array_like
@@ -394,7 +394,7 @@ def shrinkage_excess_bound(m: ArrayLike, tau: ArrayLike) -> FloatOrArray:
     Parameters
     ----------
     m : int or array_like
-        |S| >= 2.
+        ``|S|`` >= 2.
     tau : float or array_like
         Per-entry noise standard deviation, >= 0.
 
@@ -496,7 +496,7 @@ def refined_prediction(
         Observations per client; n > p + 1 (the OLS noise variance
         :math:`\sigma^2 / (n - p - 1)` is finite only there).
     m : int or array_like
-        |S|, the number of benign clients, >= 1.
+        ``|S|``, the number of benign clients, >= 1.
     sigma : float
         Standard deviation of the regression noise, >= 0.
     signal_scale : float
