@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-lora report studies lint format clean
+.PHONY: demo test docs docs-check archive bench bench-lora report studies lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,17 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest tests theory_checks
+
+# The documentation site in docs/_build/html: theory, guide, API reference and the
+# gallery (examples/plot_*.py, each executed). Warnings are errors.
+docs: $(STAMP)
+	$(PY) -m clair_stats.experiments.archive --check
+	$(PY) -m sphinx -b html -W --keep-going -j 1 docs docs/_build/html
+
+# The studies' full-grid figures and tables in docs/studies/, from the stored full
+# grids in results/ (run them first: `make studies` resumes).
+archive: $(STAMP)
+	$(PY) -m clair_stats.experiments.archive
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_solvers.py
@@ -36,9 +47,11 @@ report: $(STAMP)
 # local processes. The copying experiment (the package simulations/copying/) runs
 # last; its full grid takes about 107 minutes with JOBS=1.
 JOBS ?= 1
-STUDIES := $(filter-out simulations/__init__.py,$(wildcard simulations/*.py))
+# As modules (python -m), so that a study that imports another (verdict_rules
+# trains the copying experiment's clients) finds the simulations package.
+STUDIES := $(basename $(notdir $(filter-out simulations/__init__.py,$(wildcard simulations/*.py))))
 studies: $(STAMP)
-	for s in $(STUDIES); do $(PY) $$s --jobs $(JOBS) || exit 1; done
+	for s in $(STUDIES); do $(PY) -m simulations.$$s --jobs $(JOBS) || exit 1; done
 	$(PY) -m simulations.copying --jobs $(JOBS)
 
 lint: $(STAMP)
@@ -50,4 +63,4 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache docs/_build docs/api docs/auto_examples docs/_gallery

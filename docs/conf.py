@@ -11,6 +11,7 @@ sphinx-gallery at every build) and the studies' full-grid results
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,7 +53,7 @@ if os.environ.get("CLAIR_DOCS_GALLERY") == "0":
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "_templates", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_templates", "_gallery", "Thumbs.db", ".DS_Store"]
 templates_path = ["_templates"]
 
 # MyST: the theory pages write maths as $...$ and $$...$$.
@@ -79,11 +80,31 @@ html_theme_options = {
 }
 html_static_path = []
 
+# The gallery's sources are examples/GALLERY_HEADER.rst and examples/plot_*.py.
+# sphinx-gallery would take every subfolder of examples/ with a README for a
+# section of the gallery (examples/flower_copying/, a Flower app, has one), so the
+# gallery is read from a copy of just those files (docs/_gallery/, a build product).
+GALLERY = HERE / "_gallery"
+
+
+def _stage_gallery() -> None:
+    GALLERY.mkdir(exist_ok=True)
+    wanted = [ROOT / "examples" / "GALLERY_HEADER.rst"]
+    wanted += sorted((ROOT / "examples").glob("plot_*.py"))
+    for stale in set(GALLERY.iterdir()) - {GALLERY / f.name for f in wanted}:
+        stale.unlink()
+    for source in wanted:
+        target = GALLERY / source.name
+        if not target.exists() or target.read_bytes() != source.read_bytes():
+            shutil.copy2(source, target)
+
+
+_stage_gallery()
+
 sphinx_gallery_conf = {
-    "examples_dirs": str(ROOT / "examples"),
+    "examples_dirs": str(GALLERY),
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
-    "ignore_pattern": r"(__init__|flower_copying)",
     "download_all_examples": False,
     "remove_config_comments": True,
     "abort_on_example_error": True,

@@ -4,9 +4,11 @@
 ``notebooks/*.py`` (jupytext percent format) is converted to a notebook, executed
 with nbclient in a fresh kernel whose working directory is the repository root,
 and exported to HTML with nbconvert. Each report reads its study's stored
-results, or runs the study's quick grid when the full grid is not stored (see
-:func:`clair_stats.experiments.study.load_or_run`); ``--mode quick`` forces the
-quick grid, as CI does.
+results (see :func:`clair_stats.experiments.study.load_or_run`). When the full
+grid is not stored on this machine but is archived in ``docs/studies/``, the
+report is the archived figures and tables
+(:func:`clair_stats.experiments.archive.archive_report`); otherwise it runs the
+study's quick grid. ``--mode quick`` forces the quick grid, as CI does.
 
 Needs the ``notebooks`` extra (jupytext, nbclient, nbconvert, ipykernel).
 """
@@ -20,11 +22,34 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from clair_stats.experiments.archive import (
+    DEFAULT_DEST,
+    STUDIES,
+    archive_report,
+    full_grid_stored,
+)
+
 __all__ = ["execute_notebook", "main", "notebook_paths"]
 
 
 def notebook_paths(folder: str | os.PathLike[str] = "notebooks") -> list[Path]:
-    """The report sources: ``folder/*.py`` not starting with an underscore."""
+    """The report sources: ``folder/*.py`` not starting with an underscore.
+
+    Parameters
+    ----------
+    folder : path-like
+        The notebooks folder.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The jupytext sources, sorted by name.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``folder`` is not a directory.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no notebooks folder at {folder.resolve()}")
@@ -94,8 +119,30 @@ def execute_notebook(
     return target
 
 
+def _from_archive(name: str, mode: str | None) -> bool:
+    """In auto mode, a study whose full grid is archived in docs/studies/ but not
+    stored here is reported from the archive rather than by its quick grid."""
+    mode = mode or os.environ.get("CLAIR_REPORT_MODE", "auto")
+    if mode != "auto" or name not in STUDIES:
+        return False
+    archived = (DEFAULT_DEST / name / "provenance.json").exists()
+    return archived and not full_grid_stored(name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line of ``make report``; returns the exit code."""
+    """Command line of ``make report``; returns the exit code.
+
+    Parameters
+    ----------
+    argv : sequence of str, optional
+        Arguments (default ``sys.argv[1:]``): notebook names, ``--mode``,
+        ``--out``, ``--notebooks``.
+
+    Returns
+    -------
+    int
+        0 when every report was written, 1 otherwise.
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "names", nargs="*", help="notebook names (default: all of notebooks/)"
@@ -115,6 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in paths:
         start = time.perf_counter()
         try:
+            if _from_archive(path.stem, args.mode):
+                target = archive_report(path.stem, args.out)
+                print(f"{target}  (the archived full grid: docs/studies/)")
+                continue
             target = execute_notebook(path, args.out, mode=args.mode)
         except Exception as exc:  # report every notebook, then fail
             failed.append(path.stem)

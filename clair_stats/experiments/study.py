@@ -258,7 +258,18 @@ class Study:
 
 
 def results_dir(path: str | os.PathLike[str] | None = None) -> Path:
-    """Where studies store results: ``path``, else ``$CLAIR_RESULTS``, else results/."""
+    """Where studies store results: ``path``, else ``$CLAIR_RESULTS``, else results/.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        An explicit results folder (``--results``).
+
+    Returns
+    -------
+    pathlib.Path
+        The folder (not created).
+    """
     if path is not None:
         return Path(path)
     return Path(os.environ.get("CLAIR_RESULTS", "results"))
@@ -435,7 +446,21 @@ class ResultStore:
         rows: list[dict[str, Any]],
         seconds: float,
     ) -> None:
-        """Store one finished replicate (committed at once)."""
+        """Store one finished replicate (committed at once).
+
+        Parameters
+        ----------
+        config_key : str
+            The configuration's canonical JSON (sorted keys, no spaces).
+        replicate : int
+            The replicate's index.
+        seed : int
+            The seed it ran with (:func:`derive_seed`).
+        rows : list of dict
+            Its result rows (JSON values; numpy scalars and arrays are converted).
+        seconds : float
+            Its wall time.
+        """
         text = json.dumps(rows, default=_to_json)
         with self._guard(), self._db:
             self._db.execute(
@@ -725,7 +750,22 @@ def report_folder(
     name: str, quick: bool, results: str | os.PathLike[str] | None = None
 ) -> Path:
     """Where a study's figures and tables go: ``<results>/<name>/`` (full grid) or
-    ``<results>/<name>/quick/`` (quick grid); both read the same store."""
+    ``<results>/<name>/quick/`` (quick grid); both read the same store.
+
+    Parameters
+    ----------
+    name : str
+        The study's name.
+    quick : bool
+        Whether the figures are the quick grid's.
+    results : path-like, optional
+        The results folder (default :func:`results_dir`).
+
+    Returns
+    -------
+    pathlib.Path
+        The report folder (not created).
+    """
     folder = results_dir(results) / name
     return folder / "quick" if quick else folder
 

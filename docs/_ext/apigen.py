@@ -1,12 +1,13 @@
 """The API reference pages (``docs/api/``) from the ``__all__`` of every module.
 
-Called by ``docs/conf.py`` (before Sphinx looks for the source files), it walks the ``clair_stats`` package and writes
-one page per public module, listing the names of its ``__all__``; autosummary then
-writes one page per name (``docs/api/generated/``). Every object is documented
-once, under its shortest public path: ``clair_stats.<name>`` for the names the
-package exports, ``clair_stats.lora.<name>`` and ``clair_stats.flower.<name>`` for
-those of the two subpackages, else its module. A module page lists the names it
-exports that are documented elsewhere as links. Both folders are build products
+Called by ``docs/conf.py`` (before Sphinx looks for the source files), it walks
+the ``clair_stats`` package and writes one page per public module, listing the
+names of its ``__all__``; autosummary then writes one page per name
+(``docs/api/generated/``). Every object is documented once, under its shortest
+public path: ``clair_stats.<name>`` for the names the package exports,
+``clair_stats.lora.<name>`` and ``clair_stats.flower.<name>`` for those of the two
+subpackages, else its module. A module page lists the names it exports that are
+documented elsewhere as links. Both folders are build products
 (ignored by git): the reference cannot fall behind the code.
 """
 
@@ -123,9 +124,11 @@ def write_pages(srcdir: str | Path) -> None:
         for kind in ("function", "class", "data"):
             if not groups[kind]:
                 continue
-            lines += [_title(titles[kind], "-"), f".. currentmodule:: {module_name}", ""]
+            lines += [_title(titles[kind], "-"), f".. currentmodule:: {module_name}"]
+            lines.append("")
             template = {"class": "class.rst", "data": "data.rst"}.get(kind)
-            lines += [".. autosummary::", "   :toctree: generated/", "   :nosignatures:"]
+            lines += [".. autosummary::", "   :toctree: generated/"]
+            lines.append("   :nosignatures:")
             if template:
                 lines.append(f"   :template: {template}")
             lines.append("")
@@ -183,4 +186,3 @@ def _write(path: Path, text: str) -> None:
     """Write only on change, so that Sphinx does not rebuild unchanged pages."""
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
-
