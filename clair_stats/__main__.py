@@ -24,6 +24,8 @@ from clair_stats.lora.cli import add_arguments as add_adapter_arguments
 from clair_stats.lora.cli import run_command as run_adapters_command
 from clair_stats.pipeline.subspace import estimate_subspace
 
+__all__ = ["main"]
+
 
 def solvers_demo(args: argparse.Namespace) -> int:
     """Decompose one instance and cross-check against cvxpy; the exit code."""
@@ -63,7 +65,20 @@ def solvers_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``clair`` console script."""
+    """Entry point of the ``clair`` console script.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name (default ``sys.argv[1:]``): a
+        subcommand, ``demo``, ``solvers`` or ``adapters``, and its options
+        (``clair <subcommand> --help`` lists them).
+
+    Returns
+    -------
+    int
+        The exit code of the subcommand.
+    """
     parser = argparse.ArgumentParser(prog="clair", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser(

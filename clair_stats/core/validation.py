@@ -11,6 +11,7 @@ import numbers
 import numpy as np
 
 __all__ = [
+    "ORTHONORMAL_TOL",
     "check_alpha",
     "check_bool",
     "check_choice",

@@ -16,9 +16,10 @@ round it
    round flags or whose history convicts them (Holm over its rounds,
    :mod:`clair_stats.flower.evidence`);
 4. refines every other client (step 4 of CLAIR per module) and keeps the result
-   as the client's personalised arrays, which :meth:`configure_train` and
-   :meth:`configure_evaluate` send to it next round; a node seen for the first
-   time gets the global arrays;
+   as the client's personalised arrays, which
+   :meth:`ClairStrategy.configure_train` and
+   :meth:`ClairStrategy.configure_evaluate` send to it next round; a node seen
+   for the first time gets the global arrays;
 5. returns the global arrays, the weighted mean over the collaborative clients
    (LoRA modules as the rank-r truncated SVD of the mean update), and a
    :class:`~flwr.app.MetricRecord` with the clients' train metrics averaged over

@@ -20,7 +20,7 @@ from clair_stats.core.results import Decomposition, FactoredDecomposition
 from clair_stats.core.validation import check_bool, check_updates, check_weights
 from clair_stats.solvers.factored import as_factored, reduce_updates
 
-__all__ = ["AUTO_MODES", "LamSelection", "select_lam"]
+__all__ = ["AUTO_MODES", "REWEIGHT", "LamSelection", "select_lam"]
 
 #: The programs lam="auto" serves (P1c, cvxpy only, is left to a given lam).
 AUTO_MODES = ("exact", "penalized")

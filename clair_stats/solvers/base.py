@@ -145,7 +145,7 @@ class SafeguardedAnderson:
     their Gram matrix, updated by one row per step (m inner products).
 
     Safeguard: the solver evaluates T at the extrapolated point (its next
-    iteration) and hands the residual norm to :meth:`rejected`; if it is above
+    iteration) and hands the residual norm to :meth:`rejected_step`; if it is above
     ||g_k||, the extrapolation is rejected, the memory cleared and the plain
     image T(w_k), stored by :meth:`propose`, is returned for the solver to
     continue from. Every accepted point thus lowers the fixed-point residual,

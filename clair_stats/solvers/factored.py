@@ -60,7 +60,9 @@ from clair_stats.core.validation import check_shrinkage
 
 __all__ = [
     "ITERATIVE_SVD_MIN",
+    "ONE_PASS_MAX_CONDITION",
     "Reduction",
+    "client_svds",
     "reduce_updates",
     "refine_factored",
     "span_basis",
@@ -188,6 +190,12 @@ def client_svds(
     Singular values at or below r_k eps sigma_1 (rounding, as in
     ``numpy.linalg.matrix_rank``) are dropped, so that a client of rank below
     r_k (a rank-deficient or zero B_k) adds no spurious directions to the span.
+
+    Parameters
+    ----------
+    updates : LowRankUpdates
+        The K clients' factors: Theta^_k = s_k B_k A_k with B_k (p, r_k),
+        A_k (r_k, q) and the scaling s_k.
 
     Returns
     -------

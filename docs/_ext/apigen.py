@@ -37,15 +37,13 @@ SECTIONS = (
 
 
 def public_modules() -> list[str]:
-    """Dotted names of the modules with an ``__all__`` (private ones skipped)."""
+    """Dotted names of the package, its subpackages and modules (private ones,
+    ``_name``, skipped; ``__main__``, the command line, kept)."""
     package = importlib.import_module(PACKAGE)
-    names = [PACKAGE]
+    names = [PACKAGE, f"{PACKAGE}.__main__"]
     for info in pkgutil.walk_packages(package.__path__, PACKAGE + "."):
         last = info.name.rsplit(".", 1)[-1]
-        if last.startswith("_"):
-            continue
-        module = importlib.import_module(info.name)
-        if getattr(module, "__all__", None):
+        if not last.startswith("_"):
             names.append(info.name)
     return names
 
@@ -66,7 +64,7 @@ def canonical_paths() -> tuple[dict[str, list[str]], dict[str, list[tuple]]]:
     objects: dict[object, object] = {}
     for module_name in public_modules():
         module = importlib.import_module(module_name)
-        names = list(module.__all__)
+        names = list(getattr(module, "__all__", []))
         if module_name == PACKAGE:
             names.append("ClairStrategy")  # lazy: needs the flower extra
         for name in names:
@@ -103,7 +101,7 @@ def write_pages(srcdir: str | Path) -> None:
     folder = Path(srcdir) / "api"
     folder.mkdir(exist_ok=True)
     documents, links = canonical_paths()
-    modules = sorted(set(documents) | set(links))
+    modules = public_modules()
     for module_name in modules:
         module = importlib.import_module(module_name)
         lines = [
@@ -112,9 +110,13 @@ def write_pages(srcdir: str | Path) -> None:
             _title(f"``{module_name}``"),
             f".. automodule:: {module_name}",
             "   :no-members:",
-            "   :no-index:",
             "",
         ]
+        inside = [m for m in modules if m.rpartition(".")[0] == module_name]
+        if inside:
+            lines += [_title("Modules", "-")]
+            lines += [f"- :mod:`{m}`" for m in inside]
+            lines.append("")
         names = documents.get(module_name, [])
         groups = defaultdict(list)
         for name in names:
@@ -126,11 +128,8 @@ def write_pages(srcdir: str | Path) -> None:
                 continue
             lines += [_title(titles[kind], "-"), f".. currentmodule:: {module_name}"]
             lines.append("")
-            template = {"class": "class.rst", "data": "data.rst"}.get(kind)
             lines += [".. autosummary::", "   :toctree: generated/"]
             lines.append("   :nosignatures:")
-            if template:
-                lines.append(f"   :template: {template}")
             lines.append("")
             lines += [f"   {name}" for name in sorted(groups[kind])]
             lines.append("")
@@ -158,6 +157,7 @@ def write_pages(srcdir: str | Path) -> None:
         "   :caption: The package",
         "",
         f"   {PACKAGE}",
+        f"   {PACKAGE}.__main__",
     ]
     for facade in FACADES:
         if facade in modules:
@@ -167,7 +167,8 @@ def write_pages(srcdir: str | Path) -> None:
         members = [
             m
             for m in modules
-            if m.startswith(f"{PACKAGE}.{section}.") and m not in FACADES
+            if (m == f"{PACKAGE}.{section}" or m.startswith(f"{PACKAGE}.{section}."))
+            and m not in FACADES
         ]
         if not members:
             continue
@@ -186,3 +187,96 @@ def _write(path: Path, text: str) -> None:
     """Write only on change, so that Sphinx does not rebuild unchanged pages."""
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         path.write_text(text, encoding="utf-8")
+
+
+def canonical_names() -> tuple[dict[int, str], dict[str, str]]:
+    """Where each public object is documented: by ``id`` for functions and
+    classes, and by every exported path (``module.name``, constants included)."""
+    documents, links = canonical_paths()
+    names, paths = {}, {}
+    for module_name, members in documents.items():
+        module = importlib.import_module(module_name)
+        for name in members:
+            obj = getattr(module, name)
+            paths[f"{module_name}.{name}"] = f"{module_name}.{name}"
+            if callable(obj):
+                names[id(obj)] = f"{module_name}.{name}"
+    for module_name, pairs in links.items():
+        for name, target in pairs:
+            paths[f"{module_name}.{name}"] = target
+    return names, paths
+
+
+def _lookup(path: str) -> object | None:
+    """The object at a dotted path (module prefix imported), or None."""
+    parts = path.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return None
+        return obj
+    return None
+
+
+_CANONICAL: tuple[dict[int, str], dict[str, str]] | None = None
+
+
+def resolve_alias(app, env, node, contnode):
+    """``missing-reference``: a reference to a public object by another path (its
+    home module, a re-export, a name relative to the current module or class) is
+    resolved to the page where the object is documented."""
+    if node.get("refdomain") != "py":
+        return None
+    target = node["reftarget"].lstrip("~.")
+    module, cls = node.get("py:module"), node.get("py:class")
+    candidates = [target]
+    if module:
+        if cls:
+            candidates.append(f"{module}.{cls}.{target}")
+        candidates.append(f"{module}.{target}")
+    # the home module of the object whose page holds the reference: a docstring
+    # names its module's other objects by their short names
+    page = _lookup(node["refdoc"].rpartition("/")[2])
+    home = getattr(page, "__module__", None) or getattr(page, "__name__", None)
+    if isinstance(home, str):
+        candidates.append(f"{home}.{target}")
+    candidates.append(f"{PACKAGE}.{target}")
+    global _CANONICAL
+    if _CANONICAL is None:
+        _CANONICAL = canonical_names()
+    canonical, paths = _CANONICAL
+    domain = env.get_domain("py")
+    for candidate in candidates:
+        if not candidate.startswith(PACKAGE):
+            continue
+        head, _, attr = candidate.rpartition(".")
+        obj = _lookup(candidate)
+        if obj is None:
+            continue
+        if candidate in paths:
+            new = paths[candidate]
+        elif callable(obj) and id(obj) in canonical:
+            new = canonical[id(obj)]
+        else:  # a method or property: its class's page
+            owner = _lookup(head)
+            if owner is None or id(owner) not in canonical:
+                continue
+            new = f"{canonical[id(owner)]}.{attr}"
+        for kind in (node["reftype"], "obj"):
+            found = domain.resolve_xref(
+                env, node["refdoc"], app.builder, kind, new, node, contnode
+            )
+            if found is not None:
+                return found
+    return None
+
+
+def setup(app):
+    app.connect("missing-reference", resolve_alias)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
