@@ -53,7 +53,7 @@ def test_the_committed_archive_is_small_and_indexed():
         page = (DEST / f"{name}.md").read_text()
         info = json.loads((DEST / name / "provenance.json").read_text())
         for figure in info["figures"]:
-            assert f"({name}/{figure})" in page
+            assert f"]({name}/{figure})" in page
     for name in set(archive.STUDIES) - set(archived):
         assert f"`{name}`" in index, f"{name} is neither archived nor listed as absent"
 
@@ -129,7 +129,7 @@ def test_archive_writes_figures_tables_page_and_provenance(toy):
     assert info["title"] == "A toy study: values against `a`"
     assert info["spot_check"]["reproduced"] == info["spot_check"]["checked"] == 4
     page = (dest / "toy.md").read_text()
-    assert "![values.png](toy/values.png)" in page
+    assert "[![values.png](toy/values.png)](toy/values.png)" in page
     assert "```{include} toy/summary.md" in page
     assert archive.check_archive(dest) == []
     # a second archive replaces the first whole, and no temporary folder is left
@@ -196,6 +196,7 @@ def test_the_report_page_embeds_the_archived_figures(toy, tmp_path):
     text = page.read_text()
     figure = base64.b64encode((dest / "toy" / "values.png").read_bytes()).decode()
     assert f"data:image/png;base64,{figure}" in text
+    assert 'href="toy/values.png"' not in text  # no link to a file not beside it
     assert "<table" in text  # the included Markdown table, rendered
     with pytest.raises(FileNotFoundError, match="not archived"):
         archive.archive_report("fig1_subspace_error", tmp_path, dest=dest)

@@ -339,17 +339,11 @@ def _page(name: str, provenance: dict) -> str:
         "",
     ]
     for figure in provenance["figures"]:
-        lines += [f"![{figure}]({name}/{figure})", ""]
+        # each figure links to its full-size file
+        lines += [f"[![{figure}]({name}/{figure})]({name}/{figure})", ""]
     for table in provenance["tables"]:
-        heading = table.removesuffix(".md").replace("_", " ")
-        lines += [
-            f"## Table: {heading}",
-            "",
-            "```{include} " + f"{name}/{table}",
-            ":heading-offset: 2",
-            "```",
-            "",
-        ]
+        # the table's own title becomes a section of the page
+        lines += ["```{include} " + f"{name}/{table}", ":heading-offset: 1", "```", ""]
     return "\n".join(lines)
 
 
@@ -558,6 +552,8 @@ def archive_report(
         data = base64.b64encode((dest / match.group(2)).read_bytes()).decode()
         return f"![{match.group(1)}](data:image/png;base64,{data})"
 
+    # the page's figures link to their files; here they are embedded instead
+    text = re.sub(r"\[(!\[[^\]]*\]\([^)]+\.png\))\]\([^)]+\)", r"\1", text)
     text = re.sub(r"!\[([^\]]*)\]\(([^)]+\.png)\)", inline, text)
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(text)])
     html, _ = HTMLExporter().from_notebook_node(notebook)
