@@ -17,19 +17,22 @@ Frobenius norm exactly delta, so delta_min = delta), q = 2, r = 2, sigma = 1, OL
 on n samples per client. p in {10, 20, 40}, n / p in {1.5, 2, 4, 8, 16}, rho in {0, 0.5,
 1, 1.5, 2, 2.5, 3, 4} (delta = rho sigma sqrt((p - r) q / n); rho = 0 puts the
 contaminated clients inside span(A), where they are not identifiable): 120
-configurations x 100 replicates = 12,000 replicates. Measured (one BLAS thread, shared
-2-core machine at load 7-8): 3 minutes of CPU time (13 minutes of wall time under that
-load). ``--quick``: p = 20, n / p in {2, 8}, rho in {0, 1, 2, 3}, 25 replicates (200
-replicates; 5 s of CPU time, 13 s wall under load), a subset of the full grid with the
-same seeds.
+configurations x 250 replicates = 30,000 replicates. Measured for an earlier grid of 100
+replicates per configuration (one BLAS thread, shared 2-core machine at load 7-8): 3
+minutes of CPU time (13 minutes of wall time under that load); the 250 replicates of
+version 3 took about 20 minutes on 2 workers. ``--quick``: p = 20, n / p in {2, 8}, rho
+in {0, 1, 2, 3}, 25 replicates (200 replicates; 5 s of CPU time, 13 s wall under load),
+a subset of the full grid with the same seeds.
 
 **One replicate.** ``FederatedModel(p, 2, 2, 20, contamination=4,
 contamination_type="margin", margin=delta).sample_regression(n, sigma=1, seed)``,
-then ``clair(updates, rank=2, detect="test", sigma=sample.local_sd)`` (the fits'
-own standard errors; ``mode="auto"`` = P1, Holm at alpha = 0.05). Two rows: the
-test with CLAIR's A^ (``subspace="estimated"``) and, for reference, the same test
-with the true A (``subspace="true"``, :func:`clair_stats.chi_square_test`), which
-separates the cost of estimating A from the chi-square approximation itself. Each
+then ``clair(updates, rank=2, alpha=0.05, noise_cov=sample.noise_cov,
+noise_df=sample.noise_df)`` (the exact weighted chi-square law of the fits' energies;
+P1, Holm). Rows: the exact test, the iid chi-square with sigma = ``local_sd`` (the
+fits' own standard errors) and the empirical null, each with CLAIR's A^
+(``subspace="estimated"``), and the exact and chi-square tests with the true A
+(``subspace="true"``, :func:`clair_stats.chi_square_test`), which separate the cost
+of estimating A from the law of the test itself. Each
 row keeps the K raw p-values, their Holm and BH adjustments and the true S^c, so
 that every alpha and threshold is evaluated afterwards from the same replicates.
 

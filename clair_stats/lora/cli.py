@@ -243,10 +243,12 @@ def run_command(args: argparse.Namespace) -> int:
     Returns
     -------
     int
-        The exit code: 0, or 1 when the outputs or the inputs cannot be written
-        or read (one line on stderr names the path). Refused arguments raise
-        ``ValueError`` / ``FileExistsError`` for :func:`clair_stats.__main__.main`
-        (exit code 2). Warnings are printed as one line each.
+        The exit code: 0, or 1 when the outputs cannot be written or an input
+        file cannot be read (one line on stderr names the path). Refused
+        arguments and a missing input folder raise ``ValueError`` /
+        ``FileExistsError`` / ``FileNotFoundError`` for
+        :func:`clair_stats.__main__.main` (exit code 2). Warnings are printed as
+        one line each.
     """
     solver_options = {
         key: value

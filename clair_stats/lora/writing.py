@@ -18,17 +18,16 @@ written as one PEFT adapter per client
 its local update in every module. Each module's refined factors go to a temporary
 safetensors file first, so that memory holds one module of all clients at a time.
 
-A client whose update in module m is zero (an untrained module, left out of the
-module's fit and test by :func:`clair_stats.lora.adapters.analyse_adapters`) keeps
-its zero update there and does not enter Thetabar_m; in a module that was not
-tested every client keeps its update. The refinement keeps a client's own
-in-subspace part P_A^ Theta^_km and replaces the rest by the federation's
-P_A^^perp Thetabar_m; a zero update has no in-subspace part, so the refinement
-would give it only the other clients' off-subspace mean, the part CLAIR treats as
-client-specific, without the shared signal: it would move the client's model in
-module m in directions estimated to be noise, where the client itself trained
-nothing. Keeping the zero update leaves the module as the client trained it (the
-base weights).
+A client whose update in module m is zero (an untrained module, left out of the module's
+fit and test by :func:`clair_stats.lora.adapters.analyse_adapters`) keeps its zero
+update there and does not enter Thetabar_m; in a module that was not tested every client
+keeps its update. The refinement keeps (a share of) a client's own in-subspace part P_A^
+Theta^_km and replaces the rest by the federation's P_A^^perp Thetabar_m; a zero update
+has no in-subspace part, so the refinement would give it only the other clients'
+off-subspace mean, the part CLAIR treats as client-specific, without the shared signal:
+it would move the client's model in module m in directions estimated to be noise, where
+the client itself trained nothing. Keeping the zero update leaves the module as the
+client trained it (the base weights).
 """
 
 from __future__ import annotations
@@ -65,17 +64,17 @@ def write_refined(
 ) -> AdaptersResult:
     """Step 4 per module with the combined S^, then one adapter per client.
 
-    Collaborative clients get the rank-t truncated SVD of Theta~_km = P_A^
-    Theta^_km + P_A^^perp Thetabar_m (Thetabar_m over S^ without the zero
-    updates of module m); flagged clients, zero updates and every client of a
-    module that was not tested their local factors (s_k B_km, A_km). Each
-    module's refined factors go to a temporary safetensors file in ``out`` (so
-    memory holds one module at a time), then each client's adapter is assembled
-    from them and written to ``out/<client name>``
-    (:func:`clair_stats.lora.peft.write_adapter`, scaling 1). This writes into
-    ``out`` in place; :func:`clair_stats.lora.cli.run_adapters` (``clair
-    adapters``) writes a complete output elsewhere first and then moves it
-    into place.
+    Collaborative clients get the rank-t truncated SVD of Theta~_km = Thetabar_m + (1 -
+    b_km) P_A^ (Theta^_km - Thetabar_m), with A^_m refitted on S^ and b_km the
+    empirical-Bayes shrinkage of the module docstring (Thetabar_m over S^ without the
+    zero updates of module m; b_km = 0 is the paper's P_A^ Theta^_km + P_A^^perp
+    Thetabar_m); flagged clients, zero updates and every client of a module that was not
+    tested their local factors (s_k B_km, A_km). Each module's refined factors go to a
+    temporary safetensors file in ``out`` (so memory holds one module at a time), then
+    each client's adapter is assembled from them and written to ``out/<client name>``
+    (:func:`clair_stats.lora.peft.write_adapter`, scaling 1). This writes into ``out``
+    in place; :func:`clair_stats.lora.cli.run_adapters` (``clair adapters``) writes a
+    complete output elsewhere first and then moves it into place.
 
     Parameters
     ----------
