@@ -440,7 +440,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def check_archive(dest: str | os.PathLike[str] = DEFAULT_DEST) -> list[str]:
-    """The problems of the archive: stale versions, missing files, stray pages.
+    """The problems of the archive: stale versions and missing files.
 
     Parameters
     ----------
