@@ -15,10 +15,12 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m clair_stats demo
 
+# Two test processes (the CI machine has two cores), each test file on one of them
+# so that a file's session fixtures (the studies' quick grids) are computed once.
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest tests theory_checks
+	$(PY) -m pytest -n 2 --dist loadfile tests theory_checks
 
 # The documentation site in docs/_build/html: theory, guide, API reference and the
 # gallery (examples/plot_*.py, each executed). Warnings are errors.

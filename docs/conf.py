@@ -122,4 +122,5 @@ sphinx_gallery_conf = {
     "only_warn_on_example_error": False,
     "plot_gallery": "True",
     "min_reported_time": 0,
+    "within_subsection_order": "gallery_order.ExampleOrder",
 }
