@@ -56,7 +56,8 @@ if os.environ.get("CLAIR_DOCS_GALLERY") == "0":
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns += ["_build", "_templates", "_gallery", "Thumbs.db", ".DS_Store"]
+# the studies' tables are included into their pages, not pages of their own
+exclude_patterns += ["_build", "_templates", "_gallery", "studies/*/*.md"]
 templates_path = ["_templates"]
 
 # MyST: the theory pages write maths as $...$ and $$...$$.
