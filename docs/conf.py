@@ -90,7 +90,8 @@ html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
 }
-html_static_path = []
+html_static_path = ["_static"]
+html_css_files = ["clair.css"]
 
 # The gallery's sources are examples/GALLERY_HEADER.rst and examples/plot_*.py.
 # sphinx-gallery would take every subfolder of examples/ with a README for a
