@@ -112,24 +112,26 @@ thus about 31 minutes of one core: about 16 minutes on 2 cores at low load, up t
 twice that on the loaded machine; the stored run (final estimator) took 22 minutes
 with ``--jobs 2``.
 
-**Result** (full grid, 3,540 replicates, 22 min on 2 processes at load about 2;
-docs/findings.md §F12). Worst case over the 13 attacks of the benign relative MSE,
-``clair`` (every default): heterogeneous 0.11-0.129 for gamma <= 0.3 and at most
-0.168 up to 0.45 (orthogonal group); backbone 0.108-0.149 and at most 0.224
-(margin_1 at 0.45); homogeneous 0.099-0.125, at most 0.371 times the best Flower
-aggregator in every one of the 118 (gamma, attack) cells. ``clair_sigma``: at
-most 0.171, 0.285, 0.246. No replicate of either has a benign client above its
-local error (largest ratio 1: a flagged client), 0 of 1,180 per federation. The
-paper's estimator (``clair_paper``) is local fitting (1.00) from gamma = 0.1 under
-ALIE in the heterogeneous and backbone federations and from 0.35 (orthogonal,
-margin_4) in the homogeneous one, with 9 replicates where a benign client ends
-above 1.1 times its local error (up to 2.76). Flower's aggregators: 29-103 times
-local in the heterogeneous and backbone federations (benign clients differ
-inside span(A)); in the homogeneous one 0.33 at gamma = 0 and 0.33-2.7 (median,
-trimmed mean, multi-Krum) to 102 (mean) in the worst case. The attacks CLAIR does
-not flag are the ones it need not flag (in-subspace, sign flip, IPM, mimic: the
-attackers' off-subspace parts are benign-like) and the adaptive one (recall
-0.01-0.04, by design), which cost the benign clients nothing measurable.
+**Result** (full grid of version 2, 3,540 replicates, about 25 min on 2 processes
+beside other work; docs/findings.md §F12; version 1's figures, before clair()'s copy
+groups became complete-linkage clusters, in brackets where they differ). Worst case over
+the 13 attacks of the benign relative MSE, ``clair`` (every default): heterogeneous
+0.11-0.125 (0.129) for gamma <= 0.3 and at most 0.142 (0.168) up to 0.45; backbone
+0.108-0.149 and at most 0.226 (0.224) (margin_1 at 0.45); homogeneous 0.084-0.116
+(0.099-0.125), at most 0.361 (0.371) times the best Flower aggregator in every one of
+the 118 (gamma, attack) cells. ``clair_sigma``: at most 0.14, 0.288, 0.232 (0.171,
+0.285, 0.246). No replicate of either has a benign client above its local error (largest
+ratio 1: a flagged client), 0 of 1,180 per federation. The paper's estimator
+(``clair_paper``) is local fitting (1.00) from gamma = 0.1 under ALIE in the
+heterogeneous and backbone federations and from 0.35 (orthogonal, margin_4) in the
+homogeneous one, with 5 (9) replicates where a benign client ends above 1.1 times its
+local error (up to 3.18; 2.76). Flower's aggregators: 29-103 times local in the
+heterogeneous and backbone federations (benign clients differ inside span(A)); in the
+homogeneous one 0.33 at gamma = 0 and 0.33-2.7 (median, trimmed mean, multi-Krum) to 102
+(mean) in the worst case. The attacks CLAIR does not flag are the ones it need not flag
+(in-subspace, sign flip, IPM, mimic: the attackers' off-subspace parts are benign-like)
+and the adaptive one (recall 0.01-0.04, by design), which cost the benign clients
+nothing measurable.
 
 **Figures and tables.** ``summary.csv``: Monte Carlo mean and 95% interval of
 ``relative_mse`` per federation, attack, gamma and method. ``worst_case.csv`` /
