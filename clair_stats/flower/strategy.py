@@ -185,7 +185,9 @@ class ClairStrategy(FedAvg):
 
         from clair_stats.flower import ClairStrategy
 
-        strategy = ClairStrategy(fraction_train=1.0)  # was FedAvg(fraction_train=1.0)
+        # was FedAvg(...); min_train_nodes=K: Flower samples from the nodes
+        # connected when a round starts, and CLAIR needs at least 3 replies
+        strategy = ClairStrategy(fraction_train=1.0, min_train_nodes=K)
         result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=5)
         for report in strategy.rounds:
             print(report.server_round, report.flagged_nodes)
