@@ -55,17 +55,17 @@ that every alpha and threshold is evaluated afterwards from the same replicates.
   P(S^ = S), FWER and FDR at alpha = 0.05 and the ROC area; the n / p from which the
   FWER is calibrated, per p.
 
-**Full-grid results** (version 3: 250 replicates per point; FWER pooled over rho,
+**Full-grid results** (version 4: 250 replicates per point; FWER pooled over rho,
 2,000 per (p, n / p) cell). Holm's FWER at the nominal 0.05 with CLAIR's A^: the
-exact test 0.034-0.067, in the target [0.03, 0.07] in all 15 cells (0.036-0.053 with
-the true A); the iid chi-square 0.77-0.85 at n / p = 1.5, 0.52-0.62 at 2, 0.16-0.22
-at 4, 0.065-0.11 at 8 and 0.042-0.067 at 16 (worse with the true A: the law, not
+exact test 0.034-0.065, in the target [0.03, 0.07] in all 15 cells (0.036-0.053 with
+the true A); the iid chi-square 0.76-0.83 at n / p = 1.5, 0.50-0.59 at 2, 0.15-0.19
+at 4, 0.069-0.096 at 8 and 0.061-0.068 at 16 (worse with the true A: the law, not
 A^); the empirical null 0.004-0.033 (conservative). Version 2, without the leverage
 correction of the exact test's weights, gave 0.020-0.034 with A^ for n / p >= 2.
 Power at rho = 2 (range over p), exact / iid chi-square / empirical: 0.04-0.21 /
-0.49-0.87 / 0-0.06 at n / p = 1.5, 0.73-1.00 / 0.92-1.00 / 0.12-0.93 at 4,
-0.96-1.00 / 0.98-1.00 / 0.19-0.98 at 8. 18 minutes on 2 workers (2,291 s of
-replicate time in version 2) on the shared machine.
+0.47-0.86 / 0-0.06 at n / p = 1.5, 0.73-1.00 / 0.90-1.00 / 0.17-0.95 at 4,
+0.96-1.00 / 0.98-1.00 / 0.26-0.99 at 8. About 13 minutes on 2 workers (1,449 s of
+replicate time) on the shared machine.
 """
 
 from __future__ import annotations
