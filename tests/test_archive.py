@@ -25,6 +25,7 @@ from PIL import Image  # noqa: E402
 
 from clair_stats.experiments import archive  # noqa: E402
 from clair_stats.experiments.study import (  # noqa: E402
+    ResultStore,
     Study,
     grid,
     run_study,
@@ -132,8 +133,10 @@ def test_archive_writes_figures_tables_page_and_provenance(toy):
     assert "[![values.png](toy/values.png)](toy/values.png)" in page
     assert "```{include} toy/summary.md" in page
     assert archive.check_archive(dest) == []
-    # a second archive replaces the first whole, and no temporary folder is left
+    # a second archive replaces the first whole, and no temporary folder is left,
+    # not even one an interrupted run left behind
     (folder / "stale.png").write_bytes(b"x")
+    (dest / ".toy-killed" / "old").mkdir(parents=True)
     archive.archive_study("toy", results=results, dest=dest)
     assert not (folder / "stale.png").exists()
     assert sorted(p.name for p in dest.iterdir()) == ["toy", "toy.md"]
@@ -157,7 +160,8 @@ def test_spot_check_finds_results_the_code_no_longer_gives(toy):
             "UPDATE runs SET result = ? WHERE config = ? AND replicate = ?",
             (json.dumps([{"value": stored * 1.01}]), key, replicate),
         )
-    check = archive.spot_check(study, path)
+    with ResultStore(path, study.name, study.version) as store:
+        check = archive.spot_check(study, store)
     assert check["reproduced"] == 3, check
     assert check["max_relative_difference"] == pytest.approx(0.01 / 1.01)
     assert check["where"] == "[0]/value"
@@ -178,9 +182,13 @@ def test_check_names_a_stale_version_and_a_missing_file(toy):
     info["version"] = "6"
     (folder / "provenance.json").write_text(json.dumps(info))
     (folder / "summary.md").unlink()
+    (folder / "extra.png").write_bytes(b"x")
+    (dest / ".toy-killed").mkdir()
     problems = archive.check_archive(dest)
     assert any("version 6" in line and "version 7" in line for line in problems)
     assert any("summary.md is listed but missing" in line for line in problems)
+    assert any("extra.png is not listed" in line for line in problems)
+    assert any(".toy-killed" in line for line in problems)
     assert archive.main(["--check", "--dest", str(dest)]) == 1
 
 

@@ -167,15 +167,15 @@ def _difference(stored: Any, new: Any) -> tuple[float, str]:
 REPRODUCED = 1e-9
 
 
-def spot_check(study: Any, path: Path, n: int = SPOT_CHECKS) -> dict[str, Any]:
+def spot_check(study: Any, store: Any, n: int = SPOT_CHECKS) -> dict[str, Any]:
     """Rerun ``n`` stored replicates with the current code and compare.
 
     Parameters
     ----------
     study : Study
         The full grid.
-    path : pathlib.Path
-        Its results file.
+    store : ResultStore
+        Its results, open.
     n : int
         How many replicates: spread evenly over the grid's tasks.
 
@@ -188,29 +188,18 @@ def spot_check(study: Any, path: Path, n: int = SPOT_CHECKS) -> dict[str, Any]:
         when a result changed shape or a non-numeric value) and ``where``, the
         field of the largest difference.
     """
-    import sqlite3
-
     from clair_stats.experiments.study import _check_result, _to_json
 
-    tasks = list(study.tasks())
-    picks = [tasks[i * len(tasks) // n] for i in range(n)]
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        differences, where = [], []
-        for key, replicate, seed in picks:
-            (text,) = connection.execute(
-                "SELECT result FROM runs WHERE config = ? AND replicate = ?",
-                (key, replicate),
-            ).fetchone()
-            config = json.loads(key)
-            # the rows as the store writes them (a list of mappings, JSON values)
-            rows = _check_result(study.run(config, seed), config, seed)
-            new = json.loads(json.dumps(rows, default=_to_json))
-            gap, path = _difference(json.loads(text), new)
-            differences.append(gap)
-            where.append(path)
-    finally:
-        connection.close()
+    tasks = study.tasks()
+    differences, where = [], []
+    for key, replicate, seed in (tasks[i * len(tasks) // n] for i in range(n)):
+        config = json.loads(key)
+        # the rows as the store writes them (a list of mappings, JSON values)
+        rows = _check_result(study.run(config, seed), config, seed)
+        new = json.loads(json.dumps(rows, default=_to_json))
+        gap, field_ = _difference(store.result(key, replicate), new)
+        differences.append(gap)
+        where.append(field_)
     worst = max(range(n), key=lambda i: differences[i])
     return {
         "checked": n,
@@ -218,6 +207,12 @@ def spot_check(study: Any, path: Path, n: int = SPOT_CHECKS) -> dict[str, Any]:
         "max_relative_difference": differences[worst],
         "where": where[worst] if differences[worst] > REPRODUCED else "",
     }
+
+
+def _missing(study: Any, store: Any) -> int:
+    """How many replicates of ``study``'s grid ``store`` does not hold."""
+    done = store.done()
+    return sum((key, rep) not in done for key, rep, _ in study.tasks())
 
 
 def _quantize_png(source: Path, target: Path) -> None:
@@ -269,19 +264,20 @@ def archive_study(
     if not path.exists():
         raise ArchiveError(f"{name}: no stored results at {path}; run `{command}`")
     with ResultStore(path, study.name, study.version) as store:
-        done = store.done()
-        tasks = list(study.tasks())
-        missing = sum((key, rep) not in done for key, rep, _ in tasks)
+        missing = _missing(study, store)
         if missing:
             raise ArchiveError(
-                f"{name}: {missing} of {len(tasks)} replicates of the full grid are "
-                f"not stored in {path}; run `{command}` (it resumes)"
+                f"{name}: {missing} of {len(study.tasks())} replicates of the full "
+                f"grid are not stored in {path}; run `{command}` (it resumes)"
             )
         frame = store.frame(study)
-    check = spot_check(study, path)
+        check = spot_check(study, store)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / name
+    # a run killed while staging leaves its folder behind; it is not the archive
+    for stale in dest.glob(f".{name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=dest) as tmp:
         report_dir = Path(tmp) / "report"
         report_dir.mkdir()
@@ -440,7 +436,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def check_archive(dest: str | os.PathLike[str] = DEFAULT_DEST) -> list[str]:
-    """The problems of the archive: stale versions and missing files.
+    """The problems of the archive: stale versions, missing and stray files.
 
     Parameters
     ----------
@@ -472,6 +468,17 @@ def check_archive(dest: str | os.PathLike[str] = DEFAULT_DEST) -> list[str]:
                 problems.append(f"{name}: {item} is listed but missing")
         if not (dest / f"{name}.md").exists():
             problems.append(f"{name}: the page {name}.md is missing")
+        listed = {"provenance.json", *info["figures"], *info["tables"]}
+        for item in sorted(p.name for p in (dest / name).iterdir()):
+            if item not in listed:
+                problems.append(f"{name}: {item} is not listed in provenance.json")
+    expected = {"index.md", *STUDIES, *(f"{name}.md" for name in STUDIES)}
+    for item in sorted(p.name for p in dest.iterdir()) if dest.is_dir() else []:
+        if item not in expected:
+            problems.append(
+                f"{item} in {dest} is not part of the archive (a staging folder of "
+                "an interrupted `make archive`?); delete it"
+            )
     return problems
 
 
@@ -498,10 +505,9 @@ def full_grid_stored(name: str, results: str | os.PathLike[str] | None = None) -
         return False
     try:
         with ResultStore(path, study.name, study.version) as store:
-            done = store.done()
+            return _missing(study, store) == 0
     except StoreError:
         return False
-    return all((key, rep) in done for key, rep, _ in study.tasks())
 
 
 def archive_report(

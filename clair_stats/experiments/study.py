@@ -476,6 +476,33 @@ class ResultStore:
         for key, rep, seed, text, seconds in rows:
             yield json.loads(key), rep, seed, json.loads(text), seconds
 
+    def result(self, config_key: str, replicate: int) -> list[dict[str, Any]]:
+        """The stored rows of one replicate.
+
+        Parameters
+        ----------
+        config_key : str
+            The configuration's canonical JSON, as :meth:`Study.tasks` gives it.
+        replicate : int
+            The replicate's index.
+
+        Returns
+        -------
+        list of dict
+            The rows as :meth:`add` stored them (JSON values).
+
+        Raises
+        ------
+        KeyError
+            When that replicate is not stored.
+        """
+        query = "SELECT result FROM runs WHERE config = ? AND replicate = ?"
+        with self._guard():
+            found = self._db.execute(query, (config_key, int(replicate))).fetchone()
+        if found is None:
+            raise KeyError(f"replicate {replicate} of {config_key} is not stored")
+        return json.loads(found[0])
+
     def __len__(self) -> int:
         with self._guard():
             return self._db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
