@@ -13,6 +13,7 @@ documented elsewhere as links. Both folders are build products
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import pkgutil
@@ -36,6 +37,7 @@ SECTIONS = (
 )
 
 
+@functools.cache
 def public_modules() -> list[str]:
     """Dotted names of the package, its subpackages and modules (private ones,
     ``_name``, skipped; ``__main__``, the command line, kept)."""
@@ -58,6 +60,7 @@ def _rank(module: str, obj: object) -> tuple:
     return (2 if home == module else 3, len(module), module)
 
 
+@functools.cache
 def canonical_paths() -> tuple[dict[str, list[str]], dict[str, list[tuple]]]:
     """Which names each module documents, and which it only links to."""
     exports: dict[object, list[tuple[str, str]]] = defaultdict(list)
@@ -189,6 +192,7 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text, encoding="utf-8")
 
 
+@functools.cache
 def canonical_names() -> tuple[dict[int, str], dict[str, str]]:
     """Where each public object is documented: by ``id`` for functions and
     classes, and by every exported path (``module.name``, constants included)."""
@@ -224,9 +228,6 @@ def _lookup(path: str) -> object | None:
     return None
 
 
-_CANONICAL: tuple[dict[int, str], dict[str, str]] | None = None
-
-
 def resolve_alias(app, env, node, contnode):
     """``missing-reference``: a reference to a public object by another path (its
     home module, a re-export, a name relative to the current module or class) is
@@ -247,10 +248,7 @@ def resolve_alias(app, env, node, contnode):
     if isinstance(home, str):
         candidates.append(f"{home}.{target}")
     candidates.append(f"{PACKAGE}.{target}")
-    global _CANONICAL
-    if _CANONICAL is None:
-        _CANONICAL = canonical_names()
-    canonical, paths = _CANONICAL
+    canonical, paths = canonical_names()
     domain = env.get_domain("py")
     for candidate in candidates:
         if not candidate.startswith(PACKAGE):
