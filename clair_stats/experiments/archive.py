@@ -209,12 +209,6 @@ def spot_check(study: Any, store: Any, n: int = SPOT_CHECKS) -> dict[str, Any]:
     }
 
 
-def _missing(study: Any, store: Any) -> int:
-    """How many replicates of ``study``'s grid ``store`` does not hold."""
-    done = store.done()
-    return sum((key, rep) not in done for key, rep, _ in study.tasks())
-
-
 def _quantize_png(source: Path, target: Path) -> None:
     """Write ``source`` as a 256-colour palette PNG (matplotlib figures have few
     colours; anti-aliased edges lose nothing visible)."""
@@ -264,7 +258,7 @@ def archive_study(
     if not path.exists():
         raise ArchiveError(f"{name}: no stored results at {path}; run `{command}`")
     with ResultStore(path, study.name, study.version) as store:
-        missing = _missing(study, store)
+        missing = store.missing(study)
         if missing:
             raise ArchiveError(
                 f"{name}: {missing} of {len(study.tasks())} replicates of the full "
@@ -505,7 +499,7 @@ def full_grid_stored(name: str, results: str | os.PathLike[str] | None = None) -
         return False
     try:
         with ResultStore(path, study.name, study.version) as store:
-            return _missing(study, store) == 0
+            return store.missing(study) == 0
     except StoreError:
         return False
 

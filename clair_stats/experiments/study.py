@@ -476,6 +476,22 @@ class ResultStore:
         for key, rep, seed, text, seconds in rows:
             yield json.loads(key), rep, seed, json.loads(text), seconds
 
+    def missing(self, study: Study) -> int:
+        """How many replicates of ``study``'s grid this store does not hold.
+
+        Parameters
+        ----------
+        study : Study
+            The grid.
+
+        Returns
+        -------
+        int
+            0 when every ``(configuration, replicate)`` of the grid is stored.
+        """
+        done = self.done()
+        return sum((key, rep) not in done for key, rep, _ in study.tasks())
+
     def result(self, config_key: str, replicate: int) -> list[dict[str, Any]]:
         """The stored rows of one replicate.
 
@@ -833,9 +849,7 @@ def load_or_run(
     path = results_dir(results) / full.name / "results.sqlite"
     if mode != "quick" and path.exists():
         with ResultStore(path, full.name, full.version) as store:
-            stored = store.done()
-            complete = all((k, r) in stored for k, r, _ in full.tasks())
-            if complete:
+            if store.missing(full) == 0:
                 frame = store.frame(full)
                 folder = report_folder(full.name, False, results)
                 script.report(frame, folder, full_args)
