@@ -445,8 +445,10 @@ def test_overwrite_swaps_the_whole_output_and_a_failure_leaves_the_old_one(
 ):
     """A write failing at the third client (a full disk), an interrupt during the
     analysis, and a failing final rename each leave the earlier output byte for
-    byte and no staging folder; a successful --overwrite replaces every client
-    and the report together."""
+    byte, and the finished work in the work folder for the next run; a
+    successful --overwrite (which resumes from it) replaces every client and the
+    report together and leaves nothing else behind. In-process (jobs=1), where
+    the monkeypatches apply."""
     import errno
 
     import clair_stats.lora.cli as cli
@@ -469,40 +471,42 @@ def test_overwrite_swaps_the_whole_output_and_a_failure_leaves_the_old_one(
         return real_write(*args, **kwargs)
 
     monkeypatch.setattr(writing, "write_adapter", full_disk)
+    again = {"out_rank": 2, "overwrite": True, "progress": False, "jobs": 1}
     with pytest.raises(OutputError, match="No space left on device") as info:
-        run_adapters(folders, out, out_rank=2, overwrite=True, progress=False)
+        run_adapters(folders, out, **again)
     assert "nothing was changed" in str(info.value)
+    assert "the same command resumes" in str(info.value)
     assert len(calls) == 3
     assert all(str(out) not in str(c) for c in calls)  # written next to out only
     assert _snapshot(out) == before
-    assert _leftovers(tmp_path) == []
+    assert _leftovers(tmp_path) == [".out.clair-work"]
     monkeypatch.undo()
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "analyse_adapters", interrupted)
+    monkeypatch.setattr(cli, "fit_modules", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_adapters(folders, out, out_rank=2, overwrite=True, progress=False)
+        run_adapters(folders, out, **again)
     assert _snapshot(out) == before
-    assert _leftovers(tmp_path) == []
+    assert _leftovers(tmp_path) == [".out.clair-work"]
     monkeypatch.undo()
 
     real_rename = os.rename
 
     def rename(src, dst):
-        if ".clair-tmp-" in str(src):  # the new output cannot be moved in
+        if ".clair-work" in str(src):  # the new output cannot be moved in
             raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
         return real_rename(src, dst)
 
     monkeypatch.setattr(cli.os, "rename", rename)
     with pytest.raises(OutputError, match="cross-device"):
-        run_adapters(folders, out, out_rank=2, overwrite=True, progress=False)
+        run_adapters(folders, out, **again)
     assert _snapshot(out) == before  # moved aside and back
-    assert _leftovers(tmp_path) == []
+    assert _leftovers(tmp_path) == [".out.clair-work"]
     monkeypatch.undo()
 
-    result = run_adapters(folders, out, out_rank=2, overwrite=True, progress=False)
+    result = run_adapters(folders, out, **again)
     after = _snapshot(out)
     assert set(after) == set(before)
     assert all(after[f] != before[f] for f in after if f.endswith(".safetensors"))
@@ -526,13 +530,14 @@ def test_a_write_failure_on_the_command_line_is_one_line(tmp_path, monkeypatch, 
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(writing, "write_adapter", full_disk)
-    assert main(["adapters", *folders, "--out", str(out), "--no-progress"]) == 1
+    argv = ["adapters", *folders, "--out", str(out), "--no-progress", "--jobs", "1"]
+    assert main(argv) == 1
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1
     assert captured.err.startswith("clair adapters: error: writing the outputs")
     assert "No space left on device" in captured.err
     assert not out.exists()
-    assert _leftovers(tmp_path) == []
+    assert _leftovers(tmp_path) == [".out.clair-work"]
 
 
 @pytest.mark.parametrize(
@@ -569,7 +574,7 @@ def test_outputs_overlapping_an_input_are_refused_before_any_work(
     def never(*args, **kwargs):
         raise AssertionError("the analysis started")
 
-    monkeypatch.setattr(cli, "analyse_adapters", never)
+    monkeypatch.setattr(cli, "fit_modules", never)
     monkeypatch.setattr(cli, "read_adapters", never)
     argv = ["adapters", *map(str, folders), "--out", str(out), "--overwrite"]
     with pytest.raises(SystemExit) as info:
@@ -655,7 +660,7 @@ def test_an_unwritable_output_fails_at_once_in_one_line(
     def never(*args, **kwargs):
         raise AssertionError("the analysis started")
 
-    monkeypatch.setattr(cli, "analyse_adapters", never)
+    monkeypatch.setattr(cli, "fit_modules", never)
     places = {"--out": str(tmp_path / "out"), "--json": None}
     places[which] = str(blocker / "sub" / "x")
     argv = ["adapters", *folders, "--out", places["--out"], "--no-progress"]

@@ -19,8 +19,8 @@ mappings when one replicate yields several rows, e.g. one per method).
   connects to a running scheduler). Results always come back to the calling process,
   which is the only writer of the store. The joblib workers end within a fraction
   of a second when the calling process dies, even by SIGKILL
-  (:func:`_exit_with_parent`; measured: joblib's own workers survived a SIGKILL of
-  the parent for 330 s, holding its stdout open).
+  (:func:`clair_stats.core.parallel.exit_with_parent`; measured: joblib's own
+  workers survived a SIGKILL of the parent for 330 s, holding its stdout open).
 * **A damaged store** (not a SQLite file, truncated, another program's tables) is
   refused with a :class:`StoreError` naming the file and the way out (``--fresh``
   or moving the file away); :func:`study_main` prints it as one line.
@@ -40,7 +40,6 @@ import math
 import os
 import sqlite3
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clair_stats.core.optional import require
+from clair_stats.core.parallel import exit_with_parent, map_unordered
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -598,69 +598,16 @@ def _sequential(run, todo, blas_threads):
         yield _execute(run, key, rep, seed, blas_threads)
 
 
-#: Seconds between two checks of a joblib worker that its parent is alive.
-PARENT_POLL = 0.2
-
-
-def _exit_with_parent(parent: int, interval: float = PARENT_POLL) -> None:
-    """Worker initializer: end this worker as soon as the process ``parent`` dies.
-
-    joblib's (loky's) workers notice a dead parent only when their idle timeout
-    expires (300 s) or their running replicate ends: measured, a SIGKILL of a
-    ``--jobs 2`` study left both workers and loky's resource trackers alive for
-    330 s, holding the study's stdout open (a ``| tee`` or a caller reading the
-    output waited as long). A daemon thread checks every ``interval`` seconds
-    that ``parent`` is alive and calls ``os._exit`` once it is not, even in the
-    middle of a replicate, whose result could no longer be stored. A worker that
-    is a child of ``parent`` (loky starts its workers from the calling process)
-    watches ``os.getppid()``, which changes the moment the parent dies; any
-    other worker (another start method) whether ``parent`` still exists. A
-    worker that starts after the parent died (it was still importing) exits at
-    once. POSIX only: elsewhere nothing is watched.
-
-    Parameters
-    ----------
-    parent : int
-        The pid of the process that runs the study.
-    interval : float
-        Seconds between two checks.
-    """
-    if os.name != "posix":  # os.kill(pid, 0) would end the process on Windows
-        return
-    child = os.getppid() == parent
-
-    def alive() -> bool:
-        if child:
-            return os.getppid() == parent
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # exists, owned by someone else
-            return True
-        return True
-
-    if not alive():
-        os._exit(1)
-
-    def watch() -> None:
-        while alive():
-            time.sleep(interval)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="clair-exit-with-parent", daemon=True).start()
-
-
 def _joblib(run, todo, n_jobs, blas_threads):
     joblib = require("joblib", "studies", "running a study with --jobs")
     delayed = joblib.delayed
     # One replicate per batch, at most 2 n_jobs dispatched ahead: what a kill can
     # lose is bounded by 2 n_jobs replicates (joblib's automatic batching would
     # group fast replicates, and a batch comes back only when all of it is done).
-    # The workers end with this process (_exit_with_parent); the backend is
+    # The workers end with this process (exit_with_parent); the backend is
     # resolved when Parallel is built, so the configuration is left at once.
     with joblib.parallel_config(
-        backend="loky", initializer=_exit_with_parent, initargs=(os.getpid(),)
+        backend="loky", initializer=exit_with_parent, initargs=(os.getpid(),)
     ):
         parallel = joblib.Parallel(
             n_jobs=n_jobs,
@@ -674,34 +621,12 @@ def _joblib(run, todo, n_jobs, blas_threads):
 
 
 def _dask(run, todo, address, n_jobs, blas_threads):
-    distributed = require("dask.distributed", "dask", "running a study with --dask")
-    Client, LocalCluster = distributed.Client, distributed.LocalCluster
-    as_completed = distributed.as_completed
-
-    cluster = None
-    if address == "local":
-        cluster = LocalCluster(
-            n_workers=max(1, n_jobs),
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-        )
-        client = Client(cluster)
-    else:
-        client = Client(address)
-    futures = []
-    try:
-        futures = [
-            client.submit(_execute, run, key, rep, seed, blas_threads, pure=False)
-            for key, rep, seed in todo
-        ]
-        for future in as_completed(futures):
-            yield future.result()
-    finally:
-        client.cancel(futures)
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    tasks = [(run, key, rep, seed, blas_threads) for key, rep, seed in todo]
+    # _execute limits the BLAS threads itself
+    for _, result in map_unordered(
+        _execute, tasks, jobs=n_jobs, dask=address, blas_threads=None
+    ):
+        yield result
 
 
 def run_study(

@@ -54,7 +54,10 @@ alignment. arXiv:2605.21217.
 
 from __future__ import annotations
 
+import importlib
+import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,11 +65,18 @@ import numpy as np
 from clair_stats.core.exceptions import ClairWarning, ConvergenceWarning
 from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.lowrank import LowRankUpdates
-from clair_stats.core.optional import progress as progress_bar
+from clair_stats.core.parallel import Workers, map_unordered
 from clair_stats.core.results import SolverInfo
 from clair_stats.core.validation import check_alpha, check_choice, check_int
 from clair_stats.lora.peft import AdapterSet
-from clair_stats.lora.report import AdaptersResult, ModuleReport, _wording
+from clair_stats.lora.progress import ModuleProgress
+from clair_stats.lora.report import (
+    AdaptersResult,
+    ModuleReport,
+    _in_caller_wording,
+    _worded,
+    _wording,
+)
 from clair_stats.lora.verdict import ClientVerdict, client_verdict
 from clair_stats.pipeline.empirical_null import DRAWS
 from clair_stats.pipeline.estimator import shared_subspace
@@ -75,8 +85,12 @@ from clair_stats.pipeline.paths import as_updates
 __all__ = [
     "MIN_CLIENTS",
     "ModuleFit",
+    "ModuleOutcome",
     "analyse_adapters",
+    "combine_modules",
+    "fit_adapter_module",
     "fit_module",
+    "fit_modules",
     "zero_updates",
 ]
 
@@ -190,6 +204,8 @@ def analyse_adapters(
     lam: float | None = None,
     draws: int = DRAWS,
     progress: bool = True,
+    jobs: int = 1,
+    dask: str | None = None,
     **solver_options,
 ) -> AdaptersResult:
     """Steps 1-3 of CLAIR per module, and one verdict per client.
@@ -219,7 +235,16 @@ def analyse_adapters(
     draws : int
         Monte Carlo draws of the null law of the z-scores.
     progress : bool
-        Show a tqdm bar over the modules.
+        Show a tqdm bar over the modules (modules done, seconds per module, time
+        left).
+    jobs : int
+        Modules fit at once, each in its own process with one BLAS thread
+        (:func:`clair_stats.core.parallel.map_unordered`); 1 (the default) runs
+        them here, also with one BLAS thread, so that every ``jobs`` gives the
+        same numbers.
+    dask : str, optional
+        Fit the modules on dask.distributed instead: ``"local"`` or a scheduler
+        address (its workers must see the adapter files at the same paths).
     **solver_options
         ``tol``, ``max_iter`` for :func:`clair_stats.decompose`.
 
@@ -227,27 +252,169 @@ def analyse_adapters(
     -------
     AdaptersResult
     """
-    if not isinstance(adapters, AdapterSet):
-        raise TypeError(
-            "adapters must be an AdapterSet "
-            "(clair_stats.lora.peft.read_adapters(folders)), "
-            f"got {type(adapters).__name__}."
-        )
-    side = check_choice(side, "side", ("left", "right"))
-    alpha = check_alpha(alpha)
-    if rank is not None:
-        rank = check_int(rank, "rank", 1)
-    if adapters.n_clients < MIN_CLIENTS:
-        raise ValueError(
-            f"got {adapters.n_clients} adapters; the per-module test scores each "
-            "client against the others and needs K >= 3 (K >= 8 to find anything "
-            "at alpha = 0.05 after Holm over clients and modules)."
-        )
-    n_clients = adapters.n_clients
-    fits, ranks, shapes, zeros = [], [], [], []
-    for name in progress_bar(
-        adapters.module_names, desc="CLAIR per module", disable=not progress
-    ):
+    side, alpha, rank = _checked(adapters, side, alpha, rank)
+    outcomes = fit_modules(
+        adapters,
+        rank=rank,
+        side=side,
+        lam=lam,
+        solver_options=solver_options,
+        progress=progress,
+        jobs=jobs,
+        dask=dask,
+    )
+    return combine_modules(
+        adapters,
+        outcomes,
+        rank=rank,
+        side=side,
+        alpha=alpha,
+        lam=lam,
+        draws=draws,
+        solver_options=solver_options,
+        stacklevel=3,
+    )
+
+
+def fit_modules(
+    adapters: AdapterSet,
+    *,
+    rank: int | None = None,
+    side: str = "left",
+    lam: float | None = None,
+    solver_options: dict | None = None,
+    progress: bool = True,
+    jobs: int = 1,
+    dask: str | None = None,
+    done: dict[int, ModuleOutcome] | None = None,
+    store: Callable[[int, ModuleOutcome], None] | None = None,
+    workers: Workers | None = None,
+) -> list[ModuleOutcome]:
+    """Steps 1-2 on every module not in ``done`` (:func:`fit_adapter_module`).
+
+    Parameters
+    ----------
+    adapters : AdapterSet
+        The K clients' adapters.
+    rank, side, lam, progress, jobs, dask
+        As in :func:`analyse_adapters`.
+    solver_options : dict, optional
+        ``tol``, ``max_iter`` of step 1.
+    done : dict of int to ModuleOutcome, optional
+        Modules already fit (a resumed run), by position; not redone.
+    store : callable, optional
+        Called as ``store(index, outcome)`` in this process as each module
+        finishes (before the next result is taken).
+    workers : Workers, optional
+        Open workers to use instead of ``jobs`` and ``dask`` (one pool for
+        several phases).
+
+    Returns
+    -------
+    list of ModuleOutcome
+        One per module, in the order of ``adapters.module_names``.
+    """
+    names = adapters.module_names
+    found = dict(done or {})
+    todo = [i for i in range(len(names)) if i not in found]
+    tasks = [(adapters, names[i], rank, side, lam, solver_options) for i in todo]
+    with ModuleProgress(
+        len(names), "CLAIR per module", progress, initial=len(found)
+    ) as bar:
+        for j, outcome in map_unordered(
+            _worded,
+            _in_caller_wording(fit_adapter_module, tasks),
+            jobs=jobs,
+            dask=dask,
+            workers=workers,
+        ):
+            if store is not None:
+                store(todo[j], outcome)
+            found[todo[j]] = outcome
+            bar.done(outcome.seconds)
+    return [found[i] for i in range(len(names))]
+
+
+@dataclass(frozen=True)
+class ModuleOutcome:
+    """Steps 1-2 on one module of an adapter set: what the verdict needs of it.
+
+    The result of :func:`fit_adapter_module`, computed on any worker, kept (by
+    ``clair adapters``) in the output's temporary folder until the run ends, and
+    combined over the modules by :func:`combine_modules`.
+
+    Parameters
+    ----------
+    name : str
+        The module path.
+    shape : tuple of int
+        (out, in).
+    client_ranks : tuple of int
+        The clients' LoRA ranks r_k in this module.
+    zero_update : numpy.ndarray of bool, shape (K,)
+        Clients whose update here is zero (:func:`zero_updates`).
+    fit : ModuleFit or None
+        Steps 1-2 on the nonzero updates; None when fewer than
+        :data:`MIN_CLIENTS` are nonzero (the module is not tested).
+    seconds : float
+        Wall time of the module (reading included).
+    warnings : tuple of (str, str)
+        The warnings the module raised, as (category's import path, message):
+        a worker's warnings do not reach the calling process otherwise.
+    """
+
+    name: str
+    shape: tuple[int, int]
+    client_ranks: tuple[int, ...]
+    zero_update: np.ndarray = field(repr=False)
+    fit: ModuleFit | None = field(repr=False)
+    seconds: float = 0.0
+    warnings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def kept(self) -> np.ndarray:
+        """The clients with a nonzero update (those of the fit), in order."""
+        return np.flatnonzero(~self.zero_update)
+
+
+def fit_adapter_module(
+    adapters: AdapterSet,
+    name: str,
+    rank: int | None = None,
+    side: str = "left",
+    lam: float | None = None,
+    solver_options: dict | None = None,
+) -> ModuleOutcome:
+    """Read one module of every client (memory-mapped) and run steps 1-2 on it.
+
+    Parameters
+    ----------
+    adapters : AdapterSet
+        The K clients' adapters.
+    name : str
+        The module path.
+    rank : int, optional
+        r_m; default the median LoRA rank of the clients with a nonzero update.
+    side : {"left", "right"}
+        As in :func:`analyse_adapters`.
+    lam : float, optional
+        lam of P0 (default c_lam / sqrt(K_m)).
+    solver_options : dict, optional
+        ``tol``, ``max_iter`` of step 1.
+
+    Returns
+    -------
+    ModuleOutcome
+
+    Raises
+    ------
+    ValueError
+        When the rank leaves no complement, or a client's update lies in A^_m
+        exactly (its log energy would be -inf).
+    """
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         updates = adapters.updates(name)
         zero = zero_updates(updates)
         kept = np.flatnonzero(~zero)
@@ -256,7 +423,7 @@ def analyse_adapters(
             sub = _subset(updates, kept)
             r = rank if rank is not None else int(np.median(sub.ranks))
             try:
-                fit = fit_module(sub, r, side=side, lam=lam, **solver_options)
+                fit = fit_module(sub, r, side=side, lam=lam, **(solver_options or {}))
             except ValueError as exc:
                 raise ValueError(f"module {name!r}: {exc}") from None
             inside = kept[fit.energies <= 0]
@@ -272,15 +439,60 @@ def analyse_adapters(
                         f"Pass a smaller rank (below {fit.rank}).",
                     )
                 )
-        fits.append((fit, kept))
-        ranks.append(updates.ranks)
-        shapes.append((updates.p, updates.q))
-        zeros.append(zero)
+    return ModuleOutcome(
+        name=name,
+        shape=(updates.p, updates.q),
+        client_ranks=updates.ranks,
+        zero_update=zero,
+        fit=fit,
+        seconds=time.perf_counter() - start,
+        warnings=_unique_warnings(caught),
+    )
+
+
+def combine_modules(
+    adapters: AdapterSet,
+    outcomes: list[ModuleOutcome],
+    *,
+    rank: int | None = None,
+    side: str = "left",
+    alpha: float = 0.05,
+    lam: float | None = None,
+    draws: int = DRAWS,
+    solver_options: dict | None = None,
+    stacklevel: int = 2,
+) -> AdaptersResult:
+    """Step 3: one verdict per client from the modules' outcomes.
+
+    Re-emits the modules' warnings (one line per distinct message, naming the
+    modules), then warns once for modules whose step 1 did not converge and once
+    for the notes of the result (zero updates, untested modules).
+
+    Parameters
+    ----------
+    adapters : AdapterSet
+        The adapters the outcomes are of.
+    outcomes : list of ModuleOutcome
+        One per module, in the order of ``adapters.module_names``.
+    rank, side, alpha, lam, draws, solver_options
+        As passed to :func:`analyse_adapters` (recorded in the settings; ``alpha``
+        and ``draws`` are used here).
+    stacklevel : int
+        Of the warnings.
+
+    Returns
+    -------
+    AdaptersResult
+    """
     names = adapters.module_names
+    if [o.name for o in outcomes] != list(names):
+        raise ValueError("outcomes must be one per module, in module order.")
+    _reemit(outcomes, stacklevel + 1)
+    n_clients = adapters.n_clients
     verdict = _verdict(
         [
-            _spread(fit.energies, kept, n_clients) if fit is not None else None
-            for fit, kept in fits
+            _spread(o.fit.energies, o.kept, n_clients) if o.fit is not None else None
+            for o in outcomes
         ],
         alpha,
         names,
@@ -288,18 +500,19 @@ def analyse_adapters(
         n_clients,
     )
     modules = []
-    for i, (name, (fit, kept)) in enumerate(zip(names, fits, strict=True)):
-        p = shapes[i][0] if side == "left" else shapes[i][1]
+    for i, o in enumerate(outcomes):
+        fit = o.fit
+        p = o.shape[0] if side == "left" else o.shape[1]
         energies = np.full(n_clients, np.nan)
         if fit is not None:
-            energies[zeros[i]] = 0.0
-            energies[kept] = fit.energies
+            energies[o.zero_update] = 0.0
+            energies[o.kept] = fit.energies
         modules.append(
             ModuleReport(
-                name=name,
-                shape=shapes[i],
+                name=o.name,
+                shape=o.shape,
                 rank=fit.rank if fit is not None else 0,
-                client_ranks=ranks[i],
+                client_ranks=o.client_ranks,
                 subspace=fit.subspace if fit is not None else np.zeros((p, 0)),
                 energies=energies,
                 z=verdict.z[i],
@@ -307,7 +520,7 @@ def analyse_adapters(
                 adjusted_p_values=verdict.adjusted_p_values[i],
                 rejected=verdict.rejected[i],
                 solver=fit.solver if fit is not None else None,
-                zero_update=zeros[i],
+                zero_update=o.zero_update,
             )
         )
     modules = tuple(modules)
@@ -317,7 +530,7 @@ def analyse_adapters(
             f"step 1 did not converge in module(s) {bad}; "
             + _wording("raise --max-iter or --tol.", "raise max_iter or tol."),
             ConvergenceWarning,
-            stacklevel=2,
+            stacklevel=stacklevel,
         )
     result = AdaptersResult(
         names=adapters.names,
@@ -334,13 +547,79 @@ def analyse_adapters(
             "rank": rank,
             "lam": lam,
             "draws": int(draws),
-            "solver_options": dict(solver_options),
+            "solver_options": dict(solver_options or {}),
         },
     )
     notes = result.notes()
     if notes:
-        warnings.warn("; ".join(notes) + ".", ClairWarning, stacklevel=2)
+        warnings.warn("; ".join(notes) + ".", ClairWarning, stacklevel=stacklevel)
     return result
+
+
+def _unique_warnings(caught: list) -> tuple[tuple[str, str], ...]:
+    """(category path, message) of each distinct warning, in order.
+
+    A :class:`~clair_stats.ConvergenceWarning` of step 1 is left out:
+    ``solver.converged`` records it and :func:`combine_modules` warns once.
+    """
+    seen: dict[tuple[str, str], None] = {}
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            continue
+        category = f"{w.category.__module__}.{w.category.__qualname__}"
+        seen[(category, str(w.message))] = None
+    return tuple(seen)
+
+
+def _reemit(outcomes: list[ModuleOutcome], stacklevel: int) -> None:
+    """The modules' warnings, once per distinct message, naming the modules."""
+    where: dict[tuple[str, str], list[str]] = {}
+    for o in outcomes:
+        for key in o.warnings:
+            where.setdefault(tuple(key), []).append(o.name)
+    for (category, message), modules in where.items():
+        shown = modules if len(modules) <= 3 else [*modules[:3], "..."]
+        warnings.warn(
+            f"module(s) {', '.join(shown)} ({len(modules)} of {len(outcomes)}): "
+            f"{message}",
+            _category(category),
+            stacklevel=stacklevel,
+        )
+
+
+def _category(path: str) -> type[Warning]:
+    """The warning class at ``module.qualname`` (UserWarning if not importable)."""
+    module, _, name = path.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return UserWarning
+    return (
+        found if isinstance(found, type) and issubclass(found, Warning) else UserWarning
+    )
+
+
+def _checked(
+    adapters: AdapterSet, side: str, alpha: float, rank: int | None
+) -> tuple[str, float, int | None]:
+    """The arguments of the analysis, checked (before any work)."""
+    if not isinstance(adapters, AdapterSet):
+        raise TypeError(
+            "adapters must be an AdapterSet "
+            "(clair_stats.lora.peft.read_adapters(folders)), "
+            f"got {type(adapters).__name__}."
+        )
+    side = check_choice(side, "side", ("left", "right"))
+    alpha = check_alpha(alpha)
+    if rank is not None:
+        rank = check_int(rank, "rank", 1)
+    if adapters.n_clients < MIN_CLIENTS:
+        raise ValueError(
+            f"got {adapters.n_clients} adapters; the per-module test scores each "
+            "client against the others and needs K >= 3 (K >= 8 to find anything "
+            "at alpha = 0.05 after Holm over clients and modules)."
+        )
+    return side, alpha, rank
 
 
 def zero_updates(updates: LowRankUpdates) -> np.ndarray:

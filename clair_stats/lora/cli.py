@@ -18,21 +18,33 @@ are the command line (``clair adapters DIR... --out OUT``,
    output of an earlier run (its ``clair_report.json`` is a report of this
    format and every other entry is one of that report's client folders);
    an existing ``--json`` file likewise only if it is such a report;
-2. the staging folder ``.<OUT name>.clair-tmp-<pid>`` is created next to OUT
-   (same parent, so the final move is a rename) before the analysis, so that an
-   unwritable place fails in a second, not after the minutes of analysis; so is
-   ``.<name>.clair-tmp-<pid>`` next to the ``--json`` file;
-3. every client's adapter and ``clair_report.json`` are written into the staging
-   folder;
-4. then it is renamed to OUT; an existing OUT is first renamed aside to
-   ``.<OUT name>.clair-old-<pid>`` and deleted after the new one is in place,
-   so that at every moment the old or the new complete output exists (a run
-   killed between the two renames leaves the old output in the ``-old``
-   folder); the ``--json`` file is replaced with ``os.replace``.
+2. the work folder ``.<OUT name>.clair-work`` is created (or, by a resumed
+   run, reused) next to OUT (same parent, so the final move is a rename) before
+   the analysis, so that an unwritable place fails in a second, not after the
+   minutes of analysis; so is ``.<name>.clair-tmp-<pid>`` next to the ``--json``
+   file;
+3. every module's results are stored in it as they finish, then every client's
+   adapter and ``clair_report.json`` are written into its ``out/`` folder
+   (:mod:`clair_stats.lora.resume`);
+4. then ``out/`` is renamed to OUT and the work folder deleted; an existing OUT
+   is first renamed aside to ``.<OUT name>.clair-old-<pid>`` and deleted after
+   the new one is in place, so that at every moment the old or the new complete
+   output exists (a run killed between the two renames leaves the old output in
+   the ``-old`` folder); the ``--json`` file is replaced with ``os.replace``.
 
-A failure before step 4 (an error, Ctrl-C, a full disk) removes the staging
-folder and leaves the previous outputs untouched. A run killed by SIGKILL leaves
-its staging folder behind, which may be deleted.
+A failure before step 4 leaves the previous outputs untouched. After an
+interruption (Ctrl-C, SIGKILL, a lost machine) or a write error (a full disk)
+the work folder keeps every finished module and client, and the same command
+resumes from them (its outputs are those of an uninterrupted run); when the
+inputs or the arguments are refused it is deleted. A rerun with other inputs,
+settings or code starts afresh.
+
+**Parallel.** Modules are independent until the verdict, and again after it:
+``--jobs N`` (default: the cores) fits, then refines, N modules at once and
+writes N clients at once, each in its own process with one BLAS thread;
+``--dask ADDRESS`` does the same on dask.distributed. The per-module tensors are
+read memory-mapped from each client's safetensors file when a worker needs them,
+never all at once.
 """
 
 from __future__ import annotations
@@ -49,7 +61,9 @@ from os import PathLike
 from pathlib import Path
 
 from clair_stats.core.exceptions import ClairWarning
-from clair_stats.lora.adapters import analyse_adapters
+from clair_stats.core.parallel import Workers
+from clair_stats.core.validation import check_choice, check_int
+from clair_stats.lora.adapters import _checked, combine_modules, fit_modules
 from clair_stats.lora.peft import read_adapters
 from clair_stats.lora.report import (
     REPORT_FORMAT,
@@ -58,20 +72,13 @@ from clair_stats.lora.report import (
     _command_line,
     _wording,
 )
-from clair_stats.lora.writing import write_refined
+from clair_stats.lora.resume import OutputError, WorkFolder, fingerprint
+from clair_stats.lora.writing import assemble_adapters, refine_modules
 
 __all__ = ["OutputError", "add_arguments", "run_adapters", "run_command"]
 
 #: What earlier versions of write_refined left in OUT when killed.
 _LEGACY_TMP = ".clair_tmp"
-
-
-class OutputError(OSError):
-    """The outputs of ``clair adapters`` cannot be written where asked.
-
-    The message names the path and what to do; the previous outputs are
-    untouched.
-    """
 
 
 def run_adapters(
@@ -87,6 +94,8 @@ def run_adapters(
     report: str | PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    jobs: int = 1,
+    dask: str | None = None,
     **solver_options,
 ) -> AdaptersResult:
     """Read K adapters, run CLAIR per module, write refined adapters and a report.
@@ -109,9 +118,19 @@ def run_adapters(
         Replace an existing non-empty ``out`` (and ``report``), if it is the
         output of an earlier run (an empty ``out`` needs no ``overwrite``).
     rank, side, alpha, lam, progress
-        As in :func:`analyse_adapters`.
+        As in :func:`~clair_stats.lora.adapters.analyse_adapters`.
     out_rank, dtype
-        As in :func:`write_refined`.
+        As in :func:`~clair_stats.lora.writing.write_refined`.
+    jobs : int
+        Modules (then clients) worked on at once, each in its own process with
+        one BLAS thread; default 1, in this process (``clair adapters``: the
+        number of cores, :func:`default_jobs`). Every ``jobs`` writes the same
+        outputs. A script that passes ``jobs > 1`` must call this under
+        ``if __name__ == "__main__":`` (each worker process imports the script).
+    dask : str, optional
+        Work on dask.distributed instead: ``"local"`` or a scheduler address
+        (its workers must see the inputs and the folder of ``out`` at the same
+        paths).
     **solver_options
         ``tol``, ``max_iter`` for :func:`clair_stats.decompose`, as in
         :func:`analyse_adapters`.
@@ -133,28 +152,91 @@ def run_adapters(
     folders = [Path(f) for f in folders]
     out = Path(out)
     report = _check_places(folders, out, report, overwrite)
+    jobs = check_int(jobs, "jobs", 1)
+    if out_rank is not None:
+        out_rank = check_int(out_rank, "out_rank", 1)
+    dtype = check_choice(dtype, "dtype", ("float32", "float16", "float64"))
     adapters = read_adapters(folders)
-    with _Staging(out, report) as staging:
-        result = analyse_adapters(
+    side, alpha, rank = _checked(adapters, side, alpha, rank)
+    settings = {
+        "rank": rank,
+        "side": side,
+        "alpha": alpha,
+        "lam": lam,
+        "out_rank": out_rank,
+        "dtype": dtype,
+        "solver_options": solver_options,
+    }
+    staging = _Staging(out, report, fingerprint(adapters, settings))
+    with staging, Workers(jobs, dask) as workers:
+        parallel = {"progress": progress, "workers": workers}
+        work = staging.work
+        names = adapters.module_names
+        outcomes = fit_modules(
             adapters,
+            rank=rank,
+            side=side,
+            lam=lam,
+            solver_options=solver_options,
+            done=work.stored_fits(names),
+            store=work.save_fit,
+            **parallel,
+        )
+        result = combine_modules(
+            adapters,
+            outcomes,
             rank=rank,
             side=side,
             alpha=alpha,
             lam=lam,
-            progress=progress,
-            **solver_options,
+            solver_options=solver_options,
+            stacklevel=3,
         )
-        result = write_refined(
+        refined = refine_modules(
             adapters,
             result,
-            staging.folder,
+            work.modules,
             out_rank=out_rank,
             dtype=dtype,
-            progress=progress,
+            done=work.stored_refined(names),
+            **parallel,
         )
-        result = replace(result, outputs=tuple(str(out / n) for n in result.names))
+        targets = tuple(staging.folder / name for name in result.names)
+        assemble_adapters(
+            adapters,
+            result,
+            work.modules,
+            targets,
+            dtype=dtype,
+            done=work.clients_done(result.names),
+            **parallel,
+        )
+        result = replace(
+            result,
+            modules=tuple(
+                replace(
+                    m, truncation_error=r.truncation_error, refined_norm=r.refined_norm
+                )
+                for m, r in zip(result.modules, refined, strict=True)
+            ),
+            settings=dict(result.settings, out_rank=out_rank, dtype=dtype),
+            outputs=tuple(str(out / n) for n in result.names),
+        )
         staging.commit(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def default_jobs() -> int:
+    """The number of cores this process may run on (the default of ``--jobs``).
+
+    Returns
+    -------
+    int
+    """
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,6 +311,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace the output of an earlier run in OUT (and --json)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="modules worked on at once, one process and one BLAS thread each "
+        "(default: the number of cores); every value writes the same outputs",
+    )
+    parser.add_argument(
+        "--dask",
+        default=None,
+        metavar="ADDRESS",
+        help="work on dask.distributed: 'local' or a scheduler address (its workers "
+        "must see the input and output folders at the same paths)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -243,8 +339,9 @@ def run_command(args: argparse.Namespace) -> int:
     Returns
     -------
     int
-        The exit code: 0, or 1 when the outputs cannot be written or an input
-        file cannot be read (one line on stderr names the path). Refused
+        The exit code: 0; 1 when the outputs cannot be written or an input
+        file cannot be read (one line on stderr names the path); 130 after
+        Ctrl-C (stderr says where the finished work is kept). Refused
         arguments and a missing input folder raise ``ValueError`` /
         ``FileExistsError`` / ``FileNotFoundError`` for
         :func:`clair_stats.__main__.main` (exit code 2). Warnings are printed as
@@ -270,8 +367,12 @@ def run_command(args: argparse.Namespace) -> int:
                 report=args.json,
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
+                jobs=default_jobs() if args.jobs is None else args.jobs,
+                dask=args.dask,
                 **solver_options,
             )
+        except KeyboardInterrupt:
+            return 130  # what was kept is said on stderr
         except OSError as exc:
             if isinstance(exc, FileNotFoundError | FileExistsError):
                 raise
@@ -458,23 +559,28 @@ def _check_report(path: Path, overwrite: bool) -> None:
 
 
 class _Staging:
-    """The staging folder next to ``out`` (and file next to the report copy):
-    created on entry, moved into place by :meth:`commit`, removed on failure."""
+    """The output being made, in the work folder next to ``out``
+    (:class:`~clair_stats.lora.resume.WorkFolder`, and a file next to the report
+    copy): locked on entry, moved into place by :meth:`commit`; kept for the next
+    run after an interruption or a write error, removed when the inputs or the
+    arguments were refused."""
 
-    def __init__(self, out: Path, report: Path | None) -> None:
+    def __init__(self, out: Path, report: Path | None, fingerprint: dict) -> None:
         # absolute and real: "." has a name and a parent, and a symlinked OUT
         # is replaced behind its link
         self.out = out
         self.final = out.resolve()
         self.report = None if report is None else report.resolve()
+        self.work = WorkFolder(out, fingerprint)
+        self.folder = self.work.staging
         pid = os.getpid()
-        self.folder = self.final.parent / f".{self.final.name}.clair-tmp-{pid}"
         self.old = self.final.parent / f".{self.final.name}.clair-old-{pid}"
         self.report_tmp = None
         if self.report is not None:
             self.report_tmp = (
                 self.report.parent / f".{self.report.name}.clair-tmp-{pid}"
             )
+        self.committed = False
 
     def __enter__(self) -> _Staging:
         for target, option in (
@@ -491,14 +597,15 @@ class _Staging:
                 )
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
-            if self.folder.exists():  # left by a killed process with this pid
-                shutil.rmtree(self.folder)
-            self.folder.mkdir()
+            self.work.__enter__()
             if self.report_tmp is not None:
                 self.report.parent.mkdir(parents=True, exist_ok=True)
                 self.report_tmp.write_bytes(b"")
+        except OutputError:
+            raise
         except OSError as exc:
-            self._remove()
+            self._remove_report_tmp()
+            self.work.remove()
             raise OutputError(
                 f"cannot write the outputs: {_os_error(exc)}; "
                 + _wording(
@@ -509,7 +616,13 @@ class _Staging:
         return self
 
     def commit(self, report_text: str) -> None:
-        """Write the report, then move the complete output into place."""
+        """Write the report, then move the complete output into place.
+
+        Parameters
+        ----------
+        report_text : str
+            The JSON report.
+        """
         moved_aside = False
         try:
             (self.folder / REPORT_NAME).write_text(report_text, encoding="utf-8")
@@ -527,8 +640,10 @@ class _Staging:
         except OSError as exc:
             raise OutputError(
                 f"writing the outputs failed: {_os_error(exc)}; nothing was changed "
-                f"at {self.out}"
+                f"at {self.out}{self._kept()}"
             ) from exc
+        self.committed = True
+        self.work.remove()
         if self.report_tmp is not None:
             try:
                 os.replace(self.report_tmp, self.report)
@@ -549,15 +664,35 @@ class _Staging:
                 )
 
     def __exit__(self, kind, exc, traceback) -> None:
-        self._remove()
-        if exc is not None and _is_write_error(exc):
+        self._remove_report_tmp()
+        if self.committed or exc is None:
+            return
+        if isinstance(exc, ValueError | TypeError) and not _is_write_error(exc):
+            self.work.remove()  # refused: a rerun needs other inputs or arguments
+            return
+        self.work.__exit__(kind, exc, traceback)
+        if isinstance(exc, KeyboardInterrupt):
+            print(
+                f"clair adapters: interrupted{self._kept()}",
+                file=sys.stderr,
+                flush=True,
+            )
+        elif _is_write_error(exc):
             raise OutputError(
                 f"writing the outputs failed: {_os_error(exc)}; nothing was changed "
-                f"at {self.out}"
+                f"at {self.out}{self._kept()}"
             ) from exc
 
-    def _remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+    def _kept(self) -> str:
+        """Where the finished work waits for the next run, if anything is kept."""
+        if not self.work.path.exists():
+            return ""
+        return (
+            f"; the finished modules are kept in {self.work.path}, and the same "
+            "command resumes from them"
+        )
+
+    def _remove_report_tmp(self) -> None:
         if self.report_tmp is not None:
             try:
                 self.report_tmp.unlink(missing_ok=True)

@@ -77,6 +77,7 @@ __all__ = [
     "AdapterSet",
     "LoraModule",
     "ModuleSpec",
+    "cast_factors",
     "read_adapter",
     "read_adapters",
     "write_adapter",
@@ -551,17 +552,11 @@ def write_adapter(
             "modules must be a non-empty mapping {module path: (B, A)}, got "
             f"{type(modules).__name__} {'(empty)' if not modules else ''}."
         )
-    target = np.dtype(_WRITE_DTYPES[dtype])
     tensors: dict[str, np.ndarray] = {}
     ranks: dict[str, int] = {}
     for name, factors in modules.items():
         b, a = _check_factors(name, factors, specs)
-        with np.errstate(over="ignore"):  # reported just below, naming the module
-            b_out, a_out = b.astype(target), a.astype(target)
-        if not (np.isfinite(b_out).all() and np.isfinite(a_out).all()):
-            raise ValueError(
-                f"module {name!r}: the factors overflow {dtype}; write them in float32."
-            )
+        b_out, a_out = cast_factors(name, b, a, dtype)
         tensors[f"{PREFIX}{name}.lora_A.weight"] = np.ascontiguousarray(a_out)
         tensors[f"{PREFIX}{name}.lora_B.weight"] = np.ascontiguousarray(b_out)
         ranks[name] = int(b.shape[1])
@@ -600,6 +595,35 @@ def write_adapter(
 
 
 # -- helpers ----------------------------------------------------------------------
+
+
+def cast_factors(
+    name: str, b: np.ndarray, a: np.ndarray, dtype: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """B and A in the written ``dtype``; a ValueError naming the module on overflow.
+
+    Parameters
+    ----------
+    name : str
+        The module path, for the message.
+    b, a : numpy.ndarray
+        The factors.
+    dtype : {"float32", "float16", "float64"}
+        The dtype to write.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        B and A cast (the same arrays when they have that dtype already).
+    """
+    target = np.dtype(_WRITE_DTYPES[dtype])
+    with np.errstate(over="ignore"):  # reported just below, naming the module
+        b_out, a_out = b.astype(target, copy=False), a.astype(target, copy=False)
+    if not (np.isfinite(b_out).all() and np.isfinite(a_out).all()):
+        raise ValueError(
+            f"module {name!r}: the factors overflow {dtype}; write them in float32."
+        )
+    return b_out, a_out
 
 
 def _differences(ref: Adapter, other: Adapter) -> list[str]:

@@ -56,6 +56,22 @@ def _command_line() -> Iterator[None]:
         _COMMAND_LINE.reset(token)
 
 
+def _worded(command_line: bool, function, *arguments):
+    """``function(*arguments)`` with the messages of the caller's wording (for a
+    worker process, where :func:`_command_line` was not entered)."""
+    token = _COMMAND_LINE.set(command_line)
+    try:
+        return function(*arguments)
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def _in_caller_wording(function, tasks: list[tuple]) -> list[tuple]:
+    """Tasks for :func:`clair_stats.core.parallel.map_unordered` of :func:`_worded`."""
+    flag = _COMMAND_LINE.get()
+    return [(flag, function, *task) for task in tasks]
+
+
 def _wording(command_line: str, python: str) -> str:
     """``command_line`` under ``clair adapters``, ``python`` for a Python caller."""
     return command_line if _COMMAND_LINE.get() else python

@@ -32,22 +32,40 @@ client trained it (the base weights).
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
-from clair_stats.core.optional import progress as progress_bar
 from clair_stats.core.optional import require_safetensors
+from clair_stats.core.parallel import Workers, map_unordered
 from clair_stats.core.validation import check_choice, check_int
 from clair_stats.lora.adapters import _subset
-from clair_stats.lora.peft import AdapterSet, write_adapter
-from clair_stats.lora.report import AdaptersResult, _wording
+from clair_stats.lora.peft import AdapterSet, cast_factors, write_adapter
+from clair_stats.lora.progress import ModuleProgress
+from clair_stats.lora.report import (
+    AdaptersResult,
+    ModuleReport,
+    _in_caller_wording,
+    _worded,
+    _wording,
+)
 from clair_stats.pipeline.paths import FactoredUpdates
 
-__all__ = ["write_refined"]
+__all__ = [
+    "RefinedModule",
+    "assemble_adapters",
+    "assemble_client",
+    "module_file",
+    "refine_adapter_module",
+    "refine_modules",
+    "write_refined",
+]
 
 _TMP = ".clair_tmp"
 
@@ -61,6 +79,8 @@ def write_refined(
     dtype: str = "float32",
     overwrite: bool = False,
     progress: bool = True,
+    jobs: int = 1,
+    dask: str | None = None,
 ) -> AdaptersResult:
     """Step 4 per module with the combined S^, then one adapter per client.
 
@@ -93,6 +113,13 @@ def write_refined(
         Replace adapters already in ``out``.
     progress : bool
         Show tqdm bars.
+    jobs : int
+        Modules refined (and then clients written) at once, each in its own
+        process with one BLAS thread; 1 (default) works here, also with one BLAS
+        thread, so that every ``jobs`` gives the same files.
+    dask : str, optional
+        Work on dask.distributed instead: ``"local"`` or a scheduler address (its
+        workers must see ``out`` and the adapters at the same paths).
 
     Returns
     -------
@@ -100,11 +127,7 @@ def write_refined(
         ``result`` with the truncation errors per module and ``outputs``, the K
         adapter folders written.
     """
-    safe_open = require_safetensors().safe_open
-    save_file = require_safetensors("numpy").save_file
-
-    from clair_stats.pipeline.refine import refine_clients
-
+    require_safetensors("numpy")  # before any work: the lora extra is needed
     if result.names != adapters.names or [m.name for m in result.modules] != list(
         adapters.module_names
     ):
@@ -129,63 +152,337 @@ def write_refined(
             )
     tmp = folder / _TMP
     tmp.mkdir(parents=True, exist_ok=True)
-    modules = []
     try:
-        for i, module in enumerate(
-            progress_bar(result.modules, desc="refine per module", disable=not progress)
-        ):
-            updates = adapters.updates(module.name)
-            factors_b = [s * b for s, b in zip(updates.scaling, updates.B, strict=True)]
-            factors_a = list(updates.A)
-            errors = np.zeros(result.n_clients)
-            norms = updates.norms()
-            if module.tested:
-                kept = np.flatnonzero(~module.zero_update)
-                work = FactoredUpdates(_subset(updates, kept)).oriented(result.side)
-                refined = work.restore(
-                    refine_clients(
-                        work.data,
-                        module.subspace,
-                        result.collaborative[kept],
-                        refined_rank=out_rank,
-                    ).refined,
-                    result.side,
-                )
-                for j, k in enumerate(kept):
-                    factors_b[k], factors_a[k] = refined.B[j], refined.A[j]
-                errors[kept] = refined.truncation_error
-                norms[kept] = refined.refined_norm
-            modules.append(replace(module, truncation_error=errors, refined_norm=norms))
-            save_file(
-                {
-                    f"{k}.{x}": np.ascontiguousarray(f, dtype=np.float64)
-                    for k in range(result.n_clients)
-                    for x, f in (("B", factors_b[k]), ("A", factors_a[k]))
-                },
-                str(tmp / f"{i}.safetensors"),
+        with Workers(jobs, dask) as workers:
+            refined = refine_modules(
+                adapters,
+                result,
+                tmp,
+                out_rank=out_rank,
+                dtype=dtype,
+                progress=progress,
+                workers=workers,
             )
-        for k in progress_bar(
-            range(result.n_clients), desc="write adapters", disable=not progress
-        ):
-            factors = {}
-            for i, module in enumerate(result.modules):
-                with safe_open(str(tmp / f"{i}.safetensors"), framework="numpy") as f:
-                    factors[module.name] = (
-                        f.get_tensor(f"{k}.B"),
-                        f.get_tensor(f"{k}.A"),
-                    )
-            write_adapter(
-                targets[k],
-                factors,
-                adapters.adapters[k],
+            assemble_adapters(
+                adapters,
+                result,
+                tmp,
+                targets,
                 dtype=dtype,
                 overwrite=overwrite,
+                progress=progress,
+                workers=workers,
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    modules = [
+        replace(m, truncation_error=r.truncation_error, refined_norm=r.refined_norm)
+        for m, r in zip(result.modules, refined, strict=True)
+    ]
     return replace(
         result,
         modules=tuple(modules),
         settings=dict(result.settings, out_rank=out_rank, dtype=dtype),
         outputs=tuple(str(t) for t in targets),
     )
+
+
+@dataclass(frozen=True)
+class RefinedModule:
+    """What :func:`refine_adapter_module` reports of one module (its factors are
+    in its file).
+
+    Parameters
+    ----------
+    name : str
+        The module path.
+    truncation_error : numpy.ndarray, shape (K,)
+        ||Theta~_km - B~_km A~_km||_F (0 for the clients that keep their update).
+    refined_norm : numpy.ndarray, shape (K,)
+        ||Theta~_km||_F (the local update's norm for those that keep it).
+    seconds : float
+        Wall time of the module (reading and writing included).
+    """
+
+    name: str
+    truncation_error: np.ndarray = field(repr=False)
+    refined_norm: np.ndarray = field(repr=False)
+    seconds: float = 0.0
+
+
+def module_file(folder: Path, index: int) -> Path:
+    """The file of module ``index``'s refined factors in ``folder``.
+
+    Parameters
+    ----------
+    folder : pathlib.Path
+        The folder of the per-module files.
+    index : int
+        The module's position in the adapters' module names.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    return Path(folder) / f"refined-{index:05d}.safetensors"
+
+
+def refine_adapter_module(
+    adapters: AdapterSet,
+    module: ModuleReport,
+    collaborative: np.ndarray,
+    side: str,
+    out_rank: int | None,
+    dtype: str,
+    path: str | PathLike[str],
+) -> RefinedModule:
+    """Step 4 on one module; its K clients' factors written to ``path``.
+
+    The file (safetensors; keys ``<k>.B`` and ``<k>.A`` in ``dtype``, and
+    ``truncation_error`` and ``refined_norm``) is written to a temporary name and
+    renamed, so that it exists only complete.
+
+    Parameters
+    ----------
+    adapters : AdapterSet
+        The K clients' adapters (the module is read memory-mapped).
+    module : ModuleReport
+        The module's report from the analysis (A^_m, zero updates).
+    collaborative : numpy.ndarray of bool, shape (K,)
+        S^, the same in every module.
+    side : {"left", "right"}
+        As in the analysis.
+    out_rank : int or None
+        t, or each client's own rank.
+    dtype : {"float32", "float16", "float64"}
+        The dtype of the written factors.
+    path : str or path-like
+        The file to write.
+
+    Returns
+    -------
+    RefinedModule
+    """
+    from clair_stats.pipeline.refine import refine_clients
+
+    save_file = require_safetensors("numpy").save_file
+    start = time.perf_counter()
+    updates = adapters.updates(module.name)
+    n_clients = updates.n_clients
+    factors_b = [s * b for s, b in zip(updates.scaling, updates.B, strict=True)]
+    factors_a = list(updates.A)
+    errors = np.zeros(n_clients)
+    norms = updates.norms()
+    if module.tested:
+        kept = np.flatnonzero(~module.zero_update)
+        work = FactoredUpdates(_subset(updates, kept)).oriented(side)
+        refined = work.restore(
+            refine_clients(
+                work.data,
+                module.subspace,
+                np.asarray(collaborative)[kept],
+                refined_rank=out_rank,
+            ).refined,
+            side,
+        )
+        for j, k in enumerate(kept):
+            factors_b[k], factors_a[k] = refined.B[j], refined.A[j]
+        errors[kept] = refined.truncation_error
+        norms[kept] = refined.refined_norm
+    tensors = {}
+    for k in range(n_clients):
+        b, a = cast_factors(module.name, factors_b[k], factors_a[k], dtype)
+        tensors[f"{k}.B"] = np.ascontiguousarray(b)
+        tensors[f"{k}.A"] = np.ascontiguousarray(a)
+    seconds = time.perf_counter() - start
+    tensors["truncation_error"] = errors
+    tensors["refined_norm"] = norms
+    meta = json.dumps({"name": module.name, "seconds": seconds})
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, str(partial), metadata={"refined": meta})
+    os.replace(partial, path)
+    return RefinedModule(
+        name=module.name,
+        truncation_error=errors,
+        refined_norm=norms,
+        seconds=seconds,
+    )
+
+
+def refine_modules(
+    adapters: AdapterSet,
+    result: AdaptersResult,
+    folder: str | PathLike[str],
+    *,
+    out_rank: int | None = None,
+    dtype: str = "float32",
+    progress: bool = True,
+    jobs: int = 1,
+    dask: str | None = None,
+    done: dict[int, RefinedModule] | None = None,
+    workers: Workers | None = None,
+) -> list[RefinedModule]:
+    """Step 4 on every module not in ``done``, in parallel; one file each.
+
+    Parameters
+    ----------
+    adapters : AdapterSet
+        The K clients' adapters.
+    result : AdaptersResult
+        The analysis (S^ and each module's A^_m).
+    folder : str or path-like
+        Where the per-module files go (:func:`module_file`).
+    out_rank, dtype
+        As in :func:`write_refined`.
+    progress : bool
+        Show a bar.
+    jobs, dask
+        As in :func:`clair_stats.lora.adapters.analyse_adapters`.
+    done : dict of int to RefinedModule, optional
+        Modules whose files exist already (a resumed run); not redone.
+    workers : Workers, optional
+        Open workers to use instead of ``jobs`` and ``dask``.
+
+    Returns
+    -------
+    list of RefinedModule
+        One per module, in module order.
+    """
+    done = dict(done or {})
+    todo = [i for i in range(len(result.modules)) if i not in done]
+    tasks = [
+        (
+            adapters,
+            result.modules[i],
+            result.collaborative,
+            result.side,
+            out_rank,
+            dtype,
+            module_file(Path(folder), i),
+        )
+        for i in todo
+    ]
+    with ModuleProgress(
+        len(result.modules), "refine per module", progress, initial=len(done)
+    ) as bar:
+        for j, refined in map_unordered(
+            _worded,
+            _in_caller_wording(refine_adapter_module, tasks),
+            jobs=jobs,
+            dask=dask,
+            workers=workers,
+        ):
+            done[todo[j]] = refined
+            bar.done(refined.seconds)
+    return [done[i] for i in range(len(result.modules))]
+
+
+def assemble_client(
+    adapters: AdapterSet,
+    client: int,
+    folder: str | PathLike[str],
+    target: str | PathLike[str],
+    dtype: str,
+    overwrite: bool = False,
+) -> float:
+    """Write client ``client``'s adapter from the per-module files.
+
+    A new ``target`` is written as ``.<name>.partial`` next to it and renamed, so
+    that it exists only complete.
+
+    Parameters
+    ----------
+    adapters : AdapterSet
+        The K clients' adapters (client ``client``'s is the config template).
+    client : int
+        k.
+    folder : str or path-like
+        The per-module files of :func:`refine_modules`.
+    target : str or path-like
+        The adapter folder to write.
+    dtype : {"float32", "float16", "float64"}
+        The dtype to write.
+    overwrite : bool
+        Replace an adapter already in ``target``.
+
+    Returns
+    -------
+    float
+        Wall time in seconds.
+    """
+    safe_open = require_safetensors().safe_open
+    start = time.perf_counter()
+    factors = {}
+    for i, name in enumerate(adapters.module_names):
+        with safe_open(str(module_file(Path(folder), i)), framework="numpy") as f:
+            factors[name] = (f.get_tensor(f"{client}.B"), f.get_tensor(f"{client}.A"))
+    target = Path(target)
+    if target.exists():
+        write_adapter(
+            target, factors, adapters.adapters[client], dtype=dtype, overwrite=overwrite
+        )
+    else:  # complete or absent, for a resumed run: written aside, then renamed
+        partial = target.with_name(f".{target.name}.partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        write_adapter(partial, factors, adapters.adapters[client], dtype=dtype)
+        os.rename(partial, target)
+    return time.perf_counter() - start
+
+
+def assemble_adapters(
+    adapters: AdapterSet,
+    result: AdaptersResult,
+    folder: str | PathLike[str],
+    targets: tuple[Path, ...],
+    *,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+    jobs: int = 1,
+    dask: str | None = None,
+    done: set[int] | None = None,
+    workers: Workers | None = None,
+) -> None:
+    """Write every client's adapter not in ``done`` (:func:`assemble_client`).
+
+    Parameters
+    ----------
+    adapters : AdapterSet
+        The K clients' adapters.
+    result : AdaptersResult
+        The analysis (for the client count).
+    folder : str or path-like
+        The per-module files.
+    targets : tuple of pathlib.Path
+        Client k's adapter folder at index k.
+    dtype, overwrite
+        As in :func:`write_refined`.
+    progress : bool
+        Show a bar.
+    jobs, dask
+        As in :func:`clair_stats.lora.adapters.analyse_adapters`.
+    done : set of int, optional
+        Clients already written (a resumed run).
+    workers : Workers, optional
+        Open workers to use instead of ``jobs`` and ``dask``.
+    """
+    done = set(done or ())
+    todo = [k for k in range(result.n_clients) if k not in done]
+    tasks = [(adapters, k, folder, targets[k], dtype, overwrite) for k in todo]
+    with ModuleProgress(
+        result.n_clients,
+        "write adapters",
+        progress,
+        initial=len(done),
+        unit="client",
+    ) as bar:
+        for _, seconds in map_unordered(
+            _worded,
+            _in_caller_wording(assemble_client, tasks),
+            jobs=jobs,
+            dask=dask,
+            workers=workers,
+        ):
+            bar.done(seconds)
