@@ -511,3 +511,61 @@ def test_lanczos_truncation_is_the_optimal_one(monkeypatch):
         optimal = np.sqrt(np.sum(sv[refined.ranks[k] :] ** 2))
         assert abs(refined.truncation_error[k] - optimal) <= floor[k]
         assert refined.truncation_error[k] > 1e3 * floor[k]  # a real truncation
+
+
+@pytest.mark.parametrize("lanczos", [False, True], ids=["svd", "lanczos"])
+@pytest.mark.parametrize("rows", ["generic", "overlapping"])
+@pytest.mark.parametrize("center", [False, True], ids=["plain", "center"])
+def test_refine_factored_reusing_the_decomposition_equals_refine(
+    monkeypatch, center, rows, lanczos
+):
+    """decomposition= (Q, core and row bases of step 1 reused) gives refine().
+
+    ``overlapping``: every A_k within 1e-5 of one matrix, so the Gram matrix of
+    the right singular vectors is ill conditioned and the explicit row basis
+    (CholeskyQR2) is taken instead of the implicit one. ``lanczos``: the route
+    of large cores (eigendecomposition of D^T D, Lanczos per client; at full
+    rank its dense fallback) forced on this small instance.
+    """
+    import clair_stats.solvers.factored as factored
+    from clair_stats.solvers.factored import refine_factored
+
+    upd = random_factors(seed=11, p=30, q=40)
+    if rows == "overlapping":
+        rng = np.random.default_rng(12)
+        base = rng.standard_normal((4, upd.q)) / np.sqrt(upd.q)
+        a = [base[:r] + 1e-5 * rng.standard_normal((r, upd.q)) for r in upd.ranks]
+        upd = LowRankUpdates(list(upd.B), a, scaling=upd.scaling)
+    if lanczos:
+        monkeypatch.setattr(factored, "ITERATIVE_SVD_MIN", 4)
+    dec = _quiet(decompose, upd, center=center, tol=1e-10)
+    rng = np.random.default_rng(13)
+    subspace = dec.basis @ np.linalg.qr(rng.standard_normal((dec.basis.shape[1], 2)))[0]
+    members = np.ones(upd.n_clients, dtype=bool)
+    members[[0, 1, 5]] = False
+    pi = rng.uniform(0.5, 2.0, upd.n_clients)
+    b = rng.uniform(0.0, 1.0, upd.n_clients)
+    expected = refine(upd.dense(), subspace, members, pi, b)
+    full = refine_factored(
+        upd,
+        subspace,
+        members,
+        rank=min(upd.p, upd.q),
+        weights=pi,
+        shrinkage=b,
+        decomposition=dec,
+    )
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(full.dense(), expected, atol=1e-10 * scale)
+    # truncated: the reported error is the Eckart-Young one and the real one
+    cut = refine_factored(
+        upd, subspace, members, rank=2, weights=pi, shrinkage=b, decomposition=dec
+    )
+    floor = 1.1e-7 * cut.refined_norm
+    for k in np.flatnonzero(members):
+        sv = np.linalg.svd(expected[k], compute_uv=False)
+        optimal = np.sqrt(np.sum(sv[2:] ** 2))
+        assert abs(cut.truncation_error[k] - optimal) <= floor[k]
+        actual = np.linalg.norm(cut.dense()[k] - expected[k])
+        assert abs(actual - optimal) <= floor[k]
+        assert abs(cut.refined_norm[k] - np.linalg.norm(expected[k])) <= floor[k]

@@ -563,7 +563,8 @@ class FactoredUpdates:
         Parameters
         ----------
         decomposition : FactoredDecomposition
-            Step 1 on these updates; its basis Q is reused.
+            Step 1 on these updates; its basis Q, core blocks and row bases are
+            reused.
         subspace : numpy.ndarray, shape (p, r)
             A^, orthonormal columns.
         collaborative : numpy.ndarray of bool, shape (K,)
@@ -586,9 +587,9 @@ class FactoredUpdates:
             subspace,
             collaborative,
             rank=refined_rank,
-            basis=decomposition.basis,
             weights=weights,
             shrinkage=shrinkage,
+            decomposition=decomposition,
         )
 
     def restore(self, refined: RefinedFactors, side: str) -> RefinedFactors:

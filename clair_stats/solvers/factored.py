@@ -31,6 +31,15 @@ Q is found without a p x (sum r_k) QR: pivoted Cholesky of the Gram matrix of
 overlap of the client subspaces, not their scale), then one more Cholesky pass
 (CholeskyQR2) that restores the orthogonality lost to the condition number.
 
+The refinement (:func:`refine_factored`) reuses Q, the core blocks Q^T U_k Sigma_k
+and the V_k of the decomposition when it is given one, so that its only
+products with p- or q-row matrices are the Gram matrix of the V_k (which
+gives the row basis W of the collaborative clients, left implicit as V_P
+R_11^{-1} when well conditioned) and the two lifts of all refined factors at
+once. The per-client truncations run in the small coordinates: for large cores
+one eigendecomposition of D^T D (D the common part) and one Lanczos run per
+client on a diagonal plus rank-r matrix.
+
 References
 ----------
 Xu, Caramanis, Sanghavi (2012). Robust PCA via outlier pursuit. IEEE TIT 58(5).
@@ -103,21 +112,41 @@ def span_basis(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     coefficients : numpy.ndarray, shape (R, N)
         Q^T G.
     """
-    n, n_cols = stacked.shape
-    gram = stacked.T @ stacked
+    return _span_basis(stacked, stacked.T @ stacked)
+
+
+def _pivoted_cholesky(
+    gram: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float] | None:
+    """Pivoted Cholesky G^T G = P R^T R P^T of a Gram matrix (LAPACK dpstrf).
+
+    Returns None when the numerical rank is 0; else the 1-based pivot order,
+    the 0-based pivot columns (rank,), R (rank x N) in pivoted column order,
+    R_11 (rank x rank) and the reciprocal 1-norm condition estimate of R_11.
+    """
     factor, piv, rank, info = lapack.dpstrf(gram, lower=0)
     if info < 0:  # pragma: no cover - LAPACK argument error
         raise RuntimeError(f"LAPACK dpstrf failed with info = {info}.")
     if rank == 0 or not np.any(gram):
-        return np.zeros((n, 0)), np.zeros((0, n_cols))
-    pivots = piv[:rank] - 1  # LAPACK pivots are 1-based
+        return None
     upper = np.triu(factor[:rank])  # R (rank x N) in pivoted column order
     r11 = upper[:, :rank]
+    rcond, _ = lapack.dtrcon(r11, norm="1", uplo="U", diag="N")
+    return piv, piv[:rank] - 1, upper, r11, float(rcond)
+
+
+def _span_basis(stacked: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`span_basis` with the Gram matrix G^T G given."""
+    n, n_cols = stacked.shape
+    found = _pivoted_cholesky(gram)
+    if found is None:
+        return np.zeros((n, 0)), np.zeros((0, n_cols))
+    piv, pivots, upper, r11, rcond = found
+    rank = pivots.size
     # Q_1^T = R_11^{-T} G_1^T
     first = scipy.linalg.solve_triangular(
         r11, stacked[:, pivots].T, trans="T", check_finite=False
     ).T
-    rcond, _ = lapack.dtrcon(r11, norm="1", uplo="U", diag="N")
     if rcond * ONE_PASS_MAX_CONDITION >= 1.0:
         coefficients = np.empty((rank, n_cols))
         coefficients[:, piv - 1] = upper
@@ -203,8 +232,16 @@ def client_svds(
         U_k (p, m_k), V_k (q, m_k) and sigma_k (m_k,), m_k = rank of Theta^_k
         (0 for a zero update).
     """
+    return _client_svds(updates, range(updates.n_clients))
+
+
+def _client_svds(
+    updates: LowRankUpdates, clients
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """:func:`client_svds` of the listed clients only."""
     left, right, values = [], [], []
-    for b, a, s in zip(updates.B, updates.A, updates.scaling, strict=True):
+    for k in clients:
+        b, a, s = updates.B[k], updates.A[k], updates.scaling[k]
         qb, rb = np.linalg.qr(b)
         qa, ra = np.linalg.qr(a.T)
         u, sv, vt = np.linalg.svd(s * (rb @ ra.T))
@@ -311,6 +348,7 @@ def refine_factored(
     basis: np.ndarray | None = None,
     weights: np.ndarray | None = None,
     shrinkage: float | np.ndarray | None = None,
+    decomposition: FactoredDecomposition | None = None,
 ) -> RefinedFactors:
     """Refine factored updates and truncate each refined update by SVD.
 
@@ -322,15 +360,27 @@ def refine_factored(
             \\quad (b_k = 0: P_{\\hat A} \\hat\\Theta_k + P_{\\hat A}^\\perp
             \\bar\\Theta),
 
-    held as Q Z_k W^T with Q a basis of span(B_1, ..., B_K, A^) and W one of all row
-    spaces, Z_k = Q^T Theta~_k W = A_c w_k + D (R x n_w), where A^ = Q A_c, w_k =
-    A_c^T Q^T ((1 - b_k) Theta^_k + b_k Thetabar) W and D = Q^T P_A^perp Thetabar W
-    is common to all clients. With D = U_D Sigma_D V_D^T (one SVD) and O_k an
-    orthonormal basis of the part of row(w_k) outside span(V_D), Z_k is an (r + d) x
-    (d + r) matrix in the orthonormal bases [A_c, U_D] and [V_D, O_k]; its SVD gives
-    the best rank-t approximation B~_k A~_k = (Q U_t Sigma_t)(W V_t)^T and the
-    truncation error sqrt(sum_{i > t} sigma_i^2) exactly. Clients outside S^ keep
-    their factors (s_k B_k, A_k).
+    held as Q Z_k W^T with Q a basis of span(B_1, ..., B_K, A^) and W one of the
+    row spaces of the collaborative clients, Z_k = Q^T Theta~_k W = A_c w_k + D
+    (R x n_w), where A^ = Q A_c, w_k = A_c^T Q^T ((1 - b_k) Theta^_k + b_k
+    Thetabar) W and D = Q^T P_A^perp Thetabar W is common to all clients. Since
+    A_c^T D = 0, Z_k^T Z_k = D^T D + w_k^T w_k: in the eigenbasis V_D of D^T D
+    (eigenvalues Lambda) the Gram matrix of Z_k is Lambda + h_k^T h_k with h_k =
+    w_k V_D (r rows), a diagonal plus rank-r matrix whose top-t eigenpairs
+    (Lanczos, O(n_w r) per product) give the best rank-t approximation B~_k A~_k
+    = (Q Z_k y)(W V_D y)^T, y the top eigenvectors, and the truncation error
+    sqrt(||Z_k||_F^2 - sum_{i <= t} sigma_i^2). When n_w <
+    :data:`ITERATIVE_SVD_MIN`, D = U_D Sigma_D V_D^T by one SVD instead and each
+    Z_k, an (r + d) x (d + r) matrix in the orthonormal bases [A_c, U_D] and
+    [V_D, O_k] (O_k the part of row(w_k) outside span(V_D)), by a full SVD, which
+    gives the error as sqrt(sum_{i > t} sigma_i^2). Clients outside S^ keep their
+    factors (s_k B_k, A_k).
+
+    W is never formed when the Gram matrix of the clients' right singular vectors
+    V = [V_k] is well conditioned (1-norm condition estimate of its pivoted
+    Cholesky factor R_11 at most :data:`ONE_PASS_MAX_CONDITION`): W = V_P
+    R_11^{-1} (V_P the pivot columns), and a lift X W^T is (R_11^{-1} X^T)^T
+    V_P^T. Otherwise W comes from :func:`span_basis`.
 
     Parameters
     ----------
@@ -352,6 +402,12 @@ def refine_factored(
         as in :func:`clair_stats.pipeline.refine.refine`.
     shrinkage : float or numpy.ndarray of shape (K,), optional
         b_k in [0, 1] (default 0), as in :func:`clair_stats.pipeline.refine.refine`.
+    decomposition : FactoredDecomposition, optional
+        Step 1 on these same updates (:func:`clair_stats.decompose`): its Q
+        (then ``basis`` is not needed), core blocks Q^T U_k Sigma_k and row bases
+        V_k (or, with a centre, the blocks Q^T Theta^_k W in one row basis W)
+        are reused, so that neither the client SVDs nor any product with the
+        p-row basis Q are computed again before the lift.
 
     Returns
     -------
@@ -359,11 +415,13 @@ def refine_factored(
 
     Notes
     -----
-    Cost: one SVD of D (R x n_w) and one of an (r + d) x (d + r) matrix per
-    collaborative client, d = rank(D) <= min(R, n_w); then two products of
-    sizes p x R x sum t_k and sum t_k x n_w x q. When every client has its own
-    column space, d is close to sum_k r_k and the per-client SVDs dominate
-    (K SVDs of size ~ sum_k r_k).
+    Cost (K clients in S^, N = sum of their ranks, n_w <= N): the Gram matrix of
+    V (N x N x q, not with a ``decomposition`` that has a centre), the
+    eigendecomposition of D^T D (n_w x n_w), one Lanczos run per client on
+    Lambda + h_k^T h_k, and the products that lift all clients at once: p x R x
+    sum t_k for the B~_k, sum t_k x n_w x q for the A~_k. Without
+    ``decomposition`` also the client SVDs and, with ``basis`` given, Q^T [U_k]
+    (p x R x N).
     """
     n_clients, p, q = updates.shape
     collaborative = np.asarray(collaborative, dtype=bool)
@@ -381,6 +439,18 @@ def refine_factored(
             raise TypeError(f"rank must be an int or None, got {rank!r}.")
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}.")
+    if decomposition is not None:
+        if not isinstance(decomposition, FactoredDecomposition):
+            raise TypeError(
+                "decomposition must be the FactoredDecomposition of these updates, "
+                f"got {type(decomposition).__name__}."
+            )
+        if tuple(decomposition.shape) != (n_clients, p, q):
+            raise ValueError(
+                f"decomposition is of updates of shape {decomposition.shape}, "
+                f"these are {(n_clients, p, q)}."
+            )
+        basis = decomposition.basis
     pooled = check_shrinkage(shrinkage, n_clients)
     ranks = [updates.ranks[k] if rank is None else int(rank) for k in range(n_clients)]
     out_b = [updates.scaling[k] * updates.B[k] for k in range(n_clients)]
@@ -396,70 +466,27 @@ def refine_factored(
             refined_norm=norms,
             collaborative=collaborative.copy(),
         )
-    col_u, row_v, values = client_svds(updates)
-    if basis is None:  # Q must span every column space and A^
-        basis, _ = span_basis(np.hstack([subspace, *col_u]))
-    row_basis, row_coeffs = span_basis(np.hstack(row_v))
-    offsets = np.cumsum([0] + [v.size for v in values])
-    # Q^T U_k Sigma_k and V_k^T W: Q^T Theta^_k W is their product
-    left = (basis.T @ np.hstack(col_u)) * np.concatenate(values)
-    right = row_coeffs.T
-    a_c = basis.T @ subspace  # A^ = Q A_c
-    cols = np.concatenate([np.arange(offsets[j], offsets[j + 1]) for j in members])
-    if weights is None:
-        pool = np.full(members.size, 1.0 / members.size)
-    else:
-        pool = np.asarray(weights, dtype=float)
-        if pool.shape != (n_clients,) or not (
-            np.all(np.isfinite(pool)) and np.all(pool >= 0) and pool[members].sum() > 0
-        ):
-            raise ValueError(
-                "weights must be K nonnegative finite numbers, positive somewhere "
-                "on the collaborative set."
-            )
-        pool = pool[members] / pool[members].sum()
-    column_pool = np.concatenate(
-        [np.full(offsets[j + 1] - offsets[j], pool[i]) for i, j in enumerate(members)]
-    )
-    mean = (left[:, cols] * column_pool) @ right[cols]  # Q^T Thetabar W
-    # D = Q^T P_A^perp Thetabar W = U_D Sigma_D V_D^T, once for all clients
-    shared = mean - a_c @ (a_c.T @ mean)
-    u_d, s_d, vt_d = scipy.linalg.svd(
-        shared, full_matrices=False, lapack_driver="gesdd", check_finite=False
-    )
-    keep = s_d > s_d.size * np.finfo(float).eps * (s_d[0] if s_d.size else 0.0)
-    u_d, s_d, v_d = u_d[:, keep], s_d[keep], vt_d[keep].T
+    pool = _pool_weights(weights, members, n_clients)
+    coords = _Coordinates.of(updates, members, subspace, basis, decomposition)
+    a_c = coords.basis.T @ subspace  # A^ = Q A_c
+    mean = coords.mean(pool)  # Q^T Thetabar W
+    shared = mean - a_c @ (a_c.T @ mean)  # D = Q^T P_A^perp Thetabar W
     mean_inside = a_c.T @ mean  # A_c^T Q^T Thetabar W, for the pooled clients
-    outer = np.hstack([a_c, u_d])  # orthonormal: U_D lies in the complement of A_c
-    small_b, small_a = {}, {}
-    for k in members:
-        sl = slice(offsets[k], offsets[k + 1])
-        # Q^T Theta~_k W = A_c w_k + D with w_k = A_c^T Q^T Theta^_k W; in the
-        # orthonormal bases [A_c, U_D] (rows) and [V_D, O_k] (columns), O_k the
-        # part of row(w_k) outside span(V_D):  F = [[w V_D, T^T], [Sigma_D, 0]]
-        w = (a_c.T @ left[:, sl]) @ right[sl]
+    inside = coords.inside(a_c)  # w_k = A_c^T Q^T Theta^_k W per client
+    for i, k in enumerate(members):
         if pooled[k] > 0:  # pool a share b_k of the in-subspace deviation
-            w = (1.0 - pooled[k]) * w + pooled[k] * mean_inside
-        inside = w @ v_d
-        o_k, t_k = np.linalg.qr(w.T - v_d @ inside.T)
-        middle = np.zeros((outer.shape[1], v_d.shape[1] + o_k.shape[1]))
-        middle[: a_c.shape[1], : v_d.shape[1]] = inside
-        middle[: a_c.shape[1], v_d.shape[1] :] = t_k.T
-        middle[a_c.shape[1] :, : v_d.shape[1]] = np.diag(s_d)
-        u, sv, vt, errors[k], norms[k] = _truncated_svd(
-            middle, ranks[k], inside, t_k, s_d, seed=int(k)
-        )
-        small_b[k] = outer @ (u * sv)
-        small_a[k] = vt[:, : v_d.shape[1]] @ v_d.T + vt[:, v_d.shape[1] :] @ o_k.T
+            inside[i] = (1.0 - pooled[k]) * inside[i] + pooled[k] * mean_inside
+    truncate = _truncate_large if shared.shape[1] >= ITERATIVE_SVD_MIN else _truncate
+    small_b, small_a, t_k, errors[members], norms[members] = truncate(
+        a_c, shared, inside, [ranks[k] for k in members], members
+    )
     # lift all clients at once: B~_k = Q (.), A~_k = (.) W^T
-    lifted_b = basis @ np.hstack([small_b[k] for k in members])
-    lifted_a = np.vstack([small_a[k] for k in members]) @ row_basis.T
-    start = 0
-    for k in members:
-        t = small_b[k].shape[1]
-        out_b[k] = lifted_b[:, start : start + t]
-        out_a[k] = lifted_a[start : start + t]
-        start += t
+    lifted_b = coords.basis @ small_b
+    lifted_a = coords.lift_rows(small_a)
+    edges = np.concatenate([[0], np.cumsum(t_k)])
+    for i, k in enumerate(members):
+        out_b[k] = lifted_b[:, edges[i] : edges[i + 1]]
+        out_a[k] = lifted_a[edges[i] : edges[i + 1]]
     return RefinedFactors(
         B=tuple(out_b),
         A=tuple(out_a),
@@ -467,6 +494,259 @@ def refine_factored(
         refined_norm=norms,
         collaborative=collaborative.copy(),
     )
+
+
+def _pool_weights(
+    weights: np.ndarray | None, members: np.ndarray, n_clients: int
+) -> np.ndarray:
+    """pi over S^ (normalised there; equal by default), one per member."""
+    if weights is None:
+        return np.full(members.size, 1.0 / members.size)
+    pool = np.asarray(weights, dtype=float)
+    if pool.shape != (n_clients,) or not (
+        np.all(np.isfinite(pool)) and np.all(pool >= 0) and pool[members].sum() > 0
+    ):
+        raise ValueError(
+            "weights must be K nonnegative finite numbers, positive somewhere "
+            "on the collaborative set."
+        )
+    return pool[members] / pool[members].sum()
+
+
+@dataclass(frozen=True)
+class _Coordinates:
+    """Q^T Theta^_k W = left_k right_k for the members k (right_k = I: shared W).
+
+    ``left`` holds the blocks side by side (R x N), ``right`` (N x n_w) the
+    coordinates of the V_k in W, or is None when ``left`` holds the blocks
+    Q^T Theta^_k W themselves (a centred decomposition's core).
+    """
+
+    basis: np.ndarray
+    left: np.ndarray
+    right: np.ndarray | None
+    edges: np.ndarray
+    lift_rows: object
+
+    @classmethod
+    def of(
+        cls,
+        updates: LowRankUpdates,
+        members: np.ndarray,
+        subspace: np.ndarray,
+        basis: np.ndarray | None,
+        decomposition: FactoredDecomposition | None,
+    ) -> _Coordinates:
+        if decomposition is not None and decomposition.problem.center:
+            width = decomposition.row_bases[0].shape[1]
+            left = np.hstack([decomposition.core_data[k, :, :width] for k in members])
+            edges = np.arange(members.size + 1) * width
+            row_basis = decomposition.row_bases[0]
+            return cls(basis, left, None, edges, lambda x: x @ row_basis.T)
+        if decomposition is not None:
+            left = np.hstack(
+                [
+                    decomposition.core_data[k, :, : decomposition.widths[k]]
+                    for k in members
+                ]
+            )
+            rows = [decomposition.row_bases[k] for k in members]
+        else:
+            col_u, rows, values = _client_svds(updates, members)
+            if basis is None:  # Q must span every column space and A^
+                basis, coeffs = span_basis(np.hstack([subspace, *col_u]))
+                left = coeffs[:, subspace.shape[1] :] * np.concatenate(values)
+            else:  # Q^T U_k Sigma_k
+                left = (basis.T @ np.hstack(col_u)) * np.concatenate(values)
+        edges = np.concatenate([[0], np.cumsum([v.shape[1] for v in rows])])
+        right, lift_rows = _row_span(np.vstack([v.T for v in rows]))
+        return cls(basis, left, right, edges, lift_rows)
+
+    def mean(self, pool: np.ndarray) -> np.ndarray:
+        """Q^T Thetabar W = sum_k pi_k Q^T Theta^_k W."""
+        column_pool = np.repeat(pool, np.diff(self.edges))
+        if self.right is None:
+            n_w = self.edges[1] - self.edges[0]
+            blocks = self.left.reshape(self.left.shape[0], -1, n_w)
+            return np.einsum("ikj,k->ij", blocks, pool)
+        return (self.left * column_pool) @ self.right
+
+    def inside(self, a_c: np.ndarray) -> list[np.ndarray]:
+        """w_k = A_c^T Q^T Theta^_k W (r x n_w) for every member."""
+        projected = a_c.T @ self.left
+        out = []
+        for i in range(self.edges.size - 1):
+            block = projected[:, self.edges[i] : self.edges[i + 1]]
+            out.append(
+                block
+                if self.right is None
+                else block @ self.right[self.edges[i] : self.edges[i + 1]]
+            )
+        return out
+
+
+def _row_span(rows: np.ndarray) -> tuple[np.ndarray, object]:
+    """Coordinates V^T W (N x n_w) of the rows of V^T in a basis W of their span,
+    and the map X -> X W^T.
+
+    Pivoted Cholesky of V^T V = P R^T R P^T as in :func:`span_basis`. When the
+    2-norm condition number of R_11 (:func:`_condition_2`) is at most
+    :data:`ONE_PASS_MAX_CONDITION`, W = V_P R_11^{-1} is orthonormal to about
+    kappa^2 eps <= 2e-12 and is left implicit (no q x N triangular solve):
+    X W^T = (R_11^{-1} X^T)^T V_P^T. Otherwise W = :func:`span_basis` (V). The
+    2-norm estimate is used here because the 1-norm one of :func:`span_basis` is
+    pessimistic by about the dimension: at K = 100 clients of rank 16 with
+    Gaussian A_k (q = 4096), kappa_2(R_11) = 4.3 where 1 / rcond_1 = 676.
+    """
+    gram = rows @ rows.T
+    found = _pivoted_cholesky(gram)
+    if found is None:
+        return np.zeros((rows.shape[0], 0)), lambda x: np.zeros(
+            (x.shape[0], rows.shape[1])
+        )
+    piv, pivots, upper, r11, _ = found
+    if _condition_2(r11) <= ONE_PASS_MAX_CONDITION:
+        coefficients = np.empty((pivots.size, rows.shape[0]))
+        coefficients[:, piv - 1] = upper
+        pivot_rows = rows[pivots]
+
+        def lift(x: np.ndarray) -> np.ndarray:
+            solved = scipy.linalg.solve_triangular(r11, x.T, check_finite=False)
+            return solved.T @ pivot_rows
+
+        return coefficients.T, lift
+    row_basis, coefficients = _span_basis(rows.T, gram)
+    return coefficients.T, lambda x: x @ row_basis.T
+
+
+def _condition_2(upper: np.ndarray, steps: int = 12, width: int = 4) -> float:
+    """An estimate of the 2-norm condition number of an upper triangular matrix.
+
+    Block power iteration (``width`` vectors, ``steps`` steps) on R^T R for
+    ||R||_2 and on (R^T R)^{-1} (two triangular solves) for ||R^{-1}||_2: O(n^2)
+    per step instead of the O(n^3) of the singular values. Power iteration
+    approaches both norms from below; the fixed start makes it deterministic.
+    """
+    n = upper.shape[0]
+    start = np.random.default_rng(n).standard_normal((n, min(width, n)))
+    big, small = np.linalg.qr(start)[0], np.linalg.qr(start)[0]
+    for _ in range(steps):
+        big = np.linalg.qr(upper.T @ (upper @ big))[0]
+        inverse = scipy.linalg.solve_triangular(upper, small, check_finite=False)
+        small = np.linalg.qr(
+            scipy.linalg.solve_triangular(upper, inverse, trans="T", check_finite=False)
+        )[0]
+    top = np.linalg.norm(upper @ big, 2)
+    inv = np.linalg.norm(
+        scipy.linalg.solve_triangular(upper, small, check_finite=False), 2
+    )
+    return float(top * inv)
+
+
+def _truncate(
+    a_c: np.ndarray,
+    shared: np.ndarray,
+    inside: list[np.ndarray],
+    ranks: list[int],
+    members: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray, np.ndarray]:
+    """Best rank-t_k approximations of Z_k = A_c w_k + D by SVDs (small n_w).
+
+    Returns the left factors side by side in Q coordinates (R x sum t_k), the
+    right ones stacked in W coordinates (sum t_k x n_w), the t_k, the truncation
+    errors and ||Z_k||_F.
+    """
+    # D = U_D Sigma_D V_D^T, once for all clients
+    u_d, s_d, vt_d = scipy.linalg.svd(
+        shared, full_matrices=False, lapack_driver="gesdd", check_finite=False
+    )
+    keep = s_d > s_d.size * np.finfo(float).eps * (s_d[0] if s_d.size else 0.0)
+    u_d, s_d, v_d = u_d[:, keep], s_d[keep], vt_d[keep].T
+    outer = np.hstack([a_c, u_d])  # orthonormal: U_D lies in the complement of A_c
+    small_b, small_a, widths = [], [], []
+    errors, norms = np.zeros(members.size), np.zeros(members.size)
+    for i, k in enumerate(members):
+        # in the orthonormal bases [A_c, U_D] (rows) and [V_D, O_k] (columns),
+        # O_k the part of row(w_k) outside span(V_D):  F = [[w V_D, T^T], [Sigma_D, 0]]
+        w = inside[i]
+        in_d = w @ v_d
+        o_k, t_k = np.linalg.qr(w.T - v_d @ in_d.T)
+        middle = np.zeros((outer.shape[1], v_d.shape[1] + o_k.shape[1]))
+        middle[: a_c.shape[1], : v_d.shape[1]] = in_d
+        middle[: a_c.shape[1], v_d.shape[1] :] = t_k.T
+        middle[a_c.shape[1] :, : v_d.shape[1]] = np.diag(s_d)
+        u, sv, vt, errors[i], norms[i] = _truncated_svd(
+            middle, ranks[i], in_d, t_k, s_d, seed=int(k)
+        )
+        small_b.append(outer @ (u * sv))
+        small_a.append(vt[:, : v_d.shape[1]] @ v_d.T + vt[:, v_d.shape[1] :] @ o_k.T)
+        widths.append(sv.size)
+    return np.hstack(small_b), np.vstack(small_a), widths, errors, norms
+
+
+def _truncate_large(
+    a_c: np.ndarray,
+    shared: np.ndarray,
+    inside: list[np.ndarray],
+    ranks: list[int],
+    members: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray, np.ndarray]:
+    """:func:`_truncate` by one eigendecomposition of D^T D and Lanczos per client.
+
+    Z_k^T Z_k = D^T D + w_k^T w_k (A_c^T D = 0) is Lambda + h_k^T h_k in the
+    eigenbasis V_D of D^T D, h_k = w_k V_D. Its top-t eigenpairs (sigma_i^2, y_i)
+    give B~_k = Z_k V_D y = A_c (h_k y) + D (V_D y) and A~_k = (V_D y)^T; the
+    error is sqrt(||Z_k||_F^2 - sum_{i <= t} sigma_i^2) with ||Z_k||_F^2 = ||w_k||_F^2
+    + ||D||_F^2. The Gram matrix squares the singular values, as the Lanczos
+    iteration on Z_k^T Z_k of :func:`_truncated_svd` does: eigenvalues to about
+    eps ||Z_k||_2^2 either way.
+    """
+    n_w = shared.shape[1]
+    evals, v_d = scipy.linalg.eigh(shared.T @ shared, driver="evd", check_finite=False)
+    evals = np.maximum(evals, 0.0)
+    shared2 = float(np.vdot(shared, shared))
+    heads = np.vstack(inside) @ v_d  # h_k stacked, (r |S^|) x n_w
+    n_in = a_c.shape[1]
+    vectors, small_h, widths = [], [], []
+    errors, norms = np.zeros(members.size), np.zeros(members.size)
+    for i, k in enumerate(members):
+        h = heads[i * n_in : (i + 1) * n_in]
+        total = shared2 + float(np.vdot(inside[i], inside[i]))
+        vals, vecs = _top_eigenpairs(evals, h, min(ranks[i], n_w), seed=int(k))
+        keep = vals > 0.0
+        vals, vecs = vals[keep], vecs[:, keep]
+        errors[i] = np.sqrt(max(total - float(np.sum(vals)), 0.0))
+        norms[i] = np.sqrt(total)
+        vectors.append(vecs)
+        small_h.append(h @ vecs)
+        widths.append(vals.size)
+    rows = v_d @ np.hstack(vectors)  # V_D y in W coordinates, n_w x sum t_k
+    small_b = a_c @ np.hstack(small_h) + shared @ rows
+    return small_b, rows.T, widths, errors, norms
+
+
+def _top_eigenpairs(
+    diag: np.ndarray, h: np.ndarray, t: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The t largest eigenpairs of diag + h^T h, decreasing (Lanczos, tol 0)."""
+    n = diag.size
+    if t < n - 1:
+
+        def gram(x: np.ndarray) -> np.ndarray:
+            x = x.reshape(n, -1)
+            return diag[:, None] * x + h.T @ (h @ x)
+
+        op = LinearOperator((n, n), matvec=gram, matmat=gram, dtype=float)
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        try:
+            vals, vecs = eigsh(op, k=t, which="LA", tol=0.0, v0=v0)
+        except ArpackNoConvergence:  # pragma: no cover - fall back to the full one
+            pass
+        else:
+            order = np.argsort(vals)[::-1]
+            return np.maximum(vals[order], 0.0), vecs[:, order]
+    vals, vecs = scipy.linalg.eigh(np.diag(diag) + h.T @ h, check_finite=False)
+    return np.maximum(vals[::-1][:t], 0.0), vecs[:, ::-1][:, :t]
 
 
 def _truncated_svd(
