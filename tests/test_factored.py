@@ -569,3 +569,26 @@ def test_refine_factored_reusing_the_decomposition_equals_refine(
         actual = np.linalg.norm(cut.dense()[k] - expected[k])
         assert abs(actual - optimal) <= floor[k]
         assert abs(cut.refined_norm[k] - np.linalg.norm(expected[k])) <= floor[k]
+
+
+def test_factored_path_runs_blas_on_the_configured_threads(monkeypatch):
+    """reduce_updates and refine_factored run inside factored_blas_threads()."""
+    from threadpoolctl import threadpool_info
+
+    import clair_stats.solvers.factored as factored
+
+    seen = []
+    original = factored.client_svds
+
+    def spy(updates):
+        seen.append(
+            {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+        )
+        return original(updates)
+
+    monkeypatch.setattr(factored, "client_svds", spy)
+    factored.reduce_updates(random_factors())
+    assert seen == [{factored.FACTORED_BLAS_THREADS}]
+    monkeypatch.setattr(factored, "FACTORED_BLAS_THREADS", None)
+    with factored.factored_blas_threads():
+        pass  # None: no limit, a no-op context

@@ -33,7 +33,11 @@ from clair_stats.solvers.admm import admm_p0
 from clair_stats.solvers.base import SolverOutput
 from clair_stats.solvers.bcd import bcd_p1
 from clair_stats.solvers.cvx import CVXPY_SOLVERS, cvxpy_solve
-from clair_stats.solvers.factored import as_factored, reduce_updates
+from clair_stats.solvers.factored import (
+    as_factored,
+    factored_blas_threads,
+    reduce_updates,
+)
 
 __all__ = ["DEFAULT_C_LAM", "decompose", "default_lam"]
 
@@ -291,8 +295,9 @@ def _decompose_factored(
             "init (warm start) is not supported for LowRankUpdates; omit it."
         )
     center = check_bool(options["center"], "center")
-    reduction = reduce_updates(updates, shared_rows=center)
-    return as_factored(reduction, decompose(reduction.core, **options))
+    with factored_blas_threads():  # the reduction and the core solve
+        reduction = reduce_updates(updates, shared_rows=center)
+        return as_factored(reduction, decompose(reduction.core, **options))
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ communication-avoiding algorithm for computing a tall-skinny QR factorization.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import time
 from dataclasses import dataclass
 
@@ -58,6 +60,7 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import lapack
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from threadpoolctl import ThreadpoolController
 
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.results import (
@@ -68,10 +71,12 @@ from clair_stats.core.results import (
 from clair_stats.core.validation import check_shrinkage
 
 __all__ = [
+    "FACTORED_BLAS_THREADS",
     "ITERATIVE_SVD_MIN",
     "ONE_PASS_MAX_CONDITION",
     "Reduction",
     "client_svds",
+    "factored_blas_threads",
     "reduce_updates",
     "refine_factored",
     "span_basis",
@@ -86,6 +91,38 @@ ITERATIVE_SVD_MIN = 256
 #: Largest 1-norm condition estimate of R_11 at which one Cholesky pass is kept:
 #: Q_1 = G_1 R_11^{-1} is then orthonormal to about kappa^2 eps <= 2e-12.
 ONE_PASS_MAX_CONDITION = 100.0
+
+
+#: BLAS threads of the factored path's heavy calls (the reduction, the core solve
+#: and the refinement run inside :func:`factored_blas_threads`); None leaves the
+#: BLAS library's own setting. One thread, because a multi-threaded BLAS waits for
+#: its threads whenever another process holds a core: on the shared 2-core machine
+#: generic K = 100 at p = q = 4096 took 545 s with two OpenBLAS threads and 31 s
+#: with one at 1-min load 3 (the reduction alone 42 s against 1.5 s;
+#: benchmarks/bench_lora_scale.py), while on an idle machine two threads gain at
+#: most the factor 2 of the cores. The LoRA pipelines fit many modules, which
+#: processes parallelise better than BLAS threads. Results do not depend on it
+#: beyond rounding.
+FACTORED_BLAS_THREADS: int | None = 1
+
+
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    # found once: a fresh controller inspects the loaded libraries (0.1-1.5 ms)
+    return ThreadpoolController()
+
+
+def factored_blas_threads() -> contextlib.AbstractContextManager:
+    """A context in which BLAS runs on :data:`FACTORED_BLAS_THREADS` threads.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        threadpoolctl's limit, or a no-op when the setting is None.
+    """
+    if FACTORED_BLAS_THREADS is None:
+        return contextlib.nullcontext()
+    return _threadpools().limit(limits=FACTORED_BLAS_THREADS, user_api="blas")
 
 
 def span_basis(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -278,6 +315,12 @@ def reduce_updates(updates: LowRankUpdates, shared_rows: bool = False) -> Reduct
             f"updates must be LowRankUpdates, got {type(updates).__name__}."
         )
     start = time.perf_counter()
+    with factored_blas_threads():
+        return _reduce(updates, shared_rows, start)
+
+
+def _reduce(updates: LowRankUpdates, shared_rows: bool, start: float) -> Reduction:
+    """:func:`reduce_updates` after the type check."""
     n_clients = updates.n_clients
     col_q, row_v, middle = client_svds(updates)
     basis, coeffs = span_basis(np.hstack(col_q))
@@ -467,6 +510,33 @@ def refine_factored(
             collaborative=collaborative.copy(),
         )
     pool = _pool_weights(weights, members, n_clients)
+    with factored_blas_threads():
+        return _refine(
+            updates,
+            subspace,
+            members,
+            basis,
+            decomposition,
+            pool,
+            pooled,
+            ranks,
+            (out_b, out_a, errors, norms, collaborative),
+        )
+
+
+def _refine(
+    updates: LowRankUpdates,
+    subspace: np.ndarray,
+    members: np.ndarray,
+    basis: np.ndarray | None,
+    decomposition: FactoredDecomposition | None,
+    pool: np.ndarray,
+    pooled: np.ndarray,
+    ranks: list[int],
+    outputs: tuple,
+) -> RefinedFactors:
+    """:func:`refine_factored` on a non-empty S^ after the checks."""
+    out_b, out_a, errors, norms, collaborative = outputs
     coords = _Coordinates.of(updates, members, subspace, basis, decomposition)
     a_c = coords.basis.T @ subspace  # A^ = Q A_c
     mean = coords.mean(pool)  # Q^T Thetabar W
