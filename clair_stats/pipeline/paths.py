@@ -13,6 +13,7 @@ those of the p x q blocks either way.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -233,6 +234,29 @@ class Updates(Protocol):
             The Gram matrix of the off-subspace residuals.
         """
 
+    def inside_gram(
+        self,
+        decomposition: Decomposition | FactoredDecomposition,
+        subspace: np.ndarray,
+        scale: float = 1.0,
+    ) -> np.ndarray:
+        """<P_A Theta^_j, P_A Theta^_k> / scale^2, (K, K).
+
+        Parameters
+        ----------
+        decomposition : Decomposition or FactoredDecomposition
+            Step 1 on these updates.
+        subspace : numpy.ndarray, shape (p, r)
+            A, orthonormal columns.
+        scale : float, default 1.0
+            The unit the updates are divided by before the inner products.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K, K)
+            The Gram matrix of the in-subspace parts.
+        """
+
     def refine(
         self,
         decomposition: Decomposition | FactoredDecomposition,
@@ -383,6 +407,30 @@ class DenseUpdates:
         return _gram(
             self.data / scale, subspace, None if center is None else center / scale
         )
+
+    def inside_gram(
+        self, decomposition: Decomposition, subspace: np.ndarray, scale: float = 1.0
+    ) -> np.ndarray:
+        """<P_A Theta^_j, P_A Theta^_k> / scale^2, (K, K): the full Gram matrix
+        minus the off-subspace one (:meth:`residual_gram`).
+
+        Parameters
+        ----------
+        decomposition : Decomposition
+            Step 1 on these updates (not used).
+        subspace : numpy.ndarray, shape (p, r)
+            A, orthonormal columns.
+        scale : float, default 1.0
+            The unit the updates are divided by before the inner products.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K, K)
+            The Gram matrix of the in-subspace parts.
+        """
+        empty = np.zeros((subspace.shape[0], 0))
+        total = self.residual_gram(decomposition, empty, None, scale)
+        return total - self.residual_gram(decomposition, subspace, None, scale)
 
     def refine(
         self,
@@ -541,12 +589,54 @@ class FactoredUpdates:
                 center / scale,
             )
         # <G_j A_j, G_k A_k> = sum((G_j^T G_k) * (A_j A_k^T)), G_k = s_k P_A^perp B_k
-        data = self.data
-        left = np.hstack([data.scaling[k] * data.B[k] for k in range(data.n_clients)])
+        left = self._left
         left = (left - subspace @ (subspace.T @ left)) / scale
-        rows = np.vstack(list(data.A))
-        product = (left.T @ left) * (rows @ rows.T)
-        edges = np.cumsum([0, *(b.shape[1] for b in data.B)])[:-1]
+        return self._blocks((left.T @ left) * self._row_gram)
+
+    def inside_gram(
+        self,
+        decomposition: FactoredDecomposition,
+        subspace: np.ndarray,
+        scale: float = 1.0,
+    ) -> np.ndarray:
+        """<P_A Theta^_j, P_A Theta^_k> / scale^2, (K, K), from the factors.
+
+        sum((H_j^T H_k) * (A_j A_k^T)) with H_k = s_k A^T B_k (r x r_k): what
+        ``residual_gram`` at no subspace minus ``residual_gram`` at A gives, without
+        the two p-row Gram matrices and without their cancellation.
+
+        Parameters
+        ----------
+        decomposition : FactoredDecomposition
+            Step 1 on these updates (not used).
+        subspace : numpy.ndarray, shape (p, r)
+            A, orthonormal columns.
+        scale : float, default 1.0
+            The unit the updates are divided by before the inner products.
+
+        Returns
+        -------
+        numpy.ndarray, shape (K, K)
+            The Gram matrix of the in-subspace parts.
+        """
+        coords = (subspace.T @ self._left) / scale
+        return self._blocks((coords.T @ coords) * self._row_gram)
+
+    @functools.cached_property
+    def _left(self) -> np.ndarray:
+        """[s_1 B_1, ..., s_K B_K], p x sum_k r_k (kept for the Gram matrices)."""
+        data = self.data
+        return np.hstack([data.scaling[k] * data.B[k] for k in range(data.n_clients)])
+
+    @functools.cached_property
+    def _row_gram(self) -> np.ndarray:
+        """[A_j A_k^T], sum_k r_k x sum_k r_k (independent of the subspace)."""
+        rows = np.vstack(list(self.data.A))
+        return rows @ rows.T
+
+    def _blocks(self, product: np.ndarray) -> np.ndarray:
+        """The K x K sums of the r_j x r_k blocks of ``product``."""
+        edges = np.cumsum([0, *(b.shape[1] for b in self.data.B)])[:-1]
         return np.add.reduceat(np.add.reduceat(product, edges, axis=0), edges, axis=1)
 
     def refine(

@@ -446,8 +446,9 @@ def in_subspace_shrinkage(
 
     ``"auto"``: :func:`shrinkage_factors` on the in-subspace Gram matrix of S^,
     <P_A Theta^_j, P_A Theta^_k> = the full Gram minus the off-subspace one
-    (:meth:`clair_stats.pipeline.paths.Updates.residual_gram`, so factored
-    updates are never multiplied out), with the noise energies v_k =
+    (:meth:`clair_stats.pipeline.paths.Updates.inside_gram`; factored updates
+    compute it from the factors directly, never multiplied out), with the noise
+    energies v_k =
     ``noise``; ``"none"`` or a number: that b for every client of S^.
 
     Parameters
@@ -466,7 +467,7 @@ def in_subspace_shrinkage(
         The rule: ``"auto"`` estimates b_k (empirical Bayes), ``"none"`` gives
         b = 0, a number in [0, 1] is that b for every client of S^.
     decomposition, scale
-        Passed to ``residual_gram``.
+        Passed to ``inside_gram``.
 
     Returns
     -------
@@ -479,11 +480,9 @@ def in_subspace_shrinkage(
         factors = np.where(collaborative, b, 0.0)
         return Shrinkage(factors, np.nan, np.zeros(n_clients), np.nan, np.nan)
     members = np.flatnonzero(collaborative)
-    empty = np.zeros((subspace.shape[0], 0))
-    total = work.residual_gram(decomposition, empty, None, scale)
-    outside = work.residual_gram(decomposition, subspace, None, scale)
+    inside = work.inside_gram(decomposition, subspace, scale)
     found = shrinkage_factors(
-        (total - outside)[np.ix_(members, members)],
+        inside[np.ix_(members, members)],
         noise[members],
         pool[members] / pool[members].sum(),
         subspace.shape[1] * q,
