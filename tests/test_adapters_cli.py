@@ -143,7 +143,10 @@ def test_clair_adapters_flags_the_contaminated_and_writes_adapters(tmp_path, cap
             "solver",
             "truncation_error",
             "refined_norm",
+            "seconds",
         } == set(module)
+        assert set(module["seconds"]) == {"fit", "refine"}
+        assert all(t > 0 for t in module["seconds"].values())
         assert module["rank"] == R
         assert module["tested"]
         assert module["zero_update_clients"] == []

@@ -62,7 +62,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clair_stats.core.exceptions import ClairWarning, ConvergenceWarning
+from clair_stats.core.exceptions import (
+    AssumptionWarning,
+    ClairWarning,
+    ConvergenceWarning,
+)
 from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.parallel import Workers, map_unordered
@@ -465,8 +469,10 @@ def combine_modules(
     """Step 3: one verdict per client from the modules' outcomes.
 
     Re-emits the modules' warnings (one line per distinct message, naming the
-    modules), then warns once for modules whose step 1 did not converge and once
-    for the notes of the result (zero updates, untested modules).
+    modules), then warns once for modules whose step 1 did not converge, once
+    for the notes of the result (zero updates, untested modules), and with an
+    :class:`~clair_stats.AssumptionWarning` when half or more of the clients are
+    flagged (as :func:`clair_stats.clair` does).
 
     Parameters
     ----------
@@ -521,6 +527,7 @@ def combine_modules(
                 rejected=verdict.rejected[i],
                 solver=fit.solver if fit is not None else None,
                 zero_update=o.zero_update,
+                fit_seconds=o.seconds,
             )
         )
     modules = tuple(modules)
@@ -553,6 +560,28 @@ def combine_modules(
     notes = result.notes()
     if notes:
         warnings.warn("; ".join(notes) + ".", ClairWarning, stacklevel=stacklevel)
+    flagged = int(result.flagged.sum())
+    if flagged and 2 * flagged >= n_clients:
+        short = [
+            o.name
+            for o in outcomes
+            if any("lower than rank" in message for _, message in o.warnings)
+        ]
+        hint = (
+            f"In {len(short)} module(s) L^ has a lower rank than the r_m asked "
+            "for, so A^_m holds arbitrary directions that no client fits: "
+            + _wording("pass a smaller --rank.", "pass a smaller rank.")
+            if short
+            else "More than half of the clients may be contaminated, which no "
+            "method that assumes a benign majority can resolve."
+        )
+        warnings.warn(
+            f"{flagged} of {n_clients} clients are flagged: CLAIR assumes that "
+            "fewer than half are contaminated (a benign majority), so the flags "
+            f"and the refinement are unreliable. {hint}",
+            AssumptionWarning,
+            stacklevel=stacklevel,
+        )
     return result
 
 

@@ -75,7 +75,20 @@ from clair_stats.lora.report import (
 from clair_stats.lora.resume import OutputError, WorkFolder, fingerprint
 from clair_stats.lora.writing import assemble_adapters, refine_modules
 
-__all__ = ["OutputError", "add_arguments", "run_adapters", "run_command"]
+__all__ = [
+    "AUTO_PARALLEL_MIN",
+    "OutputError",
+    "add_arguments",
+    "default_jobs",
+    "run_adapters",
+    "run_command",
+]
+
+#: Factor entries (sum over clients and modules of r (out + in)) from which
+#: ``jobs=None`` works on several processes: 5e6 is about 2 s of work on one
+#: process (K = 20 clients of 4 modules 2048 wide at rank 16), twice what
+#: starting the workers costs.
+AUTO_PARALLEL_MIN = 5_000_000
 
 #: What earlier versions of write_refined left in OUT when killed.
 _LEGACY_TMP = ".clair_tmp"
@@ -94,7 +107,7 @@ def run_adapters(
     report: str | PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    jobs: int = 1,
+    jobs: int | None = 1,
     dask: str | None = None,
     **solver_options,
 ) -> AdaptersResult:
@@ -121,11 +134,13 @@ def run_adapters(
         As in :func:`~clair_stats.lora.adapters.analyse_adapters`.
     out_rank, dtype
         As in :func:`~clair_stats.lora.writing.write_refined`.
-    jobs : int
+    jobs : int or None
         Modules (then clients) worked on at once, each in its own process with
-        one BLAS thread; default 1, in this process (``clair adapters``: the
-        number of cores, :func:`default_jobs`). Every ``jobs`` writes the same
-        outputs. A script that passes ``jobs > 1`` must call this under
+        one BLAS thread; default 1, in this process. None (the default of
+        ``clair adapters``) takes :func:`default_jobs` processes when the
+        adapters hold at least :data:`AUTO_PARALLEL_MIN` factor entries, else 1:
+        starting a worker costs about a second. Every ``jobs`` writes the same
+        outputs. A script that runs more than one job must call this under
         ``if __name__ == "__main__":`` (each worker process imports the script).
     dask : str, optional
         Work on dask.distributed instead: ``"local"`` or a scheduler address
@@ -152,12 +167,15 @@ def run_adapters(
     folders = [Path(f) for f in folders]
     out = Path(out)
     report = _check_places(folders, out, report, overwrite)
-    jobs = check_int(jobs, "jobs", 1)
+    if jobs is not None:
+        jobs = check_int(jobs, "jobs", 1)
     if out_rank is not None:
         out_rank = check_int(out_rank, "out_rank", 1)
     dtype = check_choice(dtype, "dtype", ("float32", "float16", "float64"))
     adapters = read_adapters(folders)
     side, alpha, rank = _checked(adapters, side, alpha, rank)
+    if jobs is None:
+        jobs = default_jobs() if _entries(adapters) >= AUTO_PARALLEL_MIN else 1
     settings = {
         "rank": rank,
         "side": side,
@@ -215,7 +233,10 @@ def run_adapters(
             result,
             modules=tuple(
                 replace(
-                    m, truncation_error=r.truncation_error, refined_norm=r.refined_norm
+                    m,
+                    truncation_error=r.truncation_error,
+                    refined_norm=r.refined_norm,
+                    refine_seconds=r.seconds,
                 )
                 for m, r in zip(result.modules, refined, strict=True)
             ),
@@ -224,6 +245,15 @@ def run_adapters(
         )
         staging.commit(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def _entries(adapters) -> int:
+    """The number of factor entries, sum over clients and modules of r (out + in)."""
+    return sum(
+        spec.rank * (spec.shape[0] + spec.shape[1])
+        for adapter in adapters.adapters
+        for spec in adapter.modules.values()
+    )
 
 
 def default_jobs() -> int:
@@ -316,7 +346,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=None,
         help="modules worked on at once, one process and one BLAS thread each "
-        "(default: the number of cores); every value writes the same outputs",
+        "(default: the number of cores, or 1 for adapters too small to gain from "
+        "more); every value writes the same outputs",
     )
     parser.add_argument(
         "--dask",
@@ -367,7 +398,7 @@ def run_command(args: argparse.Namespace) -> int:
                 report=args.json,
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
-                jobs=default_jobs() if args.jobs is None else args.jobs,
+                jobs=args.jobs,
                 dask=args.dask,
                 **solver_options,
             )

@@ -13,11 +13,14 @@ lam, draws, dtype, solver_options, combination), ``base_model``, ``n_clients``,
 rejected_modules, worst_modules, zero_update_modules, uninformative, output) and
 ``modules`` (per module: name, shape, rank, client_ranks, tested,
 zero_update_clients, rejected_clients, energies, z, p_values, adjusted_p_values,
-solver, truncation_error, refined_norm). Non-finite numbers are written as null:
+solver, truncation_error, refined_norm, seconds: ``fit`` and ``refine``, the
+wall time of steps 1-2 and of step 4 on the module in its worker, reading and
+writing included; a resumed run reports the times stored with each module).
+Non-finite numbers are written as null:
 a missing p-value (a zero update, an untested module, an uninformative client)
-is null. ``zero_update_*``, ``uninformative``, ``tested`` and ``solver_options``
-were added to the format without renaming it; a module that is not tested has
-rank 0 and solver null.
+is null. ``zero_update_*``, ``uninformative``, ``tested``, ``solver_options``
+and ``seconds`` were added to the format without renaming it; a module that is
+not tested has rank 0 and solver null.
 
 Messages that name an option are worded for the caller: :func:`_wording` gives
 the command line's spelling (``--max-iter``) inside :func:`_command_line` (which
@@ -114,6 +117,11 @@ class ModuleReport:
         ||Theta~_km - B~_km A~_km||_F once refined (0 for flagged clients).
     refined_norm : numpy.ndarray or None, shape (K,)
         ||Theta~_km||_F once refined.
+    fit_seconds : float or None
+        Wall time of steps 1-2 on this module in its worker (reading included).
+    refine_seconds : float or None
+        Wall time of step 4 on this module in its worker (reading and writing
+        included), once refined.
     """
 
     name: str
@@ -130,6 +138,8 @@ class ModuleReport:
     zero_update: np.ndarray = field(repr=False)
     truncation_error: np.ndarray | None = field(default=None, repr=False)
     refined_norm: np.ndarray | None = field(default=None, repr=False)
+    fit_seconds: float | None = field(default=None, repr=False)
+    refine_seconds: float | None = field(default=None, repr=False)
 
     @property
     def tested(self) -> bool:
@@ -396,6 +406,10 @@ class AdaptersResult:
                     "refined_norm": None
                     if m.refined_norm is None
                     else _floats(m.refined_norm),
+                    "seconds": {
+                        "fit": _float(m.fit_seconds),
+                        "refine": _float(m.refine_seconds),
+                    },
                 }
             )
         return {
@@ -420,8 +434,10 @@ class AdaptersResult:
 # -- helpers ----------------------------------------------------------------------
 
 
-def _float(x: float) -> float | None:
-    """A JSON-safe float (None for NaN or infinity)."""
+def _float(x: float | None) -> float | None:
+    """A JSON-safe float (None for None, NaN or infinity)."""
+    if x is None:
+        return None
     x = float(x)
     return x if np.isfinite(x) else None
 

@@ -176,7 +176,12 @@ def write_refined(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     modules = [
-        replace(m, truncation_error=r.truncation_error, refined_norm=r.refined_norm)
+        replace(
+            m,
+            truncation_error=r.truncation_error,
+            refined_norm=r.refined_norm,
+            refine_seconds=r.seconds,
+        )
         for m, r in zip(result.modules, refined, strict=True)
     ]
     return replace(
