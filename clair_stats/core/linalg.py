@@ -5,9 +5,10 @@ studies all need (docs/model.md §1):
 
 - :func:`stack` / :func:`unstack`: client updates (K, p, q) <-> the stacked matrix
   M = [Theta_1, ..., Theta_K] (p x Kq), block k = columns kq .. (k+1)q - 1;
-- :func:`left_singular` and :func:`top_subspace`: the top-r left singular vectors
-  of a matrix or of a stack of updates (dense or factored), e.g. A^ of step 2, the
-  plain SVD baseline and the oracle subspace of the benign clients;
+- :func:`left_singular`, :func:`top_left_singular` and :func:`top_subspace`: the
+  top-r left singular vectors of a matrix or of a stack of updates (dense or
+  factored), e.g. A^ of step 2, the plain SVD baseline and the oracle subspace of
+  the benign clients;
 - :func:`off_subspace_residuals`: R_k = P_A^perp (Theta_k - c), the explicit
   projection that the energies, the trimmed refit and the copy rules share;
 - :func:`off_subspace_energy`: E_k = ||P_A^perp (Theta_k - c)||_F^2 for every
@@ -27,6 +28,7 @@ __all__ = [
     "off_subspace_energy",
     "off_subspace_residuals",
     "stack",
+    "top_left_singular",
     "top_subspace",
     "unstack",
 ]
@@ -80,6 +82,13 @@ def unstack(matrix: np.ndarray, n_clients: int) -> np.ndarray:
 PARTIAL_SVD_MIN = 800
 #: The range basis is accepted when ||L - Q Q^T L||_F <= this * ||L||_F.
 RANGE_TOL = 1e-13
+#: :func:`top_left_singular` accepts its Ritz triplets when every residual is at
+#: most this * sigma_1 ...
+TOP_RESIDUAL_TOL = 1e-12
+#: ... and the gap sigma_r - sigma_{r+1} is at least this * sigma_1, so that the
+#: subspace is within residual / gap <= 1e-9 of the exact one.
+TOP_GAP_MIN = 1e-3
+_TOP_MAX_SWEEPS = 20
 
 
 def left_singular(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,15 +187,78 @@ def top_subspace(
         )
     else:
         matrix = stack(np.asarray(updates)[members])
-    u, _ = left_singular(matrix)
     if isinstance(rank, bool) or not isinstance(rank, int | np.integer):
         raise TypeError(f"rank must be an int, got {rank!r}.")
-    if not 0 <= rank <= u.shape[1]:
+    available = min(matrix.shape)
+    if 0 <= rank <= available:
+        u, _ = top_left_singular(matrix, rank)
+        available = u.shape[1] if u.shape[1] < rank else available
+    if not 0 <= rank <= available:
         raise ValueError(
-            f"rank must be in [0, {u.shape[1]}] (the number of singular vectors of "
+            f"rank must be in [0, {available}] (the number of singular vectors of "
             f"a {matrix.shape[0]} x {matrix.shape[1]} stack), got {rank}."
         )
-    return np.ascontiguousarray(u[:, :rank])
+    return np.ascontiguousarray(u)
+
+
+def top_left_singular(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-r left singular vectors and singular values of ``matrix``.
+
+    For a matrix whose smaller dimension is at least :data:`PARTIAL_SVD_MIN` and
+    r at most an eighth of it: block subspace iteration on M M^T (r + max(r,
+    12) vectors) with a Rayleigh-Ritz step per sweep, W = M^T Q = P S G^T giving
+    the Ritz triplets (Q G, S, P) with M^T (Q G) = P S exactly; they are
+    accepted when every residual ||M p_j - (Q G)_j s_j|| of the top r is at
+    most :data:`TOP_RESIDUAL_TOL` sigma_1 and the Ritz gap s_r - s_{r+1} is at
+    least :data:`TOP_GAP_MIN` sigma_1 (the subspace then lies within residual /
+    gap of the exact one). Two products with M per sweep instead of a full SVD
+    (1600 x 1440, r = 8: about 0.1 s against 1.4 s). Otherwise, or without
+    convergence, :func:`left_singular`.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray, shape (m, n)
+        M.
+    rank : int
+        r, 0 <= r <= min(m, n).
+
+    Returns
+    -------
+    u : numpy.ndarray, shape (m, r)
+        Orthonormal columns.
+    singular_values : numpy.ndarray, shape (r,)
+        Decreasing.
+    """
+    m, n = matrix.shape
+    small = min(m, n)
+    if small >= PARTIAL_SVD_MIN and 0 < rank <= small // 8:
+        found = _top_block(matrix, rank)
+        if found is not None:
+            return found
+    u, sv = left_singular(matrix)
+    return u[:, :rank], sv[:rank]
+
+
+def _top_block(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`top_left_singular` by subspace iteration, or None (not converged)."""
+    m, n = matrix.shape
+    width = rank + max(rank, 12)
+    rng = np.random.default_rng(min(m, n))
+    basis = np.linalg.qr(matrix @ rng.standard_normal((n, width)))[0]
+    for _ in range(_TOP_MAX_SWEEPS):
+        right, values, g_t = np.linalg.svd(matrix.T @ basis, full_matrices=False)
+        if values[0] == 0.0:
+            return None
+        left = basis @ g_t.T
+        image = matrix @ right  # M P, m x b
+        residual = image[:, :rank] - left[:, :rank] * values[:rank]
+        res = np.sqrt(np.einsum("ij,ij->j", residual, residual))
+        if np.all(res <= TOP_RESIDUAL_TOL * values[0]):
+            if values[rank - 1] - values[rank] < TOP_GAP_MIN * values[0]:
+                return None  # the top-r subspace is barely determined: full SVD
+            return np.ascontiguousarray(left[:, :rank]), values[:rank]
+        basis = np.linalg.qr(image)[0]
+    return None
 
 
 def off_subspace_energy(

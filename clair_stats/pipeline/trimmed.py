@@ -55,7 +55,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from clair_stats.core.linalg import left_singular, off_subspace_energy
+from clair_stats.core.linalg import (
+    left_singular,
+    off_subspace_energy,
+    top_left_singular,
+)
 
 __all__ = [
     "TrimmedFit",
@@ -483,7 +487,9 @@ class _Problem:
         matrix = np.ascontiguousarray(
             (x * np.sqrt(w)[:, None, None]).transpose(1, 0, 2)
         ).reshape(dim, -1)
-        if exact or self.rank == 0:
+        if exact and self.rank > 0:
+            u, sv = top_left_singular(matrix, min(self.rank, min(matrix.shape)))
+        elif exact or self.rank == 0:
             u, sv = left_singular(matrix)
         elif dim <= matrix.shape[1]:
             values, vectors = np.linalg.eigh(matrix @ matrix.T)
