@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test docs docs-check archive bench bench-lora report studies lint format clean
+.PHONY: demo test docs docs-check archive bench bench-lora bench-adapters report studies lint format clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: $(STAMP)
 # CLAIR on LoRA factors at p = q = 4096 (about 10 minutes).
 bench-lora: $(STAMP)
 	$(PY) benchmarks/bench_lora_scale.py
+
+# clair adapters on a 7B-shaped adapter set (224 modules; K = 20 end to end, K = 50
+# and 100 on a sample of modules): about 15 minutes and 8 GB of temporary disk.
+bench-adapters: $(STAMP)
+	$(PY) benchmarks/bench_adapters.py
 
 # The reports of notebooks/ as reports/*.html: each reads its study's stored full
 # results, or runs the study's quick grid when they are missing.

@@ -73,6 +73,7 @@ def test_command_line_needs_the_script(bench):
         ("bench_solvers", {"cvxpy_cap": 120.0, "repeats": 5}),
         ("bench_lora_scale", {"repeats": 3}),
         ("bench_refit", {"repeats": 3}),
+        ("bench_adapters", {"jobs": 2}),
     ],
 )
 def test_report_header_has_no_absolute_path(bench, script, options, tmp_path):

@@ -61,7 +61,7 @@ from os import PathLike
 from pathlib import Path
 
 from clair_stats.core.exceptions import ClairWarning
-from clair_stats.core.parallel import Workers
+from clair_stats.core.parallel import WorkerError, Workers
 from clair_stats.core.validation import check_choice, check_int
 from clair_stats.lora.adapters import _checked, combine_modules, fit_modules
 from clair_stats.lora.peft import read_adapters
@@ -370,8 +370,9 @@ def run_command(args: argparse.Namespace) -> int:
     Returns
     -------
     int
-        The exit code: 0; 1 when the outputs cannot be written or an input
-        file cannot be read (one line on stderr names the path); 130 after
+        The exit code: 0; 1 when the outputs cannot be written, an input
+        file cannot be read (one line on stderr names the path) or a worker
+        process died; 130 after
         Ctrl-C (stderr says where the finished work is kept). Refused
         arguments and a missing input folder raise ``ValueError`` /
         ``FileExistsError`` / ``FileNotFoundError`` for
@@ -404,6 +405,9 @@ def run_command(args: argparse.Namespace) -> int:
             )
         except KeyboardInterrupt:
             return 130  # what was kept is said on stderr
+        except WorkerError as exc:
+            print(f"clair adapters: error: {exc}", file=sys.stderr)
+            return 1
         except OSError as exc:
             if isinstance(exc, FileNotFoundError | FileExistsError):
                 raise
