@@ -28,6 +28,7 @@ __all__ = [
     "off_subspace_energy",
     "off_subspace_residuals",
     "stack",
+    "top_left_partial",
     "top_left_singular",
     "top_subspace",
     "unstack",
@@ -231,17 +232,36 @@ def top_left_singular(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.nda
     """
     m, n = matrix.shape
     small = min(m, n)
-    if small >= PARTIAL_SVD_MIN and 0 < rank <= small // 8:
-        found = _top_block(matrix, rank)
+    if small >= PARTIAL_SVD_MIN:
+        found = top_left_partial(matrix, rank)
         if found is not None:
             return found
     u, sv = left_singular(matrix)
     return u[:, :rank], sv[:rank]
 
 
-def _top_block(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """:func:`top_left_singular` by subspace iteration, or None (not converged)."""
+def top_left_partial(
+    matrix: np.ndarray, rank: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The subspace iteration of :func:`top_left_singular`, or None.
+
+    Parameters
+    ----------
+    matrix : numpy.ndarray, shape (m, n)
+        M.
+    rank : int
+        r.
+
+    Returns
+    -------
+    tuple of numpy.ndarray, or None
+        (U (m, r), sigma (r,)) when the iteration converged with a gap (see
+        :func:`top_left_singular`); None when r is 0 or above min(m, n) / 8, or
+        it did not.
+    """
     m, n = matrix.shape
+    if not 0 < rank <= min(m, n) // 8:
+        return None
     width = rank + max(rank, 12)
     rng = np.random.default_rng(min(m, n))
     basis = np.linalg.qr(matrix @ rng.standard_normal((n, width)))[0]
