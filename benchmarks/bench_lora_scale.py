@@ -39,6 +39,12 @@ memory ratios and the agreement of objective, subspace and flags.
 Reference in the same run: the time to multiply out the K updates once (K
 products B_k A_k, each discarded), the least any dense method must spend.
 
+With a centre (``center=True``, generic scenario, ``--center-clients``) the core is
+R x K n_w with n_w the dimension of all row spaces (docs/programs.md §5.8): 1600 x
+160000 (2 GB) at K = 100. Those cases run under an address-space cap
+(``--memory-cap`` GB, ``RLIMIT_AS`` of the child), so that K = 100 reports whether
+it fits in the stated bound instead of taking the shared machine's memory.
+
 BLAS threads: one per child by default (``--threads``). On the shared 2-core
 machine two OpenBLAS threads were 10 to 20 times slower than one whenever other
 jobs ran (measured at 1-min load 3: generic K = 100 took 545 s with two threads,
@@ -75,6 +81,8 @@ MU_GENERIC = 5.0
 LORA_P = 4096
 DENSE_P = 512
 CLIENTS = (10, 50, 100)
+CENTER_CLIENTS = (10, 20, 30, 100)
+MEMORY_CAP_GB = 8.0
 DENSE_MAX_ENTRIES = 25_000_000
 SCENARIOS = ("shared", "generic")
 SLOW = 60.0  # seconds: a case this slow runs once, without the traced run
@@ -136,11 +144,16 @@ def rss_mb() -> float:
 def case_child(spec: dict, conn) -> None:
     """Child process: run one case and send back scalars (and the small A^)."""
     try:
+        if spec.get("memory_cap"):  # bytes of address space (the centred cases)
+            cap = int(spec["memory_cap"] * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
         updates, contaminated = lora_instance(
             spec["p"], spec["p"], spec["K"], spec["scenario"]
         )
         data = updates.dense() if spec["path"] == "dense" else updates
         kwargs = program(spec["scenario"])
+        if spec.get("center"):
+            kwargs["center"] = True
         out: dict = {"rss_before": rss_mb()}
         if spec["path"] == "factored" and spec.get("reference"):
             t0 = time.perf_counter()
@@ -190,6 +203,8 @@ def case_child(spec: dict, conn) -> None:
                 ),
             )
         conn.send(out)
+    except MemoryError:  # the cap of a centred case
+        conn.send({"error": "MemoryError", "rss_peak": rss_mb()})
     except Exception as exc:  # reported in the table, not raised
         conn.send({"error": f"{type(exc).__name__}: {exc}"})
     finally:
@@ -252,6 +267,28 @@ def lora_rows(results: dict) -> list[str]:
             f"{r.get('traced_peak', float('nan')):.0f} | "
             f"{'yes' if r['flags_ok'] else 'no'} ({r['flagged']}) | "
             f"{r['trunc']:.2e} | {r['load'][0]:.1f} / {r['load'][1]:.1f} |"
+        )
+    return rows
+
+
+def center_rows(results: dict, cap_gb: float) -> list[str]:
+    """The centred cases (generic, center=True) at p = q = LORA_P."""
+    rows = []
+    for k, r in results.items():
+        head = f"| {k} |"
+        if "seconds" not in r:
+            if r.get("error") == "MemoryError":
+                why = f"exceeds the {cap_gb:g} GB address-space cap"
+            else:
+                why = "> time cap" if r.get("timeout") else r.get("error", "?")[:80]
+            rows.append(f"{head} {why} |" + " - |" * 6)
+            continue
+        rest = r["seconds"] - r["reduction"] - r["solve"]
+        rows.append(
+            f"{head} {r['core'][0]} x {r['core'][1]} | {fmt(r['seconds'])} | "
+            f"{fmt(r['reduction'])} | {fmt(r['solve'])} ({r['iterations']} it) | "
+            f"{fmt(rest)} | {r['rss_peak']:.0f} | "
+            f"{r['load'][0]:.1f} / {r['load'][1]:.1f} |"
         )
     return rows
 
@@ -340,8 +377,27 @@ def header(
     ]
 
 
-def report(lora: dict, small_f: dict, small_d: dict, args, when: str) -> str:
+def report(
+    lora: dict,
+    small_f: dict,
+    small_d: dict,
+    args,
+    when: str,
+    centred: dict | None = None,
+) -> str:
     """Markdown report."""
+    centre = []
+    if centred:
+        centre = [
+            f"## p = q = {LORA_P}, r = {RANK}: with a centre (generic, center=True; "
+            f"address space capped at {args.memory_cap:g} GB)",
+            "",
+            "| K | core R x K n_w | clair s | reduction s | core solve s | rest s "
+            "| peak RSS MB | load start / end |",
+            "|---|---|---|---|---|---|---|---|",
+            *center_rows(centred, args.memory_cap),
+            "",
+        ]
     return "\n".join(
         [
             "# CLAIR on LoRA factors: factored solver at LLM scale",
@@ -368,6 +424,7 @@ def report(lora: dict, small_f: dict, small_d: dict, args, when: str) -> str:
             "|---|---|---|---|---|---|---|---|---|---|",
             *dense_rows(small_f, small_d),
             "",
+            *centre,
             "## Target (K = 100 at p = q = 4096 in < 10 s and < 2 GB)",
             "",
             *targets(lora),
@@ -388,6 +445,19 @@ def main(argv: list[str] | None = None) -> None:
         "--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS)
     )
     parser.add_argument("--no-dense", action="store_true", help="skip p = 512")
+    parser.add_argument(
+        "--center-clients",
+        type=int,
+        nargs="*",
+        default=list(CENTER_CLIENTS),
+        help="values of K with a centre (generic); none to skip",
+    )
+    parser.add_argument(
+        "--memory-cap",
+        type=float,
+        default=MEMORY_CAP_GB,
+        help="address-space cap of the centred cases, GB",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -423,8 +493,23 @@ def main(argv: list[str] | None = None) -> None:
             small_f[(scenario, k)] = run_case(spec, args.cap)
             if DENSE_P * DENSE_P * k <= DENSE_MAX_ENTRIES:
                 small_d[(scenario, k)] = run_case(dict(spec, path="dense"), args.cap)
+    centred = {}
+    for k in args.center_clients:
+        spec = {
+            "scenario": "generic",
+            "p": LORA_P,
+            "K": k,
+            "path": "factored",
+            "repeats": args.repeats,
+            "center": True,
+            "memory_cap": args.memory_cap,
+        }
+        centred[k] = run_case(spec, args.cap)
+        shown = {x: v for x, v in centred[k].items() if x in SHOWN + ("error",)}
+        print("generic, center", k, shown, flush=True)
     load = f"{load0:.2f} at start, {os.getloadavg()[0]:.2f} at end"
-    text = report(lora, small_f, small_d, args, f"{start} (1-min load average {load})")
+    when = f"{start} (1-min load average {load})"
+    text = report(lora, small_f, small_d, args, when, centred)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
