@@ -283,20 +283,12 @@ class WorkFolder:
             A file that cannot be read or is of another module is ignored (the
             module is computed again).
         """
-        safe_open = require_safetensors().safe_open
         found = {}
         for index, name in enumerate(names):
-            path = self.fit_file(index)
-            if not path.is_file():
+            stored = _read(self.fit_file(index), "outcome", name)
+            if stored is None:
                 continue
-            try:
-                with safe_open(str(path), framework="numpy") as f:
-                    meta = json.loads(f.metadata()["outcome"])
-                    tensors = {key: f.get_tensor(key) for key in f.keys()}
-            except Exception:  # noqa: BLE001 - any damage: compute it again
-                continue
-            if meta.get("name") != name:
-                continue
+            meta, tensors = stored
             fit = None
             if meta["fit"] is not None:
                 fit = ModuleFit(
@@ -331,21 +323,13 @@ class WorkFolder:
         -------
         dict of int to RefinedModule
         """
-        safe_open = require_safetensors().safe_open
         found = {}
         for index, name in enumerate(names):
-            path = module_file(self.modules, index)
-            if not path.is_file():
-                continue
-            try:
-                with safe_open(str(path), framework="numpy") as f:
-                    meta = json.loads(f.metadata()["refined"])
-                    errors = f.get_tensor("truncation_error")
-                    norms = f.get_tensor("refined_norm")
-            except Exception:  # noqa: BLE001 - any damage: compute it again
-                continue
-            if meta.get("name") == name:
-                found[index] = RefinedModule(name, errors, norms, meta["seconds"])
+            keys = ("truncation_error", "refined_norm")
+            stored = _read(module_file(self.modules, index), "refined", name, keys)
+            if stored is not None:
+                meta, tensors = stored
+                found[index] = RefinedModule(name, *tensors.values(), meta["seconds"])
         return found
 
     def clients_done(self, names: tuple[str, ...]) -> set[int]:
@@ -361,6 +345,23 @@ class WorkFolder:
         set of int
         """
         return {k for k, name in enumerate(names) if (self.staging / name).is_dir()}
+
+
+def _read(
+    path: Path, field: str, name: str, keys: tuple[str, ...] | None = None
+) -> tuple[dict, dict[str, np.ndarray]] | None:
+    """The JSON metadata ``field`` and the tensors ``keys`` (default all) of a
+    stored module file, or None when it is missing, damaged or of another module
+    (the module is then computed again)."""
+    if not path.is_file():
+        return None
+    try:
+        with require_safetensors().safe_open(str(path), framework="numpy") as f:
+            meta = json.loads(f.metadata()[field])
+            tensors = {key: f.get_tensor(key) for key in (keys or f.keys())}
+    except Exception:  # noqa: BLE001 - any damage: compute it again
+        return None
+    return (meta, tensors) if meta.get("name") == name else None
 
 
 def _write_atomic(path: Path, text: str) -> None:
