@@ -182,7 +182,10 @@ class WorkFolder:
                 _delete(entry)
         self.modules.mkdir(exist_ok=True)
         self.staging.mkdir(exist_ok=True)
-        for partial in [*self.modules.glob("*.partial"), *self.staging.glob(".*")]:
+        for partial in [
+            *self.modules.glob("*.partial"),
+            *self.staging.glob(".*.partial"),
+        ]:
             _delete(partial)  # left by a process killed while writing them
         _write_atomic(
             self.path / "run.json", json.dumps(self.fingerprint, indent=1) + "\n"
