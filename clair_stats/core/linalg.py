@@ -24,6 +24,8 @@ from clair_stats.core.lowrank import LowRankUpdates
 __all__ = [
     "PARTIAL_SVD_MIN",
     "RANGE_TOL",
+    "TOP_GAP_MIN",
+    "TOP_RESIDUAL_TOL",
     "left_singular",
     "off_subspace_energy",
     "off_subspace_residuals",

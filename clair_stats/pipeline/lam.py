@@ -18,7 +18,11 @@ from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.penalties import block_norms
 from clair_stats.core.results import Decomposition, FactoredDecomposition
 from clair_stats.core.validation import check_bool, check_updates, check_weights
-from clair_stats.solvers.factored import as_factored, reduce_updates
+from clair_stats.solvers.factored import (
+    as_factored,
+    factored_blas_threads,
+    reduce_updates,
+)
 
 __all__ = ["AUTO_MODES", "REWEIGHT", "LamSelection", "select_lam"]
 
@@ -244,6 +248,38 @@ def select_lam(
     He, Chen, Feng (2026). Federated LoRA fine-tuning for LLMs via collaborative
     alignment. arXiv:2605.21217.
     """
+    if isinstance(updates, LowRankUpdates):  # the core solves on one BLAS thread
+        with factored_blas_threads():
+            return _select_lam(
+                updates,
+                mode,
+                mu,
+                center,
+                weights,
+                solver,
+                tol,
+                max_iter,
+                max_path,
+                reweight,
+            )
+    return _select_lam(
+        updates, mode, mu, center, weights, solver, tol, max_iter, max_path, reweight
+    )
+
+
+def _select_lam(
+    updates: np.ndarray | LowRankUpdates,
+    mode: str,
+    mu: float | None,
+    center: bool,
+    weights: np.ndarray | None,
+    solver: str,
+    tol: float | None,
+    max_iter: int | None,
+    max_path: int,
+    reweight: float,
+) -> LamSelection:
+    """:func:`select_lam` (factored updates: inside their BLAS thread limit)."""
     from clair_stats.pipeline.decompose import DEFAULT_C_LAM, decompose
 
     start = time.perf_counter()

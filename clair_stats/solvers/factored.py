@@ -24,7 +24,10 @@ With a centre (``center=True``) c is shared by all blocks, so the right
 projection must be common: W is then one orthonormal basis of all the row
 spaces, of dimension n_w <= min(q, sum_k r_k), and the core blocks are R x n_w.
 The stacked core is R x K n_w instead of R x K m: at K = 100, r_k = 16 (R = n_w =
-1600) that is 1600 x 160000, 2 GB in float64.
+1600) that is 1600 x 160000, 2 GB in float64. It is not reformulated (each
+residual Theta^_k - c carries every client's row space), so its memory grows as
+K^3; benchmarks/bench_lora_scale.py measures the centred cases under an 8 GB
+address-space cap (docs/programs.md §5.8).
 
 Q is found without a p x (sum r_k) QR: pivoted Cholesky of the Gram matrix of
 [U_1, ..., U_K] (unit diagonal, so the pivoting tolerance R eps measures the
@@ -93,10 +96,11 @@ ITERATIVE_SVD_MIN = 256
 ONE_PASS_MAX_CONDITION = 100.0
 
 
-#: BLAS threads of the factored path's heavy calls (the reduction, the core solve
-#: and the refinement run inside :func:`factored_blas_threads`); None leaves the
-#: BLAS library's own setting. One thread, because a multi-threaded BLAS waits for
-#: its threads whenever another process holds a core: on the shared 2-core machine
+#: BLAS threads of the factored path's heavy calls (the reduction, the core solve,
+#: lam="auto"'s path and the refinement run inside :func:`factored_blas_threads`);
+#: None leaves the BLAS library's own setting. One thread, because a multi-threaded
+#: BLAS waits for its threads whenever another process holds a core: on the shared
+#: 2-core machine
 #: generic K = 100 at p = q = 4096 took 545 s with two OpenBLAS threads and 31 s
 #: with one at 1-min load 3 (the reduction alone 42 s against 1.5 s;
 #: benchmarks/bench_lora_scale.py), while on an idle machine two threads gain at
