@@ -416,8 +416,9 @@ def refine_factored(
     w_k V_D (r rows), a diagonal plus rank-r matrix whose top-t eigenpairs
     (Lanczos, O(n_w r) per product) give the best rank-t approximation B~_k A~_k
     = (Q Z_k y)(W V_D y)^T, y the top eigenvectors, and the truncation error
-    sqrt(||Z_k||_F^2 - sum_{i <= t} sigma_i^2). When n_w <
-    :data:`ITERATIVE_SVD_MIN`, D = U_D Sigma_D V_D^T by one SVD instead and each
+    sqrt(||Z_k||_F^2 - sum_{i <= t} sigma_i^2) (a difference of squares: exact
+    up to about 1e-8 ||Z_k||_F). When D has fewer than :data:`ITERATIVE_SVD_MIN`
+    rows or columns, D = U_D Sigma_D V_D^T by one SVD instead and each
     Z_k, an (r + d) x (d + r) matrix in the orthonormal bases [A_c, U_D] and
     [V_D, O_k] (O_k the part of row(w_k) outside span(V_D)), by a full SVD, which
     gives the error as sqrt(sum_{i > t} sigma_i^2). Clients outside S^ keep their
@@ -550,7 +551,9 @@ def _refine(
     for i, k in enumerate(members):
         if pooled[k] > 0:  # pool a share b_k of the in-subspace deviation
             inside[i] = (1.0 - pooled[k]) * inside[i] + pooled[k] * mean_inside
-    truncate = _truncate_large if shared.shape[1] >= ITERATIVE_SVD_MIN else _truncate
+    # D of ITERATIVE_SVD_MIN rows and columns or more: its SVD would dominate
+    large = min(shared.shape) >= ITERATIVE_SVD_MIN
+    truncate = _truncate_large if large else _truncate
     small_b, small_a, t_k, errors[members], norms[members] = truncate(
         a_c, shared, inside, [ranks[k] for k in members], members
     )
