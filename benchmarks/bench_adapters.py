@@ -207,7 +207,9 @@ def _cumulative(profile, part: tuple[str, str, str]) -> float:
     )
 
 
-def per_module(folders: list[Path], names: list[str]) -> list[dict]:
+def per_module(
+    folders: list[Path], names: list[str], rank: int | None = None
+) -> list[dict]:
     """Where the time goes on one module, in this process with one BLAS thread."""
     import cProfile
     import warnings
@@ -228,7 +230,7 @@ def per_module(folders: list[Path], names: list[str]) -> list[dict]:
             adapters.updates(name)
             read = time.perf_counter() - start
             profile = cProfile.Profile()
-            outcome = profile.runcall(fit_adapter_module, adapters, name)
+            outcome = profile.runcall(fit_adapter_module, adapters, name, rank)
             fits[name] = (outcome, read, profile)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -276,7 +278,9 @@ def _only(adapters, names):
     )
 
 
-def run_case(root: Path, n_clients: int, layers: int, jobs: int) -> dict:
+def run_case(
+    root: Path, n_clients: int, layers: int, jobs: int, rank: int | None = None
+) -> dict:
     """Write the federation, measure the floor and the run, check the flags."""
     inputs = root / f"in-{n_clients}-{layers}"
     start = time.perf_counter()
@@ -301,6 +305,7 @@ def run_case(root: Path, n_clients: int, layers: int, jobs: int) -> dict:
             "--jobs",
             str(jobs),
             "--no-progress",
+            *([] if rank is None else ["--rank", str(rank)]),
         ]
     )
     report = json.loads((out / "clair_report.json").read_text())
@@ -311,6 +316,7 @@ def run_case(root: Path, n_clients: int, layers: int, jobs: int) -> dict:
     shutil.rmtree(out)
     return {
         "K": n_clients,
+        "rank": rank,
         "layers": layers,
         "modules": len(report["modules"]),
         "input_mb": size_mb,
@@ -364,7 +370,8 @@ def header(
         f"- adapters: {LAYERS} layers x {len(KINDS)} modules (q, k, v, o 4096 x "
         f"4096; gate, up 11008 x 4096; down 4096 x 11008), rank {RANK}, fp16, "
         f"every client its own column space (noise {NOISE} of the signal), "
-        f"{GAMMA:.0%} contaminated; `--jobs {getattr(args, 'jobs', '?')}`",
+        f"{GAMMA:.0%} contaminated; `--jobs {getattr(args, 'jobs', '?')}`, "
+        f"`--rank {getattr(args, 'rank', None) or 'default (16)'}`",
     ]
 
 
@@ -454,6 +461,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", default="20,50,100", help="K values")
     parser.add_argument("--full", default="20", help="K values run on all 224 modules")
     parser.add_argument("--sample-layers", type=int, default=2)
+    parser.add_argument(
+        "--rank",
+        type=int,
+        default=None,
+        help="--rank of clair adapters (default: its own, the LoRA rank)",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument(
         "--workdir", default=None, help="where the adapters are written (temporary)"
@@ -475,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
         for k in (int(x) for x in args.clients.split(",")):
             layers = LAYERS if k in full else args.sample_layers
             print(f"K = {k}, {layers} layers ...", file=sys.stderr, flush=True)
-            case = run_case(Path(tmp), k, layers, args.jobs)
+            case = run_case(Path(tmp), k, layers, args.jobs, args.rank)
             cases.append(case)
             print(
                 json.dumps({x: y for x, y in case.items() if x != "folders"}),
@@ -486,7 +499,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"model.layers.0.{kind}"
                 for kind in ("self_attn.q_proj", "mlp.up_proj", "mlp.down_proj")
             ]
-            for r in per_module([Path(f) for f in case["folders"]], names):
+            for r in per_module([Path(f) for f in case["folders"]], names, args.rank):
                 rows.append({"K": k, **r})
             shutil.rmtree(Path(tmp) / f"in-{k}-{layers}")
     text = report(cases, rows, args, when)
