@@ -92,7 +92,9 @@ def test_report_header_has_no_absolute_path(bench, script, options, tmp_path):
         assert path not in text
 
 
-@pytest.mark.parametrize("name", ["solvers.md", "lora_scale.md", "refit.md"])
+@pytest.mark.parametrize(
+    "name", ["solvers.md", "lora_scale.md", "refit.md", "adapters.md"]
+)
 def test_committed_results_name_no_absolute_path(name):
     """The committed reports (written before this check existed, fixed by hand)."""
     text = (BENCH / "results" / name).read_text()
