@@ -185,7 +185,7 @@ def test_other_settings_discard_the_stored_modules(sequential, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "refine_modules", interrupted)
+    monkeypatch.setattr(cli, "refine_and_write", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_adapters(folders, out, progress=False, jobs=1)
     assert list((root / ".changed.clair-work" / "modules").glob("fit-*"))

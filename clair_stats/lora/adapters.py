@@ -69,7 +69,7 @@ from clair_stats.core.exceptions import (
 )
 from clair_stats.core.linalg import off_subspace_energy
 from clair_stats.core.lowrank import LowRankUpdates
-from clair_stats.core.parallel import Workers, map_unordered
+from clair_stats.core.parallel import Workers
 from clair_stats.core.results import SolverInfo
 from clair_stats.core.validation import check_alpha, check_choice, check_int
 from clair_stats.lora.peft import AdapterSet
@@ -77,8 +77,7 @@ from clair_stats.lora.progress import ModuleProgress
 from clair_stats.lora.report import (
     AdaptersResult,
     ModuleReport,
-    _in_caller_wording,
-    _worded,
+    _map_worded,
     _wording,
 )
 from clair_stats.lora.verdict import ClientVerdict, client_verdict
@@ -325,12 +324,8 @@ def fit_modules(
     with ModuleProgress(
         len(names), "CLAIR per module", progress, initial=len(found)
     ) as bar:
-        for j, outcome in map_unordered(
-            _worded,
-            _in_caller_wording(fit_adapter_module, tasks),
-            jobs=jobs,
-            dask=dask,
-            workers=workers,
+        for j, outcome in _map_worded(
+            fit_adapter_module, tasks, jobs=jobs, dask=dask, workers=workers
         ):
             if store is not None:
                 store(todo[j], outcome)

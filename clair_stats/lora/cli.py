@@ -62,7 +62,7 @@ from pathlib import Path
 
 from clair_stats.core.exceptions import ClairWarning
 from clair_stats.core.parallel import WorkerError, Workers
-from clair_stats.core.validation import check_choice, check_int
+from clair_stats.core.validation import check_int
 from clair_stats.lora.adapters import _checked, combine_modules, fit_modules
 from clair_stats.lora.peft import read_adapters
 from clair_stats.lora.report import (
@@ -73,7 +73,7 @@ from clair_stats.lora.report import (
     _wording,
 )
 from clair_stats.lora.resume import OutputError, WorkFolder, fingerprint
-from clair_stats.lora.writing import assemble_adapters, refine_modules
+from clair_stats.lora.writing import checked_output, refine_and_write
 
 __all__ = [
     "AUTO_PARALLEL_MIN",
@@ -169,9 +169,7 @@ def run_adapters(
     report = _check_places(folders, out, report, overwrite)
     if jobs is not None:
         jobs = check_int(jobs, "jobs", 1)
-    if out_rank is not None:
-        out_rank = check_int(out_rank, "out_rank", 1)
-    dtype = check_choice(dtype, "dtype", ("float32", "float16", "float64"))
+    out_rank, dtype = checked_output(out_rank, dtype)
     adapters = read_adapters(folders)
     side, alpha, rank = _checked(adapters, side, alpha, rank)
     if jobs is None:
@@ -210,39 +208,18 @@ def run_adapters(
             solver_options=solver_options,
             stacklevel=3,
         )
-        refined = refine_modules(
+        result = refine_and_write(
             adapters,
             result,
             work.modules,
+            tuple(staging.folder / name for name in result.names),
             out_rank=out_rank,
             dtype=dtype,
-            done=work.stored_refined(names),
+            done_modules=work.stored_refined(names),
+            done_clients=work.clients_done(result.names),
             **parallel,
         )
-        targets = tuple(staging.folder / name for name in result.names)
-        assemble_adapters(
-            adapters,
-            result,
-            work.modules,
-            targets,
-            dtype=dtype,
-            done=work.clients_done(result.names),
-            **parallel,
-        )
-        result = replace(
-            result,
-            modules=tuple(
-                replace(
-                    m,
-                    truncation_error=r.truncation_error,
-                    refined_norm=r.refined_norm,
-                    refine_seconds=r.seconds,
-                )
-                for m, r in zip(result.modules, refined, strict=True)
-            ),
-            settings=dict(result.settings, out_rank=out_rank, dtype=dtype),
-            outputs=tuple(str(out / n) for n in result.names),
-        )
+        result = replace(result, outputs=tuple(str(out / n) for n in result.names))
         staging.commit(json.dumps(result.to_json(), indent=2) + "\n")
     return result
 

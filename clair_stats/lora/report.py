@@ -14,8 +14,8 @@ rejected_modules, worst_modules, zero_update_modules, uninformative, output) and
 ``modules`` (per module: name, shape, rank, client_ranks, tested,
 zero_update_clients, rejected_clients, energies, z, p_values, adjusted_p_values,
 solver, truncation_error, refined_norm, seconds: ``fit`` and ``refine``, the
-wall time of steps 1-2 and of step 4 on the module in its worker, reading and
-writing included; a resumed run reports the times stored with each module).
+wall time of steps 1-2 and of step 4 on the module in its worker, reading
+included; a resumed run reports the times stored with each module).
 Non-finite numbers are written as null:
 a missing p-value (a zero update, an untested module, an uninformative client)
 is null. ``zero_update_*``, ``uninformative``, ``tested``, ``solver_options``
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from clair_stats.core.parallel import map_unordered
 from clair_stats.core.results import SolverInfo
 from clair_stats.lora.verdict import RULE
 
@@ -69,10 +70,13 @@ def _worded(command_line: bool, function, *arguments):
         _COMMAND_LINE.reset(token)
 
 
-def _in_caller_wording(function, tasks: list[tuple]) -> list[tuple]:
-    """Tasks for :func:`clair_stats.core.parallel.map_unordered` of :func:`_worded`."""
+def _map_worded(function, tasks: list[tuple], **parallel):
+    """:func:`clair_stats.core.parallel.map_unordered` of ``function`` over
+    ``tasks``, each run with the caller's wording (:func:`_worded`)."""
     flag = _COMMAND_LINE.get()
-    return [(flag, function, *task) for task in tasks]
+    return map_unordered(
+        _worded, [(flag, function, *task) for task in tasks], **parallel
+    )
 
 
 def _wording(command_line: str, python: str) -> str:
@@ -120,8 +124,8 @@ class ModuleReport:
     fit_seconds : float or None
         Wall time of steps 1-2 on this module in its worker (reading included).
     refine_seconds : float or None
-        Wall time of step 4 on this module in its worker (reading and writing
-        included), once refined.
+        Wall time of step 4 on this module in its worker (reading included, not
+        the write of its file), once refined.
     """
 
     name: str

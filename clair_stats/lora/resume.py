@@ -50,7 +50,7 @@ from clair_stats.core.optional import require_safetensors
 from clair_stats.core.results import SolverInfo
 from clair_stats.lora.adapters import ModuleFit, ModuleOutcome
 from clair_stats.lora.peft import AdapterSet
-from clair_stats.lora.writing import RefinedModule, module_file
+from clair_stats.lora.writing import RefinedModule, module_file, save_atomic
 
 __all__ = [
     "WORK_FORMAT",
@@ -248,7 +248,6 @@ class WorkFolder:
         outcome : ModuleOutcome
             Its steps 1-2.
         """
-        save_file = require_safetensors("numpy").save_file
         tensors = {"zero_update": outcome.zero_update.astype(np.uint8)}
         meta: dict[str, Any] = {
             "name": outcome.name,
@@ -267,10 +266,7 @@ class WorkFolder:
                 "df": fit.df,
                 "solver": dataclasses.asdict(fit.solver),
             }
-        path = self.fit_file(index)
-        partial = path.with_name(path.name + ".partial")
-        save_file(tensors, str(partial), metadata={"outcome": json.dumps(meta)})
-        os.replace(partial, path)
+        save_atomic(self.fit_file(index), tensors, {"outcome": json.dumps(meta)})
 
     def stored_fits(self, names: tuple[str, ...]) -> dict[int, ModuleOutcome]:
         """The stored outcomes of the modules ``names`` (by position).

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from clair_stats.core.optional import require_safetensors
-from clair_stats.core.parallel import Workers, map_unordered
+from clair_stats.core.parallel import Workers
 from clair_stats.core.validation import check_choice, check_int
 from clair_stats.lora.adapters import _subset
 from clair_stats.lora.peft import AdapterSet, cast_factors, write_adapter
@@ -51,8 +51,7 @@ from clair_stats.lora.progress import ModuleProgress
 from clair_stats.lora.report import (
     AdaptersResult,
     ModuleReport,
-    _in_caller_wording,
-    _worded,
+    _map_worded,
     _wording,
 )
 from clair_stats.pipeline.paths import FactoredUpdates
@@ -61,8 +60,11 @@ __all__ = [
     "RefinedModule",
     "assemble_adapters",
     "assemble_client",
+    "checked_output",
     "module_file",
     "refine_adapter_module",
+    "refine_and_write",
+    "save_atomic",
     "refine_modules",
     "write_refined",
 ]
@@ -135,9 +137,7 @@ def write_refined(
             "result does not belong to these adapters (different clients or "
             "modules); run analyse_adapters on them first."
         )
-    if out_rank is not None:
-        out_rank = check_int(out_rank, "out_rank", 1)
-    dtype = check_choice(dtype, "dtype", ("float32", "float16", "float64"))
+    out_rank, dtype = checked_output(out_rank, dtype)
     folder = Path(out)
     targets = tuple(folder / name for name in result.names)
     if not overwrite:
@@ -154,20 +154,12 @@ def write_refined(
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         with Workers(jobs, dask) as workers:
-            refined = refine_modules(
-                adapters,
-                result,
-                tmp,
-                out_rank=out_rank,
-                dtype=dtype,
-                progress=progress,
-                workers=workers,
-            )
-            assemble_adapters(
+            return refine_and_write(
                 adapters,
                 result,
                 tmp,
                 targets,
+                out_rank=out_rank,
                 dtype=dtype,
                 overwrite=overwrite,
                 progress=progress,
@@ -175,6 +167,91 @@ def write_refined(
             )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def checked_output(out_rank: int | None, dtype: str) -> tuple[int | None, str]:
+    """``out_rank`` and ``dtype`` of the refined adapters, checked.
+
+    Parameters
+    ----------
+    out_rank : int or None
+        t >= 1, or None for each client's own rank.
+    dtype : {"float32", "float16", "float64"}
+        The dtype to write.
+
+    Returns
+    -------
+    tuple
+        The checked (out_rank, dtype).
+    """
+    if out_rank is not None:
+        out_rank = check_int(out_rank, "out_rank", 1)
+    return out_rank, check_choice(dtype, "dtype", ("float32", "float16", "float64"))
+
+
+def refine_and_write(
+    adapters: AdapterSet,
+    result: AdaptersResult,
+    folder: str | PathLike[str],
+    targets: tuple[Path, ...],
+    *,
+    out_rank: int | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
+    progress: bool = True,
+    workers: Workers | None = None,
+    done_modules: dict[int, RefinedModule] | None = None,
+    done_clients: set[int] | None = None,
+) -> AdaptersResult:
+    """Step 4 on every module (:func:`refine_modules`), then every client's
+    adapter (:func:`assemble_adapters`); what :func:`write_refined` and
+    ``clair adapters`` (resuming what is ``done``) both do.
+
+    Parameters
+    ----------
+    adapters : AdapterSet
+        The K clients' adapters.
+    result : AdaptersResult
+        The analysis.
+    folder : str or path-like
+        The folder of the per-module files.
+    targets : tuple of pathlib.Path
+        Client k's adapter folder at index k.
+    out_rank, dtype, overwrite, progress
+        As in :func:`write_refined` (checked by the caller).
+    workers : Workers, optional
+        Open workers (default: this process).
+    done_modules : dict of int to RefinedModule, optional
+        Modules refined already (a resumed run).
+    done_clients : set of int, optional
+        Clients written already (a resumed run).
+
+    Returns
+    -------
+    AdaptersResult
+        ``result`` with the truncation errors, step 4's seconds, ``out_rank`` and
+        ``dtype`` in the settings, and ``outputs`` the targets.
+    """
+    options = {"progress": progress, "workers": workers}
+    refined = refine_modules(
+        adapters,
+        result,
+        folder,
+        out_rank=out_rank,
+        dtype=dtype,
+        done=done_modules,
+        **options,
+    )
+    assemble_adapters(
+        adapters,
+        result,
+        folder,
+        targets,
+        dtype=dtype,
+        overwrite=overwrite,
+        done=done_clients,
+        **options,
+    )
     modules = [
         replace(
             m,
@@ -192,6 +269,27 @@ def write_refined(
     )
 
 
+def save_atomic(
+    path: str | PathLike[str], tensors: dict[str, np.ndarray], metadata: dict[str, str]
+) -> None:
+    """Write a safetensors file under a temporary name, then rename it, so that
+    the file exists only complete (a worker may be killed while writing).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    tensors : dict of str to numpy.ndarray
+        Its tensors.
+    metadata : dict of str to str
+        Its header metadata.
+    """
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    require_safetensors("numpy").save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)
+
+
 @dataclass(frozen=True)
 class RefinedModule:
     """What :func:`refine_adapter_module` reports of one module (its factors are
@@ -206,7 +304,7 @@ class RefinedModule:
     refined_norm : numpy.ndarray, shape (K,)
         ||Theta~_km||_F (the local update's norm for those that keep it).
     seconds : float
-        Wall time of the module (reading and writing included).
+        Wall time of the module, reading included (the file's write is not).
     """
 
     name: str
@@ -270,7 +368,6 @@ def refine_adapter_module(
     """
     from clair_stats.pipeline.refine import refine_clients
 
-    save_file = require_safetensors("numpy").save_file
     start = time.perf_counter()
     updates = adapters.updates(module.name)
     n_clients = updates.n_clients
@@ -303,10 +400,7 @@ def refine_adapter_module(
     tensors["truncation_error"] = errors
     tensors["refined_norm"] = norms
     meta = json.dumps({"name": module.name, "seconds": seconds})
-    path = Path(path)
-    partial = path.with_name(path.name + ".partial")
-    save_file(tensors, str(partial), metadata={"refined": meta})
-    os.replace(partial, path)
+    save_atomic(path, tensors, {"refined": meta})
     return RefinedModule(
         name=module.name,
         truncation_error=errors,
@@ -371,12 +465,8 @@ def refine_modules(
     with ModuleProgress(
         len(result.modules), "refine per module", progress, initial=len(done)
     ) as bar:
-        for j, refined in map_unordered(
-            _worded,
-            _in_caller_wording(refine_adapter_module, tasks),
-            jobs=jobs,
-            dask=dask,
-            workers=workers,
+        for j, refined in _map_worded(
+            refine_adapter_module, tasks, jobs=jobs, dask=dask, workers=workers
         ):
             done[todo[j]] = refined
             bar.done(refined.seconds)
@@ -483,11 +573,7 @@ def assemble_adapters(
         initial=len(done),
         unit="client",
     ) as bar:
-        for _, seconds in map_unordered(
-            _worded,
-            _in_caller_wording(assemble_client, tasks),
-            jobs=jobs,
-            dask=dask,
-            workers=workers,
+        for _, seconds in _map_worded(
+            assemble_client, tasks, jobs=jobs, dask=dask, workers=workers
         ):
             bar.done(seconds)
