@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clair_stats.core.optional import require
-from clair_stats.core.parallel import exit_with_parent, map_unordered
+from clair_stats.core.parallel import exit_with_parent, map_unordered, run_task
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -582,13 +582,7 @@ def _execute(
     """Run one replicate (in a worker); returns what the store needs."""
     config = json.loads(key)
     start = time.perf_counter()
-    if blas_threads is None:
-        result = run(config, seed)
-    else:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=blas_threads):
-            result = run(config, seed)
+    result = run_task(run, (config, seed), blas_threads)
     seconds = time.perf_counter() - start
     return key, replicate, seed, _check_result(result, config, seed), seconds
 
