@@ -327,6 +327,82 @@ def test_result_is_a_fixed_point_of_the_concentration_step(instances, data):
         assert _projection_distance(fit.subspace, subspace) < PROJ_TOL
 
 
+# ----------------------------------------------------------------- Gram route
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=seeds,
+    rank=st.integers(1, 4),
+    width=st.sampled_from([4, 8]),
+    attackers=st.integers(0, 12),
+    weighted=st.booleans(),
+)
+def test_gram_route_finds_the_fit_of_the_block_route(
+    seed, rank, width, attackers, weighted
+):
+    """Property: without a centre, the steps on G = X^T X end where the steps on
+    the blocks end.
+
+    docs/pipeline.md §3.6 and the module docstring of trimmed.py: the Gram route
+    ranks clients by ||X_k||^2 - ||Sigma^-1 V^T G_Hk||^2 with the eigenpairs of
+    G_HH from warm-started subspace iteration (here 40 clients of width 4-8:
+    G_HH of 84-168 rows, so both the iteration and LAPACK serve), then polishes
+    the winner with exact steps. Both routes return a fixed point of the exact
+    step from the same starts; on instances whose h-th and (h+1)-th energies are
+    apart, they return the same H, hence the same fit (objective to OBJ_RTOL,
+    subspace to PROJ_TOL).
+    """
+    import clair_stats.pipeline.trimmed as trimmed
+
+    rng, a, _, _, blocks = _benign(seed, 60, width, 40, rank, 0.3, False)
+    other = _orthonormal(rng, 60, rank)
+    for k in range(attackers):  # a coordinated group in another subspace
+        blocks[k] = 3.0 * other @ rng.standard_normal((rank, width))
+    w = rng.uniform(0.5, 2.0, 40) if weighted else None
+    init = (_orthonormal(rng, 60, rank), None)
+    gram = trimmed_subspace(blocks, rank, weights=w, init=init)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trimmed, "GRAM_MAX", 0)  # the steps on the blocks
+        plain = trimmed_subspace(blocks, rank, weights=w, init=init)
+    weights = np.ones(40) if w is None else w
+    ordered = np.sort(weights * plain.energies)
+    assume(ordered[plain.h] - ordered[plain.h - 1] > 1e-6 * ordered[plain.h])
+    assert np.array_equal(gram.kept, plain.kept)
+    assert gram.objective == pytest.approx(plain.objective, rel=OBJ_RTOL)
+    assert _projection_distance(gram.subspace, plain.subspace) < PROJ_TOL
+    # and it is the exact fit on its H
+    subspace, _ = _fit(blocks, gram.kept, rank, weights, False)
+    assert _projection_distance(gram.subspace, subspace) < PROJ_TOL
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, n=st.integers(170, 400), rank=st.integers(1, 16))
+def test_top_gram_gives_lapacks_top_eigenpairs(seed, n, rank):
+    """Property: the Gram route's eigensolver returns the top-r eigenpairs.
+
+    From any start (here a random one, or a perturbed copy of the answer),
+    subspace iteration with Rayleigh-Ritz accepted at residual <= 1e-10 theta_1
+    with a gap, or LAPACK's: eigenvalues to 1e-9 theta_1 and the spanned
+    subspace to 1e-8 (residual / gap, gap >= 1e-3 theta_1 by construction of the
+    spectrum: r values in [2, 3], the rest in [0, 1]).
+    """
+    from clair_stats.pipeline.trimmed import _top_gram
+
+    rng = np.random.default_rng(seed)
+    basis = _orthonormal(rng, n, n)
+    spectrum = np.concatenate([rng.uniform(2, 3, rank), rng.uniform(0, 1, n - rank)])
+    matrix = (basis * spectrum) @ basis.T
+    top = np.sort(spectrum)[::-1][:rank]
+    truth = basis[:, np.argsort(spectrum)[::-1][:rank]]
+    for start in (
+        rng.standard_normal((n, rank)),
+        truth + 0.1 * rng.standard_normal((n, rank)),
+    ):
+        values, vectors = _top_gram(matrix, rank, start)
+        np.testing.assert_allclose(values, top, rtol=0, atol=1e-9 * top[0])
+        np.testing.assert_allclose(vectors.T @ vectors, np.eye(rank), atol=1e-10)
+        assert _projection_distance(vectors, truth) < PROJ_TOL
+
+
 # ----------------------------------------------------------------- weights
 @settings(max_examples=15)
 @given(seed=seeds, rank=st.integers(1, 3), width=st.integers(1, 4))

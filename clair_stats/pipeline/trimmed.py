@@ -33,6 +33,23 @@ random d-subsets, at least 30 (a fixed seed, so the result is reproducible).
 Two concentration steps from every start, then the ``N_BEST`` best are iterated
 to convergence and the smallest F wins (FAST-MCD's scheme).
 
+**The Gram route.** Without a centre and with at most :data:`GRAM_MAX` block
+columns (K m; a factored core has K m of about R), the steps only rank clients,
+so they run on the Gram matrix G = X^T X of all blocks, formed once: the fit on
+H is the top-r eigenpairs (Sigma^2, V) of its principal submatrix G_HH (weighted
+by sqrt(w_k) per block), A = X_H V Sigma^{-1} is never formed, and every
+client's energy is ||X_k||_F^2 - ||Sigma^{-1} V^T G_{H,k}||_F^2. The eigenpairs
+come from subspace iteration started from the previous step's A (X_H^T A_old =
+G_{H,H_old} V_old Sigma_old^{-1}), accepted at residuals of :data:`GRAM_RESIDUAL_TOL`
+of the top eigenvalue with a gap, else from LAPACK. At K = 100 LoRA clients of
+rank 16 (G of 1600^2) a step costs a few products with a 816 x 816 matrix
+instead of a partial SVD of the 1600 x 816 stack and the explicit residuals of
+all clients. The difference of squares loses the relative accuracy of energies
+far below ||X_k||_F^2, which matters only for ranking clients whose energies
+tie at rounding level; so the winner is then polished by exact steps (the SVD
+of the stack and explicit residuals) until H repeats, and the result is a fixed
+point of the exact concentration step as without the route.
+
 **Breakdown** (docs/pipeline.md §3.6). Let m clients be contaminated and
 h = max(floor((K + d) / 2), floor(K / 2) + 1). If m <= K - h, the K - m >= h
 benign clients alone can fill H, so at a start fitted on benign clients only (an
@@ -57,7 +74,8 @@ import numpy as np
 import scipy.linalg
 
 from clair_stats.core.linalg import (
-    PARTIAL_SVD_MIN,
+    TOP_GAP_MIN,
+    TOP_PARTIAL_MIN,
     left_singular,
     off_subspace_energy,
     top_left_partial,
@@ -82,6 +100,17 @@ N_BEST = 5
 MAX_STEPS = 100
 #: Random elemental subsets at least (when d > 1).
 MIN_RANDOM_STARTS = 30
+#: The Gram route (module docstring) for at most this many block columns K m
+#: (its Gram matrix then takes at most 128 MiB).
+GRAM_MAX = 4096
+#: A subspace-iteration eigenpair of the Gram route is accepted when its residual
+#: is at most this times the top eigenvalue (eigenvector error about residual /
+#: gap: the energies move by about that relative to ||X_k||_F^2) ...
+GRAM_RESIDUAL_TOL = 1e-10
+#: ... within this many sweeps, else LAPACK's eigenpairs (as for matrices of at
+#: most GRAM_DIRECT_MAX rows, or without a start).
+GRAM_SWEEPS = 30
+GRAM_DIRECT_MAX = 160
 #: Elemental starts at most: beyond it random ones (the chance that none of 60 is
 #: all benign is 0.45^60 = 2e-21 for d = 1 at gamma = 0.45, 4e-10 for d = 2), so
 #: that the cost does not grow with K (201 starts took 5.4 decompositions at K = 200).
@@ -260,9 +289,11 @@ def trimmed_subspace(
             f"[{n_clients // 2 + 1}, {n_clients}], got {h}."
         )
     problem = _Problem(blocks, w, rank, center, h)
-    starts: list[tuple[str, np.ndarray]] = []
+    # the steps rank clients: on the Gram matrix when it is small (module docstring)
+    steps_on = _GramSteps.of(problem) or problem
+    starts: list[tuple[str, np.ndarray, object]] = []
     if init is not None:
-        starts.append(("L^", problem.kept(*init)))
+        starts.append(("L^", problem.kept(*init), None))
     for members in _elemental_subsets(n_clients, d, seed):
         name = (
             f"client {members[0]}"
@@ -271,26 +302,32 @@ def trimmed_subspace(
         )
         subset = np.zeros(n_clients, dtype=bool)
         subset[members] = True
-        starts.append((name, problem.kept(*problem.fit(subset)[:2])))
+        starts.append((name, *steps_on.start(subset)))
     # screen: a few concentration steps from every start
     screened = []
-    for index, (name, kept) in enumerate(starts):
-        state = problem.concentrate(kept, SCREEN_STEPS)
+    for index, (name, kept, warm) in enumerate(starts):
+        state = steps_on.concentrate(kept, SCREEN_STEPS, warm)
         screened.append((state[0], index, name, state))
     screened.sort(key=lambda item: (item[0], item[1]))
     best = None
-    for _, index, name, (_, kept, steps) in screened[:N_BEST]:
-        objective, kept, more = problem.concentrate(kept, MAX_STEPS)
+    for _, index, name, (_, kept, steps, warm) in screened[:N_BEST]:
+        objective, kept, more, _ = steps_on.concentrate(kept, MAX_STEPS, warm)
         if best is None or objective < best[0]:
             best = (objective, index, name, kept, steps + more)
-    objective, _, name, kept, steps = best
-    subspace, c, sv = problem.fit(kept, exact=True)
-    energies = problem.energies(subspace, c)
+    _, _, name, kept, steps = best
+    # exact steps until H repeats (one fit when the steps above were exact)
+    for _ in range(MAX_STEPS):
+        subspace, c, sv = problem.fit(kept, exact=True)
+        energies = problem.energies(subspace, c)
+        objective, new = problem.trim(energies)
+        if np.array_equal(new, kept):
+            break
+        kept, steps = new, steps + 1
     return TrimmedFit(
         subspace=subspace,
         center=c,
         kept=kept,
-        objective=problem.trim(energies)[0],
+        objective=objective,
         energies=energies,
         leverage=problem.leverage(kept, subspace, c, sv),
         start=name,
@@ -492,7 +529,7 @@ class _Problem:
 
         ``exact``: by the SVD of the stack; else from the eigenvectors of its
         smaller Gram matrix (three times faster, and accurate enough to rank
-        the clients: the final fit is exact). Either way, stacks of 800+ rows
+        the clients: the final fit is exact). Either way, stacks of 256+ rows
         and columns first try :func:`clair_stats.core.linalg.top_left_partial`
         (the top r only, verified to 1e-12).
         """
@@ -507,7 +544,7 @@ class _Problem:
             (x * np.sqrt(w)[:, None, None]).transpose(1, 0, 2)
         ).reshape(dim, -1)
         found = None
-        if self.rank > 0 and min(matrix.shape) >= PARTIAL_SVD_MIN:
+        if self.rank > 0 and min(matrix.shape) >= TOP_PARTIAL_MIN:
             # the top r by subspace iteration (verified; None when it does not
             # converge or the gap is too small, then the routes below)
             found = top_left_partial(matrix, min(self.rank, min(matrix.shape)))
@@ -543,18 +580,22 @@ class _Problem:
         """H at (A, c)."""
         return self.trim(self.energies(subspace, c))[1]
 
+    def start(self, members: np.ndarray) -> tuple[np.ndarray, None]:
+        """H at the fit on ``members`` (an elemental start), and no warm start."""
+        return self.kept(*self.fit(members)[:2]), None
+
     def concentrate(
-        self, kept: np.ndarray, max_steps: int
-    ) -> tuple[float, np.ndarray, int]:
-        """Concentration steps from H until it repeats: (F, H, steps)."""
+        self, kept: np.ndarray, max_steps: int, warm: object = None
+    ) -> tuple[float, np.ndarray, int, None]:
+        """Concentration steps from H until it repeats: (F, H, steps, None)."""
         objective = np.inf
         for step in range(1, max_steps + 1):
             subspace, c, _ = self.fit(kept)
             objective, new = self.trim(self.energies(subspace, c))
             if np.array_equal(new, kept):
-                return objective, kept, step
+                return objective, kept, step, None
             kept = new
-        return objective, kept, max_steps
+        return objective, kept, max_steps, None
 
     def leverage(
         self,
@@ -577,6 +618,120 @@ class _Problem:
         )
         out[kept] = share.sum(axis=1)
         return out
+
+
+@dataclass(frozen=True)
+class _GramFit:
+    """A fit of the Gram route: A = X[:, columns] @ coefficients (never formed)."""
+
+    columns: np.ndarray
+    coefficients: np.ndarray  # diag(sqrt(w)) V Sigma^{-1}, (columns, r')
+
+
+@dataclass(frozen=True)
+class _GramSteps:
+    """Concentration steps on G = X^T X (no centre; module docstring)."""
+
+    problem: _Problem
+    gram: np.ndarray  # (K m, K m)
+    root_w: np.ndarray  # sqrt(w_k) per column, (K m,)
+    norms: np.ndarray  # ||X_k||_F^2, (K,)
+
+    @classmethod
+    def of(cls, problem: _Problem) -> _GramSteps | None:
+        n_clients, dim, width = problem.blocks.shape
+        if problem.center or problem.rank == 0 or n_clients * width > GRAM_MAX:
+            return None
+        flat = np.ascontiguousarray(problem.blocks.transpose(1, 0, 2)).reshape(dim, -1)
+        return cls(
+            problem,
+            flat.T @ flat,
+            np.repeat(np.sqrt(problem.w), width),
+            np.einsum("kij,kij->k", problem.blocks, problem.blocks),
+        )
+
+    def columns(self, members: np.ndarray) -> np.ndarray:
+        width = self.problem.blocks.shape[2]
+        clients = np.flatnonzero(members)
+        return (clients[:, None] * width + np.arange(width)).ravel()
+
+    def fit(self, members: np.ndarray, warm: _GramFit | None = None) -> _GramFit:
+        """The top-r eigenpairs of the weighted G_HH, from ``warm``'s subspace."""
+        cols = self.columns(members)
+        root = self.root_w[cols]
+        sub = self.gram[np.ix_(cols, cols)] * root[:, None] * root[None, :]
+        start = None
+        if warm is not None:  # X_H^T A_old, weighted
+            start = root[:, None] * (
+                self.gram[np.ix_(cols, warm.columns)] @ warm.coefficients
+            )
+        values, vectors = _top_gram(sub, self.problem.rank, start)
+        keep = values > max(values[0], 0.0) * sub.shape[0] * np.finfo(float).eps
+        coefficients = root[:, None] * vectors[:, keep] / np.sqrt(values[keep])
+        return _GramFit(cols, coefficients)
+
+    def energies(self, fit: _GramFit) -> np.ndarray:
+        """||X_k||_F^2 - ||A^T X_k||_F^2 for every client (a difference of squares)."""
+        n_clients = self.norms.size
+        inside = fit.coefficients.T @ self.gram[fit.columns]  # A^T X, (r', K m)
+        captured = np.einsum("ij,ij->j", inside, inside).reshape(n_clients, -1)
+        return np.maximum(self.norms - captured.sum(axis=1), 0.0)
+
+    def start(self, members: np.ndarray) -> tuple[np.ndarray, _GramFit]:
+        fit = self.fit(members)
+        return self.problem.trim(self.energies(fit))[1], fit
+
+    def concentrate(
+        self, kept: np.ndarray, max_steps: int, warm: _GramFit | None = None
+    ) -> tuple[float, np.ndarray, int, _GramFit | None]:
+        """Concentration steps from H until it repeats: (F, H, steps, last fit)."""
+        objective = np.inf
+        for step in range(1, max_steps + 1):
+            warm = self.fit(kept, warm)
+            objective, new = self.problem.trim(self.energies(warm))
+            if np.array_equal(new, kept):
+                return objective, kept, step, warm
+            kept = new
+        return objective, kept, max_steps, warm
+
+
+def _top_gram(
+    gram: np.ndarray, rank: int, start: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``rank`` eigenpairs of a PSD matrix, largest first.
+
+    Subspace iteration with a Rayleigh-Ritz step per sweep on rank + max(rank,
+    12) vectors, the first from ``start``; accepted when every residual
+    ||G y_i - theta_i y_i|| of the top ``rank`` is at most
+    :data:`GRAM_RESIDUAL_TOL` theta_1 and theta_r - theta_{r+1} is at least
+    :data:`~clair_stats.core.linalg.TOP_GAP_MIN` theta_1. Otherwise (or for a
+    small matrix, or no start) LAPACK's (:func:`_top_eigh`).
+    """
+    n = gram.shape[0]
+    width = rank + max(rank, 12)
+    if start is None or n <= GRAM_DIRECT_MAX or 4 * width > n:
+        return _top_eigh(gram, rank)
+    rng = np.random.default_rng(n)
+    fill = rng.standard_normal((n, width - start.shape[1]))
+    basis = np.linalg.qr(np.hstack([start, fill]))[0]
+    for _ in range(GRAM_SWEEPS):
+        image = gram @ basis
+        ritz = basis.T @ image
+        values, rotation = np.linalg.eigh(0.5 * (ritz + ritz.T))
+        values, rotation = values[::-1], rotation[:, ::-1]
+        if values[0] <= 0.0:
+            break
+        vectors, image = basis @ rotation, image @ rotation
+        residual = image[:, :rank] - vectors[:, :rank] * values[:rank]
+        if np.all(
+            np.einsum("ij,ij->j", residual, residual)
+            <= (GRAM_RESIDUAL_TOL * values[0]) ** 2
+        ):
+            if values[rank - 1] - values[rank] < TOP_GAP_MIN * values[0]:
+                break  # the top-r subspace is barely determined
+            return values[:rank], vectors[:, :rank]
+        basis = np.linalg.qr(image)[0]
+    return _top_eigh(gram, rank)
 
 
 def _complete(u: np.ndarray, rank: int) -> np.ndarray:
