@@ -25,6 +25,7 @@ __all__ = [
     "PARTIAL_SVD_MIN",
     "RANGE_TOL",
     "TOP_GAP_MIN",
+    "TOP_PARTIAL_MIN",
     "TOP_RESIDUAL_TOL",
     "left_singular",
     "off_subspace_energy",
@@ -83,6 +84,10 @@ def unstack(matrix: np.ndarray, n_clients: int) -> np.ndarray:
 
 #: From this smaller dimension on, a low-rank matrix is decomposed on its range only.
 PARTIAL_SVD_MIN = 800
+#: From this smaller dimension on, the top r singular vectors are found by
+#: subspace iteration (:func:`top_left_singular`, r at most an eighth of it): at
+#: 4096 x 720 and r = 16 about 0.05 s against 0.9 s for the full SVD.
+TOP_PARTIAL_MIN = 256
 #: The range basis is accepted when ||L - Q Q^T L||_F <= this * ||L||_F.
 RANGE_TOL = 1e-13
 #: :func:`top_left_singular` accepts its Ritz triplets when every residual is at
@@ -207,7 +212,7 @@ def top_subspace(
 def top_left_singular(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """The top-r left singular vectors and singular values of ``matrix``.
 
-    For a matrix whose smaller dimension is at least :data:`PARTIAL_SVD_MIN` and
+    For a matrix whose smaller dimension is at least :data:`TOP_PARTIAL_MIN` and
     r at most an eighth of it: block subspace iteration on M M^T (r + max(r,
     12) vectors) with a Rayleigh-Ritz step per sweep, W = M^T Q = P S G^T giving
     the Ritz triplets (Q G, S, P) with M^T (Q G) = P S exactly; they are
@@ -232,9 +237,7 @@ def top_left_singular(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.nda
     singular_values : numpy.ndarray, shape (r,)
         Decreasing.
     """
-    m, n = matrix.shape
-    small = min(m, n)
-    if small >= PARTIAL_SVD_MIN:
+    if min(matrix.shape) >= TOP_PARTIAL_MIN:
         found = top_left_partial(matrix, rank)
         if found is not None:
             return found
