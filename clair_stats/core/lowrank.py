@@ -53,7 +53,7 @@ class LowRankUpdates:
     ((3, 8, 5), (2, 2, 2))
     """
 
-    __slots__ = ("_A", "_B", "_dtype", "_scaling")
+    __slots__ = ("_A", "_B", "_dtype", "_norms", "_scaling")
 
     def __init__(
         self,
@@ -105,6 +105,7 @@ class LowRankUpdates:
         self._B = tuple(_frozen(b) for b in b_list)
         self._A = tuple(_frozen(a) for a in a_list)
         self._dtype = np.result_type(*b_dtypes, *a_dtypes)
+        self._norms = None  # computed once, by norms()
         self._scaling = _frozen(_check_scaling(scaling, n_clients))  # set last
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -184,15 +185,19 @@ class LowRankUpdates:
     def norms(self) -> np.ndarray:
         """||Theta^_k||_F for every client, shape (K,), from the factors.
 
-        ||s_k B_k A_k||_F^2 = s_k^2 tr((B_k^T B_k)(A_k A_k^T)), at O((p + q) r_k^2).
+        ||s_k B_k A_k||_F^2 = s_k^2 tr((B_k^T B_k)(A_k A_k^T)), at O((p + q) r_k^2)
+        the first time (then kept: the instance is immutable).
         """
-        out = np.empty(self.n_clients)
-        for k in range(self.n_clients):
-            # the r_k x r_k triangular factors keep the squares of tiny entries
-            rb = np.linalg.qr(self._B[k], mode="r")
-            ra = np.linalg.qr(self._A[k].T, mode="r")
-            out[k] = abs(self._scaling[k]) * np.linalg.norm(rb @ ra.T)
-        return out
+        if self._norms is None:
+            out = np.empty(self.n_clients)
+            for k in range(self.n_clients):
+                # the r_k x r_k triangular factors keep the squares of tiny entries
+                rb = np.linalg.qr(self._B[k], mode="r")
+                ra = np.linalg.qr(self._A[k].T, mode="r")
+                out[k] = abs(self._scaling[k]) * np.linalg.norm(rb @ ra.T)
+            out.setflags(write=False)
+            object.__setattr__(self, "_norms", out)
+        return self._norms.copy()
 
     def dense(self) -> np.ndarray:
         """All Theta^_k as a dense (K, p, q) float64 array (small problems only)."""

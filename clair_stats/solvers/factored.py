@@ -91,7 +91,7 @@ __all__ = [
 #: d = 800, 6.5 ms against 190 ms, singular values equal to 1.5e-15 relative.
 ITERATIVE_SVD_MIN = 256
 
-#: Largest 1-norm condition estimate of R_11 at which one Cholesky pass is kept:
+#: Largest condition number of R_11 at which one Cholesky pass is kept:
 #: Q_1 = G_1 R_11^{-1} is then orthonormal to about kappa^2 eps <= 2e-12.
 ONE_PASS_MAX_CONDITION = 100.0
 
@@ -135,8 +135,10 @@ def span_basis(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Pivoted Cholesky of the Gram matrix G^T G = P R^T R P^T gives the numerical
     rank R and the pivot columns G_1 (n x R) with G_1 = Q_1 R_11; then
     Q_1 = G_1 R_11^{-1} and Q_1^T G = R P^T. Q_1 is orthonormal to about
-    kappa(R_11)^2 eps: when the condition estimate exceeds
-    :data:`ONE_PASS_MAX_CONDITION`, a second Cholesky pass Q = Q_1
+    kappa(R_11)^2 eps: when the condition number exceeds
+    :data:`ONE_PASS_MAX_CONDITION` (the 1-norm estimate, and when it does, the
+    2-norm estimate of :func:`_condition_2`, about the dimension smaller: 96
+    against 2342 for 100 clients of rank 16 at p = 4096), a second Cholesky pass Q = Q_1
     chol(Q_1^T Q_1)^{-1} restores orthogonality to rounding (CholeskyQR2) and
     Q^T G is formed directly. Columns within about sqrt(N eps) of the span of
     the pivots (relative to the largest column norm) count as inside it.
@@ -188,7 +190,10 @@ def _span_basis(stacked: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.n
     first = scipy.linalg.solve_triangular(
         r11, stacked[:, pivots].T, trans="T", check_finite=False
     ).T
-    if rcond * ONE_PASS_MAX_CONDITION >= 1.0:
+    if (
+        rcond * ONE_PASS_MAX_CONDITION >= 1.0
+        or _condition_2(r11) <= ONE_PASS_MAX_CONDITION
+    ):
         coefficients = np.empty((rank, n_cols))
         coefficients[:, piv - 1] = upper
         return first, coefficients
