@@ -31,7 +31,9 @@ subset, d = ceil(r / q) (+ 1 with a centre) the fewest clients that determine
 (A, c). When d = 1 and K <= 60 every client is a start; otherwise min(K, 60)
 random d-subsets, at least 30 (a fixed seed, so the result is reproducible).
 Two concentration steps from every start, then the ``N_BEST`` best are iterated
-to convergence and the smallest F wins (FAST-MCD's scheme).
+to convergence and the smallest F wins (FAST-MCD's scheme). A step depends on H
+alone, so a step from an H met before (by this start or another) is not
+computed again: on benign-dominated federations most starts meet after a step.
 
 **The Gram route.** Without a centre and with at most :data:`GRAM_MAX` block
 columns (K m; a factored core has K m of about R), the steps only rank clients,
@@ -309,8 +311,11 @@ def trimmed_subspace(
         state = steps_on.concentrate(kept, SCREEN_STEPS, warm)
         screened.append((state[0], index, name, state))
     screened.sort(key=lambda item: (item[0], item[1]))
-    best = None
+    best, iterated = None, set()
     for _, index, name, (_, kept, steps, warm) in screened[:N_BEST]:
+        if kept.tobytes() in iterated:  # the same steps as a better-placed start
+            continue
+        iterated.add(kept.tobytes())
         objective, kept, more, _ = steps_on.concentrate(kept, MAX_STEPS, warm)
         if best is None or objective < best[0]:
             best = (objective, index, name, kept, steps + more)
@@ -636,6 +641,7 @@ class _GramSteps:
     gram: np.ndarray  # (K m, K m)
     root_w: np.ndarray  # sqrt(w_k) per column, (K m,)
     norms: np.ndarray  # ||X_k||_F^2, (K,)
+    steps: dict = field(default_factory=dict)  # H -> (F, next H, fit)
 
     @classmethod
     def of(cls, problem: _Problem) -> _GramSteps | None:
@@ -684,11 +690,18 @@ class _GramSteps:
     def concentrate(
         self, kept: np.ndarray, max_steps: int, warm: _GramFit | None = None
     ) -> tuple[float, np.ndarray, int, _GramFit | None]:
-        """Concentration steps from H until it repeats: (F, H, steps, last fit)."""
+        """Concentration steps from H until it repeats: (F, H, steps, last fit).
+
+        A step from an H met before is taken from the record of steps (a step
+        depends on H alone; the warm start changes its rounding only).
+        """
         objective = np.inf
         for step in range(1, max_steps + 1):
-            warm = self.fit(kept, warm)
-            objective, new = self.problem.trim(self.energies(warm))
+            key = kept.tobytes()
+            if key not in self.steps:
+                fit = self.fit(kept, warm)
+                self.steps[key] = (*self.problem.trim(self.energies(fit)), fit)
+            objective, new, warm = self.steps[key]
             if np.array_equal(new, kept):
                 return objective, kept, step, warm
             kept = new
