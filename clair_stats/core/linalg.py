@@ -146,6 +146,7 @@ def top_subspace(
     updates: np.ndarray | LowRankUpdates,
     rank: int,
     clients: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> np.ndarray:
     """The top-r left singular vectors of the stack of (some) client updates.
 
@@ -166,6 +167,10 @@ def top_subspace(
         r, 0 <= r <= the number of singular vectors (``min(p, |C| q)``).
     clients : numpy.ndarray of bool, shape (K,), optional
         C, the clients stacked (default all).
+    start : numpy.ndarray, shape (p, k), optional
+        A subspace near the answer (A^ of step 2 when refitting on S^), which
+        starts the subspace iteration of :func:`top_left_singular`: it then
+        takes a few sweeps instead of about ten; the result is the same.
 
     Returns
     -------
@@ -199,7 +204,7 @@ def top_subspace(
         raise TypeError(f"rank must be an int, got {rank!r}.")
     available = min(matrix.shape)
     if 0 <= rank <= available:
-        u, _ = top_left_singular(matrix, rank)
+        u, _ = top_left_singular(matrix, rank, start)
         available = u.shape[1] if u.shape[1] < rank else available
     if not 0 <= rank <= available:
         raise ValueError(
@@ -209,7 +214,9 @@ def top_subspace(
     return np.ascontiguousarray(u)
 
 
-def top_left_singular(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+def top_left_singular(
+    matrix: np.ndarray, rank: int, start: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """The top-r left singular vectors and singular values of ``matrix``.
 
     For a matrix whose smaller dimension is at least :data:`TOP_PARTIAL_MIN` and
@@ -229,6 +236,9 @@ def top_left_singular(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.nda
         M.
     rank : int
         r, 0 <= r <= min(m, n).
+    start : numpy.ndarray, shape (m, k), optional
+        Vectors near the top-r left singular subspace, the first k of the
+        iteration's block (the rest random); ignored by the full SVD.
 
     Returns
     -------
@@ -238,7 +248,7 @@ def top_left_singular(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.nda
         Decreasing.
     """
     if min(matrix.shape) >= TOP_PARTIAL_MIN:
-        found = top_left_partial(matrix, rank)
+        found = top_left_partial(matrix, rank, start)
         if found is not None:
             return found
     u, sv = left_singular(matrix)
@@ -246,7 +256,7 @@ def top_left_singular(matrix: np.ndarray, rank: int) -> tuple[np.ndarray, np.nda
 
 
 def top_left_partial(
-    matrix: np.ndarray, rank: int
+    matrix: np.ndarray, rank: int, start: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The subspace iteration of :func:`top_left_singular`, or None.
 
@@ -256,6 +266,9 @@ def top_left_partial(
         M.
     rank : int
         r.
+    start : numpy.ndarray, shape (m, k), optional
+        Start vectors (at most the block's width are used); the rest of the
+        first block is M times random vectors.
 
     Returns
     -------
@@ -269,7 +282,11 @@ def top_left_partial(
         return None
     width = rank + max(rank, 12)
     rng = np.random.default_rng(min(m, n))
-    basis = np.linalg.qr(matrix @ rng.standard_normal((n, width)))[0]
+    block = matrix @ rng.standard_normal((n, width))
+    if start is not None and start.size:
+        given = min(start.shape[1], width)
+        block[:, :given] = start[:, :given]
+    basis = np.linalg.qr(block)[0]
     for _ in range(_TOP_MAX_SWEEPS):
         right, values, g_t = np.linalg.svd(matrix.T @ basis, full_matrices=False)
         if values[0] == 0.0:

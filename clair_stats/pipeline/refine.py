@@ -613,7 +613,9 @@ def refine_clients(
                 list(data.A),
                 data.scaling * np.sqrt(np.where(collaborative, pool, 1.0)),
             )
-            subspace = top_subspace(weighted, rank, clients=collaborative)
+            subspace = top_subspace(
+                weighted, rank, clients=collaborative, start=subspace
+            )
         else:
             from clair_stats.pipeline.trimmed import subset_fit
 
