@@ -222,8 +222,11 @@ class FactoredDecomposition:
         The solve on the core, blocks of shape (R, m) with m = max_k m_k.
     core_data : numpy.ndarray, shape (K, R, m)
         The core blocks C_k (zero-padded).
-    basis : numpy.ndarray, shape (p, R)
-        Q, orthonormal columns.
+    basis : SpanBasis or numpy.ndarray, shape (p, R)
+        Q, orthonormal columns: from :func:`clair_stats.decompose` an operator
+        kept as its triangular factors
+        (:class:`clair_stats.solvers.factored.SpanBasis`; ``Q @ x`` and
+        ``Q.T @ y`` as for an array, ``numpy.asarray(Q)`` forms it).
     row_bases : tuple of numpy.ndarray
         W_k of shape (q, m_k) per client, or a single W (q, m) shared by all
         clients (``center=True``).
@@ -243,7 +246,7 @@ class FactoredDecomposition:
 
     core: Decomposition = field(repr=False)
     core_data: np.ndarray = field(repr=False)
-    basis: np.ndarray = field(repr=False)
+    basis: np.ndarray = field(repr=False)  # or a SpanBasis (an operator)
     row_bases: tuple[np.ndarray, ...] = field(repr=False)
     widths: tuple[int, ...]
     shape: tuple[int, int, int]

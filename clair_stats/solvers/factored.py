@@ -78,6 +78,7 @@ __all__ = [
     "ITERATIVE_SVD_MIN",
     "ONE_PASS_MAX_CONDITION",
     "Reduction",
+    "SpanBasis",
     "client_svds",
     "factored_blas_threads",
     "reduce_updates",
@@ -129,7 +130,100 @@ def factored_blas_threads() -> contextlib.AbstractContextManager:
     return _threadpools().limit(limits=FACTORED_BLAS_THREADS, user_api="blas")
 
 
-def span_basis(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class SpanBasis:
+    """An orthonormal basis Q = F T^{-1} kept as its factors, used as an operator.
+
+    F (n x R) holds pivot columns of the stacked matrix (or, after a second
+    Cholesky pass, the first pass's basis) and T (R x R) is upper triangular.
+    ``Q @ x`` is F (T^{-1} x) and ``Q.T @ y`` is T^{-T} (F^T y): with thin x and
+    y (the r columns of A^, the t_k columns of a refined client) this costs
+    O(n R k) where forming Q would cost a triangular solve of n x R^2.
+    ``numpy.asarray(Q)`` forms it (once).
+
+    Parameters
+    ----------
+    factor : numpy.ndarray, shape (n, R)
+        F.
+    upper : numpy.ndarray, shape (R, R)
+        T, upper triangular and nonsingular.
+    """
+
+    __slots__ = ("_dense", "_factor", "_upper")
+
+    def __init__(self, factor: np.ndarray, upper: np.ndarray) -> None:
+        self._factor, self._upper, self._dense = factor, upper, None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(n, R)."""
+        return (self._factor.shape[0], self._upper.shape[0])
+
+    @property
+    def ndim(self) -> int:
+        """2."""
+        return 2
+
+    @property
+    def T(self) -> _TransposedSpan:  # noqa: N802 - numpy's name
+        """Q^T, an operator."""
+        return _TransposedSpan(self)
+
+    def __matmul__(self, x: np.ndarray) -> np.ndarray:
+        if self._dense is not None:
+            return self._dense @ x
+        return self._factor @ scipy.linalg.solve_triangular(
+            self._upper, x, check_finite=False
+        )
+
+    def dense(self) -> np.ndarray:
+        """Q as an array (formed on the first call).
+
+        Returns
+        -------
+        numpy.ndarray, shape (n, R)
+            Orthonormal columns.
+        """
+        if self._dense is None:
+            self._dense = scipy.linalg.solve_triangular(
+                self._upper, self._factor.T, trans="T", check_finite=False
+            ).T
+        return self._dense
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self.dense(), dtype=dtype)
+
+
+class _TransposedSpan:
+    """Q^T of a :class:`SpanBasis`."""
+
+    __slots__ = ("_of",)
+
+    def __init__(self, of: SpanBasis) -> None:
+        self._of = of
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self._of.shape[::-1]
+
+    @property
+    def T(self) -> SpanBasis:  # noqa: N802 - numpy's name
+        return self._of
+
+    def __matmul__(self, y: np.ndarray) -> np.ndarray:
+        of = self._of
+        if of._dense is not None:
+            return of._dense.T @ y
+        return scipy.linalg.solve_triangular(
+            of._upper, of._factor.T @ np.asarray(y), trans="T", check_finite=False
+        )
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self._of.dense().T, dtype=dtype)
+
+
+def span_basis(
+    stacked: np.ndarray, implicit: bool = False
+) -> tuple[np.ndarray | SpanBasis, np.ndarray]:
     """An orthonormal basis Q of the column span of ``stacked`` and Q^T stacked.
 
     Pivoted Cholesky of the Gram matrix G^T G = P R^T R P^T gives the numerical
@@ -143,19 +237,27 @@ def span_basis(stacked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Q^T G is formed directly. Columns within about sqrt(N eps) of the span of
     the pivots (relative to the largest column norm) count as inside it.
 
+    With ``implicit``, Q is returned as a :class:`SpanBasis`, Q = G_1 R_11^{-1}
+    (one pass) or Q_1 R_2^{-1} (two), so that the last triangular solve with n
+    rows is never made: the reduction and the refinement only apply Q and Q^T
+    to thin matrices.
+
     Parameters
     ----------
     stacked : numpy.ndarray, shape (n, N)
         G; best with columns of comparable norm (orthonormal blocks here).
+    implicit : bool, default False
+        Return Q as a :class:`SpanBasis` operator instead of an array.
 
     Returns
     -------
-    basis : numpy.ndarray, shape (n, R)
-        Q with orthonormal columns, R <= min(n, N) (R = 0 when G = 0).
+    basis : numpy.ndarray or SpanBasis, shape (n, R)
+        Q with orthonormal columns, R <= min(n, N) (R = 0 when G = 0: then an
+        array).
     coefficients : numpy.ndarray, shape (R, N)
         Q^T G.
     """
-    return _span_basis(stacked, stacked.T @ stacked)
+    return _span_basis(stacked, stacked.T @ stacked, implicit)
 
 
 def _pivoted_cholesky(
@@ -178,7 +280,9 @@ def _pivoted_cholesky(
     return piv, piv[:rank] - 1, upper, r11, float(rcond)
 
 
-def _span_basis(stacked: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _span_basis(
+    stacked: np.ndarray, gram: np.ndarray, implicit: bool = False
+) -> tuple[np.ndarray | SpanBasis, np.ndarray]:
     """:func:`span_basis` with the Gram matrix G^T G given."""
     n, n_cols = stacked.shape
     found = _pivoted_cholesky(gram)
@@ -186,26 +290,33 @@ def _span_basis(stacked: np.ndarray, gram: np.ndarray) -> tuple[np.ndarray, np.n
         return np.zeros((n, 0)), np.zeros((0, n_cols))
     piv, pivots, upper, r11, rcond = found
     rank = pivots.size
-    # Q_1^T = R_11^{-T} G_1^T
-    first = scipy.linalg.solve_triangular(
-        r11, stacked[:, pivots].T, trans="T", check_finite=False
-    ).T
     if (
         rcond * ONE_PASS_MAX_CONDITION >= 1.0
         or _condition_2(r11) <= ONE_PASS_MAX_CONDITION
     ):
         coefficients = np.empty((rank, n_cols))
         coefficients[:, piv - 1] = upper
+        if implicit:
+            return SpanBasis(stacked[:, pivots], r11), coefficients
+        # Q_1^T = R_11^{-T} G_1^T
+        first = scipy.linalg.solve_triangular(
+            r11, stacked[:, pivots].T, trans="T", check_finite=False
+        ).T
         return first, coefficients
+    first = scipy.linalg.solve_triangular(
+        r11, stacked[:, pivots].T, trans="T", check_finite=False
+    ).T
     try:
         r2 = scipy.linalg.cholesky(first.T @ first, check_finite=False)
     except np.linalg.LinAlgError:  # pragma: no cover - kappa(R_11) beyond 1/sqrt(eps)
         basis = np.linalg.qr(first)[0]
         return basis, basis.T @ stacked
-    basis = scipy.linalg.solve_triangular(r2, first.T, trans="T", check_finite=False).T
     # G = Q_1 R P^T = Q R_2 R P^T, so Q^T G = R_2 R P^T
     coefficients = np.empty((rank, n_cols))
     coefficients[:, piv - 1] = r2 @ upper
+    if implicit:
+        return SpanBasis(first, r2), coefficients
+    basis = scipy.linalg.solve_triangular(r2, first.T, trans="T", check_finite=False).T
     return basis, coefficients
 
 
@@ -215,8 +326,9 @@ class Reduction:
 
     Parameters
     ----------
-    basis : numpy.ndarray, shape (p, R)
-        Q.
+    basis : SpanBasis or numpy.ndarray, shape (p, R)
+        Q, as an operator (:class:`SpanBasis`: ``Q @ x``, ``Q.T @ y``,
+        ``numpy.asarray(Q)``), or an array when R = 0.
     row_bases : tuple of numpy.ndarray
         W_k (q, m_k) per client, or one shared W (q, n_w) when ``shared``.
     core : numpy.ndarray, shape (K, R, m)
@@ -332,7 +444,7 @@ def _reduce(updates: LowRankUpdates, shared_rows: bool, start: float) -> Reducti
     """:func:`reduce_updates` after the type check."""
     n_clients = updates.n_clients
     col_q, row_v, middle = client_svds(updates)
-    basis, coeffs = span_basis(np.hstack(col_q))
+    basis, coeffs = span_basis(np.hstack(col_q), implicit=True)
     if basis.shape[1] == 0:
         raise ValueError(
             "every update is zero (all B_k A_k = 0); there is nothing to decompose."
@@ -636,7 +748,7 @@ class _Coordinates:
         else:
             col_u, rows, values = _client_svds(updates, members)
             if basis is None:  # Q must span every column space and A^
-                basis, coeffs = span_basis(np.hstack([subspace, *col_u]))
+                basis, coeffs = span_basis(np.hstack([subspace, *col_u]), implicit=True)
                 left = coeffs[:, subspace.shape[1] :] * np.concatenate(values)
             else:  # Q^T U_k Sigma_k
                 left = (basis.T @ np.hstack(col_u)) * np.concatenate(values)
