@@ -246,6 +246,48 @@ def test_span_basis_of_zero_and_rank_deficient_columns():
     np.testing.assert_allclose(basis @ coeffs, g, atol=1e-13 * np.abs(g).max())
 
 
+@pytest.mark.parametrize("condition", [1.0, 1e4])
+def test_implicit_span_basis_is_the_explicit_one(condition):
+    """SpanBasis (Q kept as F T^-1) applies Q and Q^T as the formed basis does.
+
+    One Cholesky pass (well-conditioned columns) and two (condition 1e4, beyond
+    ONE_PASS_MAX_CONDITION): Q @ x, Q.T @ y and numpy.asarray(Q) agree with
+    span_basis(..., implicit=False) to 1e-12, and the coefficients are equal.
+    """
+    rng = np.random.default_rng(7)
+    u, _ = np.linalg.qr(rng.standard_normal((300, 40)))
+    v, _ = np.linalg.qr(rng.standard_normal((40, 40)))
+    g = (u * np.geomspace(1.0, 1.0 / condition, 40)) @ v.T
+    explicit, coeffs = span_basis(g)
+    implicit, coeffs2 = span_basis(g, implicit=True)
+    np.testing.assert_array_equal(coeffs, coeffs2)
+    x, y = rng.standard_normal((40, 3)), rng.standard_normal((300, 3))
+    np.testing.assert_allclose(implicit @ x, explicit @ x, atol=1e-12)
+    np.testing.assert_allclose(implicit.T @ y, explicit.T @ y, atol=1e-12)
+    dense = np.asarray(implicit)
+    np.testing.assert_allclose(dense, explicit, atol=1e-12)
+    np.testing.assert_allclose(dense.T @ dense, np.eye(40), atol=1e-12)
+    assert implicit.shape == explicit.shape
+    assert implicit.T.shape == (40, 300)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("make", INSTANCES.values(), ids=INSTANCES.keys())
+def test_gram_of_whole_updates_from_the_core(make, side):
+    """<Theta^_j, Theta^_k> from the core blocks and row bases (no p-row product)
+    equals the inner products of the dense updates to 1e-12 of the largest."""
+    from clair_stats.pipeline.paths import as_updates
+
+    upd = make()
+    work = as_updates(upd).oriented(side)
+    dec = _quiet(decompose, work.data, tol=1e-10)
+    p = work.shape[1]
+    gram = work.residual_gram(dec, np.zeros((p, 0)), None, 2.0)
+    dense = upd.dense().reshape(upd.n_clients, -1)
+    truth = dense @ dense.T / 4.0
+    np.testing.assert_allclose(gram, truth, atol=1e-12 * np.abs(truth).max())
+
+
 def test_zero_client_and_all_zero_updates():
     rng = np.random.default_rng(5)
     b = [rng.standard_normal((8, 2)), np.zeros((8, 2)), rng.standard_normal((8, 1))]

@@ -563,8 +563,10 @@ class FactoredUpdates:
         """<P_A^perp (Theta^_j - c), P_A^perp (Theta^_k - c)> / scale^2, (K, K).
 
         From the factors, never forming a p x q product: with a centre, the
-        inner products of the core blocks (one shared row basis); without, from
-        the Gram matrices of P_A^perp s_k B_k and of the A_k.
+        inner products of the core blocks (one shared row basis); at no
+        subspace, from the core blocks and the clients' row bases (no product
+        with the p-row factors); otherwise from the Gram matrices of
+        P_A^perp s_k B_k and of the A_k.
 
         Parameters
         ----------
@@ -588,6 +590,8 @@ class FactoredUpdates:
                 decomposition.basis.T @ subspace,
                 center / scale,
             )
+        if subspace.shape[1] == 0 and not decomposition.problem.center:
+            return _core_gram(decomposition) / scale**2
         # <G_j A_j, G_k A_k> = sum((G_j^T G_k) * (A_j A_k^T)), G_k = s_k P_A^perp B_k
         left = self._left
         left = (left - subspace @ (subspace.T @ left)) / scale
@@ -698,6 +702,21 @@ class FactoredUpdates:
             The refined factors in the input's orientation.
         """
         return refined.transpose() if side == "right" else refined
+
+
+def _core_gram(decomposition: FactoredDecomposition) -> np.ndarray:
+    """<Theta^_j, Theta^_k>, (K, K), from the core of a decomposition without a
+    centre: Theta^_k = Q C_k V_k^T with Q and the V_k isometries, so the inner
+    product is sum((C_j^T C_k) * (V_j^T V_k)), two Gram matrices of K m columns
+    (R and q rows) and no product with the p-row factors."""
+    core = decomposition.core_data
+    n_clients, dim, width = core.shape
+    flat = np.ascontiguousarray(core.transpose(1, 0, 2)).reshape(dim, -1)
+    rows = np.zeros((decomposition.shape[2], n_clients * width))
+    for k, w in enumerate(decomposition.widths):
+        rows[:, k * width : k * width + w] = decomposition.row_bases[k]
+    product = (flat.T @ flat) * (rows.T @ rows)
+    return product.reshape(n_clients, width, n_clients, width).sum(axis=(1, 3))
 
 
 def _gram(
