@@ -344,21 +344,21 @@ def test_gram_route_finds_the_fit_of_the_block_route(
 
     docs/pipeline.md §3.6 and the module docstring of trimmed.py: the Gram route
     ranks clients by ||X_k||^2 - ||Sigma^-1 V^T G_Hk||^2 with the eigenpairs of
-    G_HH from warm-started subspace iteration (here 40 clients of width 4-8:
-    G_HH of 84-168 rows, so both the iteration and LAPACK serve), then polishes
-    the winner with exact steps. Both routes return a fixed point of the exact
-    step from the same starts; on instances whose h-th and (h+1)-th energies are
-    apart, they return the same H, hence the same fit (objective to OBJ_RTOL,
-    subspace to PROJ_TOL).
+    G_HH from warm-started subspace iteration (here 40 blocks of 200 x 4-8, so
+    K m <= 2 d, the route's domain, and G_HH has 84-168 rows: both the
+    iteration and LAPACK serve), then polishes the winner with exact steps. Both
+    routes return a fixed point of the exact step from the same starts; on
+    instances whose h-th and (h+1)-th energies are apart, they return the same
+    H, hence the same fit (objective to OBJ_RTOL, subspace to PROJ_TOL).
     """
     import clair_stats.pipeline.trimmed as trimmed
 
-    rng, a, _, _, blocks = _benign(seed, 60, width, 40, rank, 0.3, False)
-    other = _orthonormal(rng, 60, rank)
+    rng, a, _, _, blocks = _benign(seed, 200, width, 40, rank, 0.3, False)
+    other = _orthonormal(rng, 200, rank)
     for k in range(attackers):  # a coordinated group in another subspace
         blocks[k] = 3.0 * other @ rng.standard_normal((rank, width))
     w = rng.uniform(0.5, 2.0, 40) if weighted else None
-    init = (_orthonormal(rng, 60, rank), None)
+    init = (_orthonormal(rng, 200, rank), None)
     gram = trimmed_subspace(blocks, rank, weights=w, init=init)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trimmed, "GRAM_MAX", 0)  # the steps on the blocks

@@ -36,7 +36,9 @@ alone, so a step from an H met before (by this start or another) is not
 computed again: on benign-dominated federations most starts meet after a step.
 
 **The Gram route.** Without a centre and with at most :data:`GRAM_MAX` block
-columns (K m; a factored core has K m of about R), the steps only rank clients,
+columns K m, and at most twice the dimension d (a factored core has K m of about
+R = d; dense blocks of few rows keep the steps on the d x d side), the steps only
+rank clients,
 so they run on the Gram matrix G = X^T X of all blocks, formed once: the fit on
 H is the top-r eigenpairs (Sigma^2, V) of its principal submatrix G_HH (weighted
 by sqrt(w_k) per block), A = X_H V Sigma^{-1} is never formed, and every
@@ -646,7 +648,8 @@ class _GramSteps:
     @classmethod
     def of(cls, problem: _Problem) -> _GramSteps | None:
         n_clients, dim, width = problem.blocks.shape
-        if problem.center or problem.rank == 0 or n_clients * width > GRAM_MAX:
+        columns = n_clients * width
+        if problem.center or problem.rank == 0 or columns > min(GRAM_MAX, 2 * dim):
             return None
         flat = np.ascontiguousarray(problem.blocks.transpose(1, 0, 2)).reshape(dim, -1)
         return cls(
