@@ -51,8 +51,10 @@ instead of a partial SVD of the 1600 x 816 stack and the explicit residuals of
 all clients. The difference of squares loses the relative accuracy of energies
 far below ||X_k||_F^2, which matters only for ranking clients whose energies
 tie at rounding level; so the winner is then polished by exact steps (the SVD
-of the stack and explicit residuals) until H repeats, and the result is a fixed
-point of the exact concentration step as without the route.
+of the stack and explicit residuals) until H repeats or F stops falling beyond
+rounding (:data:`POLISH_RTOL`; ties at rounding level would trade places without
+end), and the result is a fixed point of the exact concentration step, up to
+such ties, as without the route.
 
 **Breakdown** (docs/pipeline.md §3.6). Let m clients be contaminated and
 h = max(floor((K + d) / 2), floor(K / 2) + 1). If m <= K - h, the K - m >= h
@@ -102,6 +104,9 @@ N_BEST = 5
 #: Concentration steps of one start, at most (each is one SVD; F decreases
 #: strictly until H repeats, which takes a handful of steps in practice).
 MAX_STEPS = 100
+#: The exact steps that polish the winner stop when F falls by less than this
+#: share (rounding), even if H still changes.
+POLISH_RTOL = 1e-12
 #: Random elemental subsets at least (when d > 1).
 MIN_RANDOM_STARTS = 30
 #: The Gram route (module docstring) for at most this many block columns K m
@@ -322,14 +327,22 @@ def trimmed_subspace(
         if best is None or objective < best[0]:
             best = (objective, index, name, kept, steps + more)
     _, _, name, kept, steps = best
-    # exact steps until H repeats (one fit when the steps above were exact)
+    # exact steps while H changes and F decreases beyond rounding (clients whose
+    # energies tie at rounding level, as on noiseless data, would otherwise
+    # trade places without end); one fit when the steps above were exact
+    subspace, c, sv = problem.fit(kept, exact=True)
+    energies = problem.energies(subspace, c)
+    objective, new = problem.trim(energies)
     for _ in range(MAX_STEPS):
-        subspace, c, sv = problem.fit(kept, exact=True)
-        energies = problem.energies(subspace, c)
-        objective, new = problem.trim(energies)
         if np.array_equal(new, kept):
             break
+        fit = problem.fit(new, exact=True)
+        moved = problem.energies(fit[0], fit[1])
+        lower, after = problem.trim(moved)
+        if not lower < objective * (1.0 - POLISH_RTOL):
+            break
         kept, steps = new, steps + 1
+        (subspace, c, sv), energies, objective, new = fit, moved, lower, after
     return TrimmedFit(
         subspace=subspace,
         center=c,
