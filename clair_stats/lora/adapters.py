@@ -40,11 +40,11 @@ same S^, and the writing of the refined adapters are in
 :mod:`clair_stats.lora.writing`; the results and the JSON report in
 :mod:`clair_stats.lora.report`; the command in :mod:`clair_stats.lora.cli`.
 
-Cost, measured on a loaded 2-core machine (p = q = 4096, LoRA rank 16, K = 50,
-one module): steps 1-3 took 12.6 s (the null law of the z-scores, about 2 s,
-is computed once per K), the refinement and writing 56 s (an SVD of a core of
-about 800 x 800 per collaborative client), peak RSS 0.53 GB. Memory holds one
-module of all clients at a time.
+Cost, measured on a 2-core machine (benchmarks/results/adapters.md; LoRA rank
+16, one process and one BLAS thread per module): steps 1-2 of a 4096 x 4096
+module took 0.7 s at K = 20, 3.5 s at K = 50 and 10.3 s at K = 100, step 4 and
+the write 0.4, 1.8 and 6.2 s (the null law of the z-scores is computed once per
+K). Memory holds one module of all clients at a time.
 
 References
 ----------
