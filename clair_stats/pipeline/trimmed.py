@@ -35,7 +35,7 @@ to convergence and the smallest F wins (FAST-MCD's scheme). A step depends on H
 alone, so a step from an H met before (by this start or another) is not
 computed again: on benign-dominated federations most starts meet after a step.
 
-**The Gram route.** Without a centre and with at most :data:`GRAM_MAX` block
+**The Gram route.** Without a centre and with at most ``GRAM_MAX`` block
 columns K m, and at most twice the dimension d (a factored core has K m of about
 R = d; dense blocks of few rows keep the steps on the d x d side), the steps only
 rank clients,
@@ -44,7 +44,7 @@ H is the top-r eigenpairs (Sigma^2, V) of its principal submatrix G_HH (weighted
 by sqrt(w_k) per block), A = X_H V Sigma^{-1} is never formed, and every
 client's energy is ||X_k||_F^2 - ||Sigma^{-1} V^T G_{H,k}||_F^2. The eigenpairs
 come from subspace iteration started from the previous step's A (X_H^T A_old =
-G_{H,H_old} V_old Sigma_old^{-1}), accepted at residuals of :data:`GRAM_RESIDUAL_TOL`
+G_{H,H_old} V_old Sigma_old^{-1}), accepted at residuals of ``GRAM_RESIDUAL_TOL``
 of the top eigenvalue with a gap, else from LAPACK. At K = 100 LoRA clients of
 rank 16 (G of 1600^2) a step costs a few products with a 816 x 816 matrix
 instead of a partial SVD of the 1600 x 816 stack and the explicit residuals of
@@ -52,7 +52,7 @@ all clients. The difference of squares loses the relative accuracy of energies
 far below ||X_k||_F^2, which matters only for ranking clients whose energies
 tie at rounding level; so the winner is then polished by exact steps (the SVD
 of the stack and explicit residuals) until H repeats or F stops falling beyond
-rounding (:data:`POLISH_RTOL`; ties at rounding level would trade places without
+rounding (``POLISH_RTOL``; ties at rounding level would trade places without
 end), and the result is a fixed point of the exact concentration step, up to
 such ties, as without the route.
 
@@ -732,7 +732,7 @@ def _top_gram(
     Subspace iteration with a Rayleigh-Ritz step per sweep on rank + max(rank,
     12) vectors, the first from ``start``; accepted when every residual
     ||G y_i - theta_i y_i|| of the top ``rank`` is at most
-    :data:`GRAM_RESIDUAL_TOL` theta_1 and theta_r - theta_{r+1} is at least
+    ``GRAM_RESIDUAL_TOL`` theta_1 and theta_r - theta_{r+1} is at least
     :data:`~clair_stats.core.linalg.TOP_GAP_MIN` theta_1. Otherwise (or for a
     small matrix, or no start) LAPACK's (:func:`_top_eigh`).
     """
