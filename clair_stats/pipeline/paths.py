@@ -19,7 +19,11 @@ from typing import Protocol
 
 import numpy as np
 
-from clair_stats.core.linalg import off_subspace_energy, off_subspace_residuals
+from clair_stats.core.linalg import (
+    off_subspace_energy,
+    off_subspace_residuals,
+    stack,
+)
 from clair_stats.core.lowrank import LowRankUpdates
 from clair_stats.core.results import (
     Decomposition,
@@ -710,8 +714,8 @@ def _core_gram(decomposition: FactoredDecomposition) -> np.ndarray:
     product is sum((C_j^T C_k) * (V_j^T V_k)), two Gram matrices of K m columns
     (R and q rows) and no product with the p-row factors."""
     core = decomposition.core_data
-    n_clients, dim, width = core.shape
-    flat = np.ascontiguousarray(core.transpose(1, 0, 2)).reshape(dim, -1)
+    n_clients, _, width = core.shape
+    flat = stack(core)
     rows = np.zeros((decomposition.shape[2], n_clients * width))
     for k, w in enumerate(decomposition.widths):
         rows[:, k * width : k * width + w] = decomposition.row_bases[k]

@@ -84,6 +84,7 @@ from clair_stats.core.linalg import (
     TOP_PARTIAL_MIN,
     left_singular,
     off_subspace_energy,
+    stack,
     top_left_partial,
 )
 
@@ -664,7 +665,7 @@ class _GramSteps:
         columns = n_clients * width
         if problem.center or problem.rank == 0 or columns > min(GRAM_MAX, 2 * dim):
             return None
-        flat = np.ascontiguousarray(problem.blocks.transpose(1, 0, 2)).reshape(dim, -1)
+        flat = stack(problem.blocks)
         return cls(
             problem,
             flat.T @ flat,

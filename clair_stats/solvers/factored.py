@@ -296,16 +296,9 @@ def _span_basis(
     ):
         coefficients = np.empty((rank, n_cols))
         coefficients[:, piv - 1] = upper
-        if implicit:
-            return SpanBasis(stacked[:, pivots], r11), coefficients
-        # Q_1^T = R_11^{-T} G_1^T
-        first = scipy.linalg.solve_triangular(
-            r11, stacked[:, pivots].T, trans="T", check_finite=False
-        ).T
-        return first, coefficients
-    first = scipy.linalg.solve_triangular(
-        r11, stacked[:, pivots].T, trans="T", check_finite=False
-    ).T
+        basis = SpanBasis(stacked[:, pivots], r11)  # Q_1 = G_1 R_11^{-1}
+        return (basis if implicit else basis.dense()), coefficients
+    first = SpanBasis(stacked[:, pivots], r11).dense()
     try:
         r2 = scipy.linalg.cholesky(first.T @ first, check_finite=False)
     except np.linalg.LinAlgError:  # pragma: no cover - kappa(R_11) beyond 1/sqrt(eps)
@@ -314,10 +307,8 @@ def _span_basis(
     # G = Q_1 R P^T = Q R_2 R P^T, so Q^T G = R_2 R P^T
     coefficients = np.empty((rank, n_cols))
     coefficients[:, piv - 1] = r2 @ upper
-    if implicit:
-        return SpanBasis(first, r2), coefficients
-    basis = scipy.linalg.solve_triangular(r2, first.T, trans="T", check_finite=False).T
-    return basis, coefficients
+    basis = SpanBasis(first, r2)  # Q = Q_1 R_2^{-1}
+    return (basis if implicit else basis.dense()), coefficients
 
 
 @dataclass(frozen=True)
@@ -786,9 +777,10 @@ def _row_span(rows: np.ndarray) -> tuple[np.ndarray, object]:
     Pivoted Cholesky of V^T V = P R^T R P^T as in :func:`span_basis`. When the
     2-norm condition number of R_11 (:func:`_condition_2`) is at most
     :data:`ONE_PASS_MAX_CONDITION`, W = V_P R_11^{-1} is orthonormal to about
-    kappa^2 eps <= 2e-12 and is left implicit (no q x N triangular solve):
-    X W^T = (R_11^{-1} X^T)^T V_P^T. Otherwise W = :func:`span_basis` (V). The
-    2-norm estimate is used here because the 1-norm one of :func:`span_basis` is
+    kappa^2 eps <= 2e-12 and is left implicit (a :class:`SpanBasis`, no q x N
+    triangular solve): X W^T = (W X^T)^T = (V_P (R_11^{-1} X^T))^T. Otherwise
+    W = :func:`span_basis` (V). The 2-norm estimate alone is used here (not the
+    1-norm one that :func:`span_basis` tries first), because the 1-norm one is
     pessimistic by about the dimension: at K = 100 clients of rank 16 with
     Gaussian A_k (q = 4096), kappa_2(R_11) = 4.3 where 1 / rcond_1 = 676.
     """
@@ -802,13 +794,8 @@ def _row_span(rows: np.ndarray) -> tuple[np.ndarray, object]:
     if _condition_2(r11) <= ONE_PASS_MAX_CONDITION:
         coefficients = np.empty((pivots.size, rows.shape[0]))
         coefficients[:, piv - 1] = upper
-        pivot_rows = rows[pivots]
-
-        def lift(x: np.ndarray) -> np.ndarray:
-            solved = scipy.linalg.solve_triangular(r11, x.T, check_finite=False)
-            return solved.T @ pivot_rows
-
-        return coefficients.T, lift
+        row_basis = SpanBasis(rows[pivots].T, r11)  # W = V_P R_11^{-1}, implicit
+        return coefficients.T, lambda x: (row_basis @ x.T).T
     row_basis, coefficients = _span_basis(rows.T, gram)
     return coefficients.T, lambda x: x @ row_basis.T
 
